@@ -1,0 +1,97 @@
+"""Hugging Face GPT-2 checkpoints -> zoo's ``gpt2`` architecture.
+
+Two layouts are read:
+
+* the files on the Hub (``openai-community/gpt2`` and friends): keys without a prefix
+  (``wte.weight``, ``h.0.attn.c_attn.weight``), a causal-mask buffer ``h.N.attn.bias``
+  [1, 1, 1024, 1024] per block (and ``h.N.attn.masked_bias`` in some), no ``lm_head.weight``;
+* what transformers ``save_pretrained`` writes today: the same keys under ``transformer.``.
+
+This module imports no torch: transforms use tensor methods only.
+"""
+from zoo import Drop, Map, Rename, Transform, hookimpl
+from zoo.types import Converter
+
+
+def _t(w):
+    """Swap the two dimensions of a 2-D weight (a view, no copy).
+
+    GPT-2's Conv1D keeps ``W`` as [in, out] and computes ``x @ W``; ``nn.Linear`` keeps
+    [out, in] and computes ``x @ W.T``::
+
+        Conv1D  [in, out]  --t-->  Linear [out, in]
+    """
+    return w.t()
+
+
+conv1d_to_linear = Transform("transpose", _t, _t, _t.__doc__)
+
+KEY_MAP = (
+    Map("wte.weight", "wte.weight"),
+    Map("wpe.weight", "wpe.weight"),
+    Map("h.{}.ln_1.weight", "h.{}.ln_1.weight"),
+    Map("h.{}.ln_1.bias", "h.{}.ln_1.bias"),
+    Map("h.{}.attn.c_attn.weight", "h.{}.attn.c_attn.weight", conv1d_to_linear),  # q | k | v
+    Map("h.{}.attn.c_attn.bias", "h.{}.attn.c_attn.bias"),
+    Map("h.{}.attn.c_proj.weight", "h.{}.attn.c_proj.weight", conv1d_to_linear),
+    Map("h.{}.attn.c_proj.bias", "h.{}.attn.c_proj.bias"),
+    Map("h.{}.ln_2.weight", "h.{}.ln_2.weight"),
+    Map("h.{}.ln_2.bias", "h.{}.ln_2.bias"),
+    Map("h.{}.mlp.c_fc.weight", "h.{}.mlp.c_fc.weight", conv1d_to_linear),
+    Map("h.{}.mlp.c_fc.bias", "h.{}.mlp.c_fc.bias"),
+    Map("h.{}.mlp.c_proj.weight", "h.{}.mlp.c_proj.weight", conv1d_to_linear),
+    Map("h.{}.mlp.c_proj.bias", "h.{}.mlp.c_proj.bias"),
+    Map("ln_f.weight", "ln_f.weight"),
+    Map("ln_f.bias", "ln_f.bias"),
+    Drop("h.{}.attn.bias", "causal-mask buffer; the mask is computed in code"),
+    Drop("h.{}.attn.masked_bias", "masking constant buffer; not a weight"),
+    Drop("lm_head.weight", "output head tied to wte.weight"),
+)
+
+RENAMES = (
+    Rename(r"^transformer\.", "", "transformers save_pretrained prefixes keys with 'transformer.'"),
+)
+
+
+def reference(config, task, folder=None):
+    """The transformers model zoo is checked against: ``GPT2LMHeadModel``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if folder is not None:
+        return GPT2LMHeadModel.from_pretrained(folder)
+    return GPT2LMHeadModel(GPT2Config(**config))
+
+
+def hub_layout(state_dict, config):
+    """``GPT2LMHeadModel.state_dict()`` -> the key layout of the files on the Hub: no
+    ``transformer.`` prefix, no ``lm_head.weight`` (tied), a causal-mask buffer per block."""
+    import torch
+
+    n = int(config.get("n_positions", 1024))
+    mask = torch.tril(torch.ones(n, n, dtype=torch.bool)).view(1, 1, n, n).float()
+    out = {}
+    for key, tensor in state_dict.items():
+        if key == "lm_head.weight":
+            continue
+        out[key.removeprefix("transformer.")] = tensor
+    for i in range(int(config.get("n_layer", 12))):
+        out[f"h.{i}.attn.bias"] = mask.clone()
+    return out
+
+
+CONVERTER = Converter(
+    name="hf_gpt2",
+    architecture="gpt2",
+    model_types=("gpt2",),
+    key_map=KEY_MAP,
+    renames=RENAMES,
+    tasks={"GPT2LMHeadModel": "text-generation", "GPT2Model": "text-generation"},
+    reference="zoo.converters.hf_gpt2:reference",
+    hub_layout="zoo.converters.hf_gpt2:hub_layout",
+    description="Hugging Face GPT-2 (Hub files and transformers save_pretrained)",
+)
+
+
+@hookimpl
+def register_converters(register):
+    register(CONVERTER)

@@ -1,0 +1,23 @@
+"""Built-in architecture plugins.
+
+Model code lives in one file per architecture (``gpt2.py``, ...) and imports torch; this module
+only describes them, so that discovering plugins (``zoo list``, ``zoo --help``) stays torch-free.
+It is an ordinary plugin, declared in the ``zoo`` entry-point group like any third-party one.
+"""
+from zoo import Architecture, hookimpl
+
+ARCHITECTURES = (
+    Architecture(
+        name="gpt2",
+        factory="zoo.plugins.gpt2:from_config",
+        example_inputs="zoo.plugins.gpt2:example_inputs",
+        tasks=("text-generation",),
+        description="GPT-2 decoder-only language model (KV-cache generation)",
+    ),
+)
+
+
+@hookimpl
+def register_architectures(register):
+    for arch in ARCHITECTURES:
+        register(arch)

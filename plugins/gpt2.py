@@ -1,0 +1,257 @@
+"""GPT-2 (Radford et al., 2019), readable top to bottom.
+
+A decoder-only transformer: token + learned position embeddings, ``n_layer`` pre-norm blocks
+(LayerNorm -> causal self-attention -> residual, LayerNorm -> MLP -> residual), a final
+LayerNorm, and an output head that reuses the token embedding matrix (tied weights).
+
+Submodules carry the names of the Hugging Face checkpoint (``wte``, ``h.N.attn.c_attn``, ...)
+so the converter's key map is almost 1:1; the only layout change is that GPT-2's ``Conv1D``
+stores weights as ``[in, out]`` while ``nn.Linear`` wants ``[out, in]``.
+
+Generation uses a preallocated key/value cache: each new token runs the blocks on that token
+alone, writes its keys/values in place, and attends over the cache — no recomputation and no
+reallocation per step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from zoo.errors import ConfigError, InputError
+from zoo.generation import make_generator, next_token
+from zoo.outputs import ModelOutput
+
+# Hugging Face activation names -> functions. "gelu_new"/"gelu_fast"/"gelu_pytorch_tanh" are
+# the tanh approximation of GELU; "gelu" is the exact one.
+ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+@dataclass
+class GPT2Config:
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: Optional[int] = None  # MLP width; None means 4 * n_embd
+    activation_function: str = "gelu_new"
+    layer_norm_epsilon: float = 1e-5
+    eos_token_id: Optional[int] = 50256
+
+    @classmethod
+    def from_hf(cls, config: Dict[str, Any]) -> "GPT2Config":
+        """Build from Hugging Face GPT-2 config values; refuse what this file does not implement."""
+        unsupported = {
+            "scale_attn_weights": (False, "unscaled attention"),
+            "scale_attn_by_inverse_layer_idx": (True, "attention scaled by 1/layer"),
+            "add_cross_attention": (True, "cross-attention"),
+        }
+        for key, (bad, what) in unsupported.items():
+            if config.get(key) == bad:
+                raise ConfigError(f"gpt2: config field {key}={bad!r} ({what}) is not supported")
+        known = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in config.items() if k in known and (v is not None or k == "n_inner")})
+        if cfg.activation_function not in ACTIVATIONS:
+            raise ConfigError(
+                f"gpt2: config field activation_function={cfg.activation_function!r} is not "
+                f"supported (supported: {', '.join(sorted(ACTIVATIONS))})"
+            )
+        if cfg.n_embd % cfg.n_head:
+            raise ConfigError(f"gpt2: n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}")
+        return cfg
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for ``max_len`` positions.
+
+    ``k``/``v`` are ``(n_layer, B, nh, max_len, hs)``; ``length`` positions are filled.
+    """
+
+    def __init__(self, cfg: GPT2Config, batch: int, max_len: int, device, dtype):
+        hs = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch, cfg.n_head, max_len, hs)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this step's keys/values (B, nh, T, hs); return all so far (views, no copy)."""
+        end = self.length + k.size(2)
+        if end > self.k.size(3):
+            raise InputError(f"KV cache holds {self.k.size(3)} positions; {end} needed")
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with one fused q|k|v projection."""
+
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # columns: q | k | v
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            past = cache.length
+            k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
+            if T == 1:  # one new token sees every cached position: no mask needed
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:  # new token t (at position past + t) sees positions <= past + t
+                pos = torch.arange(past + T, device=x.device)
+                mask = pos[None, :] <= (pos[past:, None])
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        inner = cfg.n_inner or 4 * cfg.n_embd
+        self.c_fc = nn.Linear(cfg.n_embd, inner)
+        self.c_proj = nn.Linear(inner, cfg.n_embd)
+        self.act = ACTIVATIONS[cfg.activation_function]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    """GPT-2 language model: ``model(input_ids)`` -> output with ``.logits`` [B, T, vocab]."""
+
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # also the output head (tied)
+        self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+
+    def _check(self, input_ids: torch.Tensor, past: int = 0) -> None:
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+            raise InputError(f"gpt2 expects token ids of shape [B, T] (int64), got {list(input_ids.shape)} {input_ids.dtype}")
+        if input_ids.size(1) == 0:
+            raise InputError("gpt2: empty input (no tokens)")
+        if past + input_ids.size(1) > self.config.n_positions:
+            raise InputError(
+                f"gpt2: {past + input_ids.size(1)} tokens exceed the context of "
+                f"{self.config.n_positions} positions"
+            )
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise InputError(f"gpt2: token ids must be in [0, {self.config.vocab_size}), got {lo}..{hi}")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: Optional[KVCache] = None,
+        output_hidden_states: bool = False,
+        last_token_only: bool = False,
+    ) -> ModelOutput:
+        past = cache.length if cache is not None else 0
+        self._check(input_ids, past)
+        T = input_ids.size(1)
+        pos = torch.arange(past, past + T, device=input_ids.device)
+        x = self.wte(input_ids) + self.wpe(pos)  # (B, T, C)
+        hidden = [x] if output_hidden_states else None
+        for i, block in enumerate(self.h):
+            x = block(x, cache, i)
+            if hidden is not None and i < len(self.h) - 1:
+                hidden.append(x)
+        x = self.ln_f(x)
+        if hidden is not None:  # transformers' convention: the last entry is after ln_f
+            hidden.append(x)
+        if cache is not None:
+            cache.length += T
+        if last_token_only:
+            x = x[:, -1:]
+        logits = F.linear(x, self.wte.weight)  # output head tied to the token embeddings
+        return ModelOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 20,
+        temperature: Optional[float] = None,
+        top_k: Optional[int] = None,
+        seed: Optional[int] = None,
+        eos_token_id: Optional[int] = None,
+        callback: Optional[Callable[[torch.Tensor], None]] = None,
+    ) -> torch.Tensor:
+        """Continue ``input_ids`` [B, T] by ``max_new_tokens``; returns [B, T + N] ids.
+
+        Greedy when ``temperature`` is 0 or unset (the same tokens as transformers'
+        ``generate(do_sample=False)``), else sampled with ``top_k``/``seed``. ``callback``
+        receives each new column of ids [B] as it is produced (for streaming). Stops early
+        only when every row has produced ``eos_token_id`` (if given).
+        """
+        if max_new_tokens < 0:
+            raise InputError("max_new_tokens must be >= 0")
+        self._check(input_ids, max_new_tokens)
+        B, T = input_ids.shape
+        param = self.wte.weight
+        cache = KVCache(self.config, B, T + max_new_tokens, param.device, param.dtype)
+        gen = make_generator(seed, param.device)
+        out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=param.device)
+        out[:, :T] = input_ids
+        tokens, n = input_ids, T
+        done = torch.zeros(B, dtype=torch.bool, device=param.device)
+        for _ in range(max_new_tokens):
+            logits = self(tokens, cache=cache, last_token_only=True).logits[:, -1]
+            nxt = next_token(logits, temperature, top_k, gen)
+            out[:, n] = nxt
+            n += 1
+            if callback is not None:
+                callback(nxt)
+            tokens = out[:, n - 1 : n]
+            if eos_token_id is not None:
+                done |= nxt == eos_token_id
+                if bool(done.all()):
+                    break
+        return out[:, :n]
+
+
+def from_config(config: Dict[str, Any], task: Optional[str] = None) -> GPT2:
+    return GPT2(GPT2Config.from_hf(config))
+
+
+def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
+    vocab = int(config.get("vocab_size", 50257))
+    seq = min(seq, int(config.get("n_positions", 1024)))
+    return {"input_ids": torch.randint(0, vocab, (batch, seq), generator=generator)}

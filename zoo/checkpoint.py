@@ -1,0 +1,240 @@
+"""Reading checkpoint folders: config.json, safetensors (memory-mapped), sharded indexes.
+
+safetensors files are parsed here rather than through a library so that every defect gets an
+error naming the file and the tensor, and so that tensors are zero-copy views of a private
+(copy-on-write) memory map: loading costs no copy, and nothing ever writes to the input file.
+Pickled ``.bin``/``.pt`` weights are refused unless the caller opts in, and even then are read
+with ``torch.load(weights_only=True)``, which executes no code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from .errors import CheckpointError
+
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.bin")
+LFS_MAGIC = b"version https://git-lfs"
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass
+class WeightFiles:
+    """The weight files of one checkpoint and their format."""
+
+    paths: List[Path]
+    format: str  # "safetensors" or "pickle"
+
+
+def _check_not_lfs_pointer(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(len(LFS_MAGIC))
+    if head == LFS_MAGIC:
+        raise CheckpointError(
+            f"{path}: is a Git LFS pointer, not the weights — run `git lfs pull` in that folder"
+        )
+
+
+def read_config(folder: Path) -> dict:
+    """``config.json`` of a checkpoint folder, with a clear error when malformed."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: no config.json (a Hugging Face checkpoint folder has one)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def find_weights(folder: Path, allow_pickle: bool = False) -> WeightFiles:
+    """Locate the weights in a folder: sharded or single safetensors, else (opt-in) pickles."""
+    folder = Path(folder)
+    for index_name, fmt in ((SAFETENSORS_INDEX, "safetensors"), (PICKLE_INDEX, "pickle")):
+        index = folder / index_name
+        if index.is_file():
+            if fmt == "pickle" and any(folder.glob("*.safetensors")):
+                break
+            shards = _read_index(index)
+            if fmt == "pickle":
+                _refuse_pickle(index, allow_pickle)
+            return WeightFiles([folder / s for s in shards], fmt)
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return WeightFiles([single], "safetensors")
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) == 1:
+        return WeightFiles(found, "safetensors")
+    if len(found) > 1:
+        raise CheckpointError(
+            f"{folder}: several .safetensors files and no {SAFETENSORS_INDEX} to say how they "
+            f"fit together: {', '.join(p.name for p in found)}"
+        )
+    for name in PICKLE_NAMES:
+        if (folder / name).is_file():
+            _refuse_pickle(folder / name, allow_pickle)
+            return WeightFiles([folder / name], "pickle")
+    raise CheckpointError(f"{folder}: no weights found (expected model.safetensors)")
+
+
+def _refuse_pickle(path: Path, allow_pickle: bool) -> None:
+    if not allow_pickle:
+        raise CheckpointError(
+            f"{path}: is a pickle, which can run code when loaded; refusing. Convert it to "
+            f"safetensors, or opt in with allow_pickle=True / --allow-pickle (read with "
+            f"torch.load(weights_only=True))"
+        )
+
+
+def _read_index(index: Path) -> List[str]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        weight_map = data["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index}: malformed index ({exc.__class__.__name__}: {exc})") from None
+    for shard in shards:
+        if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
+            raise CheckpointError(f"{index}: invalid shard name {shard!r}")
+        if not (index.parent / shard).is_file():
+            raise CheckpointError(f"{index}: names shard {shard!r}, which is missing from {index.parent}")
+    return shards
+
+
+def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
+    """Tensors of one safetensors file as zero-copy views of a private memory map.
+
+    The map is copy-on-write: writing to a tensor never reaches the file. Every structural
+    defect (truncation, a corrupt header, offsets past the end, a size that does not match the
+    shape) raises :class:`CheckpointError` naming the file and the tensor.
+    """
+    path = Path(path)
+    _check_not_lfs_pointer(path)
+    size = path.stat().st_size
+    if size < 8:
+        raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > MAX_HEADER or 8 + header_len > size:
+            raise CheckpointError(
+                f"{path}: corrupt or truncated safetensors header (claims {header_len} bytes, "
+                f"file has {size})"
+            )
+        raw = f.read(header_len)
+        try:
+            header = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: corrupt safetensors header: {exc}") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+        header.pop("__metadata__", None)
+        data_start = 8 + header_len
+        data_len = size - data_start
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+    tensors: Dict[str, torch.Tensor] = {}
+    for name, info in header.items():
+        try:
+            dtype = DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: tensor {name!r}: malformed header entry ({exc})") from None
+        numel = 1
+        for d in shape:
+            if d < 0:
+                raise CheckpointError(f"{path}: tensor {name!r}: negative dimension in {shape}")
+            numel *= d
+        nbytes = numel * dtype.itemsize
+        if not 0 <= begin <= end or end - begin != nbytes:
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: offsets {begin}..{end} do not fit shape {shape} "
+                f"of {info['dtype']} ({nbytes} bytes)"
+            )
+        if end > data_len:
+            raise CheckpointError(
+                f"{path}: truncated: tensor {name!r} needs bytes up to {end}, the file holds "
+                f"{data_len} bytes of data"
+            )
+        if numel == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+        else:
+            flat = torch.frombuffer(buf, dtype=dtype, count=numel, offset=data_start + begin)
+            tensors[name] = flat.view(shape)
+    return tensors
+
+
+def read_pickle(path: Path) -> Dict[str, torch.Tensor]:
+    """A pickled state dict, read with ``weights_only=True`` (no code runs)."""
+    _check_not_lfs_pointer(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: refused or unreadable pickle ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: does not hold a state dict of tensors")
+    return state
+
+
+def read_weights(files: WeightFiles) -> Dict[str, torch.Tensor]:
+    """All tensors of a checkpoint; a key present in two shards is an error."""
+    out: Dict[str, torch.Tensor] = {}
+    for path in files.paths:
+        part = read_safetensors(path) if files.format == "safetensors" else read_pickle(path)
+        for key in part:
+            if key in out:
+                raise CheckpointError(f"{path}: tensor {key!r} also appears in another shard")
+        out.update(part)
+    return out
+
+
+def sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_safetensors(tensors: Dict[str, torch.Tensor], path: Path, metadata: Optional[dict] = None) -> None:
+    """Write tensors atomically (temporary file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

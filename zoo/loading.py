@@ -1,0 +1,246 @@
+"""The loading pipeline: name / alias / folder -> ready ``torch.nn.Module``.
+
+    resolve       registry entry, alias, or local checkpoint folder/file -> ModelEntry
+    locate        local folder | Hugging Face cache | Hub download
+    read          safetensors, memory-mapped (pickle only when opted in)
+    convert       the converter's key map, strict accounting
+    build         the architecture on the meta device (no random init)
+    load          load_state_dict(assign=True); nothing left on meta
+    place         device and dtype; eval mode
+
+Nothing here knows a particular architecture: that lives in plugins and converters.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+
+from . import checkpoint as ckpt
+from . import hub
+from .convert import Report, convert
+from .device import pick_device, pick_dtype
+from .errors import CheckpointError, ConversionError, UnknownModelError
+from .registry import Catalog, get_catalog
+from .types import Architecture, Converter, ModelEntry
+
+
+@dataclass
+class Loaded:
+    """A loaded model with everything known about where it came from."""
+
+    model: torch.nn.Module
+    entry: ModelEntry
+    architecture: Architecture
+    converter: Converter
+    config: Dict[str, Any]
+    task: str
+    device: torch.device
+    dtype: torch.dtype
+    folder: Optional[Path] = None
+    files: List[Path] = field(default_factory=list)
+    report: Optional[Report] = None
+
+
+def _is_path(name: str) -> bool:
+    p = Path(name).expanduser()
+    return p.exists() or name.startswith((".", "/", "~")) or name.endswith(".safetensors")
+
+
+def resolve(name_or_path: str, catalog: Optional[Catalog] = None) -> ModelEntry:
+    """The catalog entry for a name or alias (or a synthesized entry for a local checkpoint)."""
+    catalog = catalog or get_catalog()
+    entry = catalog.find(name_or_path)
+    if entry is not None:
+        return entry
+    if _is_path(name_or_path):
+        return _entry_for_path(Path(name_or_path).expanduser(), catalog)
+    raise UnknownModelError(catalog.unknown_message(name_or_path))
+
+
+def _entry_for_path(path: Path, catalog: Catalog, overrides: Optional[Mapping[str, Any]] = None) -> ModelEntry:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    folder = path if path.is_dir() else path.parent
+    if (folder / "config.json").is_file():
+        config = ckpt.read_config(folder)
+        converter = catalog.converter_for_config(config, str(folder))
+    else:
+        converter, config = _sniff(path, catalog, overrides or {})
+    classes = config.get("architectures") or []
+    task = next((converter.tasks[c] for c in classes if c in converter.tasks), None)
+    arch = catalog.architecture(converter.architecture)
+    return ModelEntry(
+        name=path.name,
+        architecture=arch.name,
+        converter=converter.name,
+        task=task or arch.tasks[0],
+        config=config,
+        origin=str(path),
+    )
+
+
+def _sniff(path: Path, catalog: Catalog, overrides: Mapping[str, Any]):
+    """A checkpoint without config.json: the converter whose key map accounts for every key,
+    and the config it infers from the tensors."""
+    from .convert import _compile
+    from .types import resolve as resolve_ref
+
+    files = ckpt.WeightFiles([path], "safetensors") if path.is_file() else ckpt.find_weights(path)
+    keys = list(ckpt.read_weights(files))
+    for conv in sorted(catalog.converters.values(), key=lambda c: c.name):
+        infer = conv.infer_config
+        if infer is None:
+            continue
+        compiled = _compile(conv)
+        if keys and all(compiled.match(compiled.rename(k)) for k in keys):
+            return conv, resolve_ref(infer)(ckpt.read_weights(files), dict(overrides))
+    raise CheckpointError(
+        f"{path}: has no config.json and no converter recognises its keys "
+        f"(first keys: {', '.join(sorted(keys)[:5])})"
+    )
+
+
+def _weights(entry: ModelEntry, checkpoint, allow_pickle: bool, revision: Optional[str]):
+    """(folder, WeightFiles) for an entry, or (None, None) for an entry without weights."""
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {str(path)!r}: no such file or folder")
+        if path.is_file():
+            fmt = "safetensors" if path.suffix == ".safetensors" else "pickle"
+            if fmt == "pickle":
+                ckpt._refuse_pickle(path, allow_pickle)
+            return path.parent, ckpt.WeightFiles([path], fmt)
+        return path, ckpt.find_weights(path, allow_pickle)
+    if entry.origin and Path(entry.origin).exists():  # a local checkpoint resolved by path
+        path = Path(entry.origin)
+        if path.is_file():
+            return path.parent, ckpt.WeightFiles([path], "safetensors")
+        return path, ckpt.find_weights(path, allow_pickle)
+    if entry.repo is None:
+        return None, None
+    folder = hub.fetch(entry.repo, revision or entry.revision, allow_pickle)
+    return folder, ckpt.find_weights(folder, allow_pickle)
+
+
+def build_model(arch: Architecture, config: Mapping[str, Any], task: str, meta: bool = True):
+    if meta:
+        with torch.device("meta"):
+            return arch.build(config, task)
+    return arch.build(config, task)
+
+
+def load_full(
+    name_or_path: Union[str, Path],
+    *,
+    checkpoint: Union[str, Path, None] = None,
+    device: Optional[str] = "auto",
+    dtype=None,
+    allow_pickle: bool = False,
+    revision: Optional[str] = None,
+    task: Optional[str] = None,
+    converter: Optional[Converter] = None,
+    config_overrides: Optional[Mapping[str, Any]] = None,
+) -> Loaded:
+    """Run the whole pipeline and return the model with its provenance (:class:`Loaded`)."""
+    catalog = get_catalog()
+    name = str(name_or_path)
+    entry = catalog.find(name)
+    if entry is None:
+        if not _is_path(name):
+            raise UnknownModelError(catalog.unknown_message(name))
+        entry = _entry_for_path(Path(name).expanduser(), catalog, config_overrides)
+    arch = catalog.architecture(entry.architecture)
+    converter = converter or catalog.converter(entry.converter)
+    target_device = pick_device(device)
+    target_dtype = pick_dtype(dtype, target_device)
+    task = task or entry.task
+    if task not in arch.tasks:
+        raise UnknownModelError(f"architecture {arch.name!r} has no task {task!r} (tasks: {', '.join(arch.tasks)})")
+
+    folder, files = _weights(entry, checkpoint, allow_pickle, revision)
+    config = dict(entry.config)
+    if folder is not None and (folder / "config.json").is_file():
+        config.update(ckpt.read_config(folder))
+    config.update(config_overrides or {})
+
+    if files is None:  # an entry without weights: fresh initialization, for training
+        with torch.device(target_device):
+            model = build_model(arch, config, task, meta=False)
+        model.to(dtype=target_dtype).eval()
+        return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype)
+
+    model = build_model(arch, config, task)
+    expected = model.state_dict()
+    tensors = ckpt.read_weights(files)
+    state, report = convert(tensors, converter, expected)
+    state = {k: _place(v, expected[k], target_device, target_dtype) for k, v in state.items()}
+    _warn_non_finite(state, files)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:  # should not happen after convert's accounting
+        raise ConversionError(f"{arch.name}: load_state_dict refused the converted weights: {exc}") from None
+    with torch.device(target_device):
+        for module in model.modules():
+            if hasattr(module, "reset_buffers"):
+                module.reset_buffers()
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise ConversionError(f"architecture {arch.name!r} left tensors uninitialized after loading: {', '.join(left[:8])}")
+    model.eval().requires_grad_(False)
+    return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype, folder, files.paths, report)
+
+
+def _place(tensor: torch.Tensor, like: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if like.is_floating_point():
+        return tensor.to(device=device, dtype=dtype)
+    return tensor.to(device=device)
+
+
+def _warn_non_finite(state: Mapping[str, torch.Tensor], files) -> None:
+    bad = [k for k, t in state.items() if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())]
+    if bad:
+        warnings.warn(
+            f"{files.paths[0]}: non-finite values (NaN/Inf) in {', '.join(bad[:8])}"
+            + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else ""),
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def load(
+    name_or_path: Union[str, Path],
+    *,
+    checkpoint: Union[str, Path, None] = None,
+    device: Optional[str] = "auto",
+    dtype=None,
+    allow_pickle: bool = False,
+    revision: Optional[str] = None,
+    task: Optional[str] = None,
+    **config_overrides: Any,
+) -> torch.nn.Module:
+    """Load a model by registry name, alias, or local checkpoint folder; returns it in eval mode.
+
+    :param name_or_path: ``"gpt2"``, ``"openai-community/gpt2"``, or ``"path/to/folder"``
+        (config.json + model.safetensors, or a sharded index).
+    :param checkpoint: where a registry entry's weights come from instead of the Hub.
+    :param device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    :param dtype: ``None`` (float32), ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
+    :param allow_pickle: read ``.bin`` pickles (with ``weights_only=True``); refused otherwise.
+    :param task: build for another task the architecture supports (e.g. without a head).
+    :param config_overrides: config values the weights cannot tell (e.g. ``heads=8``).
+    """
+    return load_full(
+        name_or_path,
+        checkpoint=checkpoint,
+        device=device,
+        dtype=dtype,
+        allow_pickle=allow_pickle,
+        revision=revision,
+        task=task,
+        config_overrides=config_overrides,
+    ).model

@@ -1,0 +1,237 @@
+"""The catalog: named checkpoints from ``registry.toml`` and from plugins' ``register_models``.
+
+``registry.toml`` is validated on load; every error names the file, the table and the field.
+Set ``ZOO_REGISTRY=/path/to/file.toml`` to read another catalog instead of the built-in one.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import RegistryError, UnknownModelError
+from .types import Architecture, Converter, ModelEntry
+
+BUILTIN = Path(__file__).with_name("registry.toml")
+ENV = "ZOO_REGISTRY"
+
+# field -> (type(s), required, description)
+_FIELDS: Dict[str, tuple] = {
+    "architecture": (str, True, "the architecture plugin that builds the model"),
+    "converter": (str, True, "the converter that maps the checkpoint's keys"),
+    "task": (str, True, "what the model does (text-generation, fill-mask, ...)"),
+    "config": (dict, True, "the Hugging Face config values needed to build the model"),
+    "repo": (str, False, "the Hugging Face repo id holding the weights"),
+    "revision": (str, False, "a commit sha (or branch) of the repo, pinned"),
+    "aliases": (list, False, "other names that resolve to this entry"),
+    "description": (str, False, "one line for `zoo list`/`zoo info`"),
+    "params": (int, False, "parameter count"),
+    "preprocessing": (dict, False, "input preprocessing values (image size, mean, std, ...)"),
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+
+def _entry_from_table(name: Any, table: Any, where: str) -> ModelEntry:
+    """Validate one ``[models.NAME]`` table; ``where`` names the file for error messages."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise RegistryError(f"{where}: [models.{name}]: invalid model name {name!r}")
+    ctx = f"{where}: [models.{name}]"
+    if not isinstance(table, Mapping):
+        raise RegistryError(f"{ctx}: must be a table, got {type(table).__name__}")
+    for key in table:
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(str(key), _FIELDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RegistryError(f"{ctx}: unknown field {key!r}{hint}")
+    for key, (typ, required, what) in _FIELDS.items():
+        if key not in table:
+            if required:
+                raise RegistryError(f"{ctx}: missing field {key!r} ({what})")
+            continue
+        value = table[key]
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise RegistryError(
+                f"{ctx}: field {key!r} must be {typ.__name__}, got {type(value).__name__}"
+            )
+        if typ is str and not value.strip():
+            raise RegistryError(f"{ctx}: field {key!r} is empty")
+    aliases = table.get("aliases", [])
+    for alias in aliases:
+        if not isinstance(alias, str) or not _NAME.match(alias):
+            raise RegistryError(f"{ctx}: field 'aliases' has an invalid alias {alias!r}")
+    if "params" in table and table["params"] <= 0:
+        raise RegistryError(f"{ctx}: field 'params' must be positive")
+    return ModelEntry(
+        name=name,
+        architecture=table["architecture"],
+        converter=table["converter"],
+        task=table["task"],
+        config=dict(table["config"]),
+        repo=table.get("repo"),
+        revision=table.get("revision", "main"),
+        aliases=tuple(aliases),
+        description=table.get("description", ""),
+        params=table.get("params"),
+        preprocessing=dict(table.get("preprocessing", {})),
+        origin=where,
+    )
+
+
+def parse_registry(text: str, where: str = "registry.toml") -> List[ModelEntry]:
+    """Parse and validate catalog TOML; raise :class:`RegistryError` naming where it is wrong."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RegistryError(f"{where}: not valid TOML: {exc}") from None
+    for key in doc:
+        if key != "models":
+            raise RegistryError(f"{where}: unknown top-level table [{key}] (expected [models.NAME])")
+    models = doc.get("models", {})
+    if not isinstance(models, dict):
+        raise RegistryError(f"{where}: [models] must be a table of tables")
+    return [_entry_from_table(name, table, where) for name, table in models.items()]
+
+
+@dataclass
+class Catalog:
+    """Catalog entries plus the architectures and converters the plugins registered."""
+
+    models: Dict[str, ModelEntry]
+    aliases: Dict[str, str]  # alias (lower-case) -> entry name
+    architectures: Dict[str, Architecture]
+    converters: Dict[str, Converter]
+
+    def find(self, name: str) -> Optional[ModelEntry]:
+        if name in self.models:
+            return self.models[name]
+        target = self.aliases.get(name.lower())
+        return self.models[target] if target else None
+
+    def get(self, name: str) -> ModelEntry:
+        entry = self.find(name)
+        if entry is None:
+            raise UnknownModelError(self.unknown_message(name))
+        return entry
+
+    def unknown_message(self, name: str) -> str:
+        candidates = list(self.models) + [a for a in self.aliases if "/" not in a]
+        close = difflib.get_close_matches(name.lower(), candidates, n=3, cutoff=0.6)
+        hint = f" — did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return (
+            f"unknown model {name!r}{hint} `zoo list` shows all names; a local checkpoint "
+            f"folder (config.json + *.safetensors) works too"
+        )
+
+    def list(self, patterns: Sequence[str] = (), exclude: Sequence[str] = ()) -> List[ModelEntry]:
+        """Entries whose name (or an alias) matches any fnmatch pattern, sorted by name."""
+
+        def hit(entry: ModelEntry, pats: Iterable[str]) -> bool:
+            names = (entry.name,) + entry.aliases
+            return any(fnmatch.fnmatchcase(n.lower(), p.lower()) for p in pats for n in names)
+
+        out = [
+            e
+            for e in self.models.values()
+            if (not patterns or hit(e, patterns)) and not (exclude and hit(e, exclude))
+        ]
+        return sorted(out, key=lambda e: e.name)
+
+    def architecture(self, name: str) -> Architecture:
+        if name not in self.architectures:
+            raise UnknownModelError(
+                f"no plugin provides architecture {name!r} (known: "
+                f"{', '.join(sorted(self.architectures)) or 'none'}; see `zoo plugins`)"
+            )
+        return self.architectures[name]
+
+    def converter(self, name: str) -> Converter:
+        if name not in self.converters:
+            raise UnknownModelError(
+                f"no plugin provides converter {name!r} (known: "
+                f"{', '.join(sorted(self.converters)) or 'none'}; see `zoo plugins`)"
+            )
+        return self.converters[name]
+
+    def converter_for_config(self, config: Mapping[str, Any], where: str) -> Converter:
+        """The converter for a checkpoint folder, chosen by its config's ``model_type``."""
+        model_type = config.get("model_type")
+        matches = [c for c in self.converters.values() if model_type in c.model_types]
+        if not matches:
+            known = sorted({t for c in self.converters.values() for t in c.model_types})
+            raise UnknownModelError(
+                f"{where}: no converter reads model_type {model_type!r} "
+                f"(supported: {', '.join(known)})"
+            )
+        return sorted(matches, key=lambda c: c.name)[0]
+
+
+_catalog: Optional[Catalog] = None
+
+
+def reset() -> None:
+    global _catalog
+    _catalog = None
+
+
+def registry_path() -> Path:
+    return Path(os.environ.get(ENV) or BUILTIN)
+
+
+def get_catalog() -> Catalog:
+    """The catalog of this process: ``registry.toml`` plus plugin entries (cached)."""
+    global _catalog
+    if _catalog is not None:
+        return _catalog
+    from . import pluginmanager
+
+    plugins = pluginmanager.get_plugins()
+    path = registry_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read the catalog: {exc.strerror}") from None
+    entries = parse_registry(text, str(path))
+    models: Dict[str, ModelEntry] = {}
+    aliases: Dict[str, str] = {}
+
+    def add(entry: ModelEntry) -> None:
+        for key in (entry.name,) + entry.aliases:
+            owner = aliases.get(key.lower())
+            if owner is not None:
+                raise RegistryError(
+                    f"{entry.origin}: [models.{entry.name}]: name {key!r} is already used by "
+                    f"[models.{owner}] from {models[owner].origin}"
+                )
+        models[entry.name] = entry
+        for key in (entry.name,) + entry.aliases:
+            aliases[key.lower()] = entry.name
+
+    for entry in entries:
+        add(entry)
+    for plugin_name, obj in plugins.models:
+        info = plugins.infos[plugin_name]
+        try:
+            if isinstance(obj, Mapping):
+                table = dict(obj)
+                entry = _entry_from_table(table.pop("name", None), table, info.label)
+            elif isinstance(obj, ModelEntry):
+                entry = obj
+            else:
+                raise RegistryError(f"{info.label}: registered {obj!r}, not a model entry")
+            if entry.origin == "registry.toml":
+                entry = ModelEntry(**{**entry.__dict__, "origin": info.label})
+            add(entry)
+        except RegistryError as exc:
+            pluginmanager._fail(info, str(exc))
+    _catalog = Catalog(models, aliases, plugins.architectures, plugins.converters)
+    return _catalog

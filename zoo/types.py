@@ -1,0 +1,167 @@
+"""The objects plugins register: architectures, converters and catalog entries.
+
+Nothing here imports torch. Model code is referred to by ``"module:attribute"`` strings and
+imported the first time a model is built, so that listing the zoo stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
+
+Ref = Union[str, Callable[..., Any]]
+
+
+def resolve(ref: Ref) -> Callable[..., Any]:
+    """Turn a ``"package.module:attr.sub"`` reference into the object it names."""
+    if not isinstance(ref, str):
+        return ref
+    module_name, _, attr = ref.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model architecture, built from a Hugging Face-style config dict.
+
+    :param name: unique name that catalog entries and converters refer to (``"gpt2"``).
+    :param factory: ``"module:attr"`` (or a callable) taking ``(config: dict, task: str | None)``
+        and returning an ``nn.Module``. zoo calls it under ``torch.device("meta")`` and then
+        assigns the checkpoint tensors, so it must not read or compute weights; tensors computed
+        in code (masks, sinusoid tables) are made in ``forward`` or by a ``reset_buffers()``
+        method, which zoo calls after loading.
+    :param tasks: the tasks it can be built for, the first being the default.
+    :param example_inputs: ``"module:attr"`` of ``(config, task, batch, seq, generator) -> dict``
+        giving keyword inputs for ``verify``/``bench``; both zoo's model and the reference take
+        them.
+    """
+
+    name: str
+    factory: Ref
+    tasks: Tuple[str, ...]
+    description: str = ""
+    example_inputs: Optional[Ref] = None
+
+    def build(self, config: Mapping[str, Any], task: Optional[str] = None):
+        return resolve(self.factory)(dict(config), task or self.tasks[0])
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A named, invertible tensor transform applied while converting one key.
+
+    ``forward`` maps the source tensor to the target layout, ``inverse`` maps it back, so the
+    same key map serves import and export. Both take and return a tensor (and must not import
+    torch at module level: use tensor methods).
+    """
+
+    name: str
+    forward: Callable[[Any], Any]
+    inverse: Callable[[Any], Any]
+    doc: str = ""
+
+    def __repr__(self) -> str:
+        return f"Transform({self.name})"
+
+
+@dataclass(frozen=True)
+class Map:
+    """One line of a converter's key map.
+
+    ``source`` and ``target`` are key templates; each ``{}`` stands for a layer index
+    (``"h.{}.attn.c_attn.weight"``). ``target=None`` drops the key, and ``why`` must say why
+    (it is a buffer computed in code, a head this architecture does not have, ...).
+    ``unused`` is the reason to drop a key whose target the built model does not have (e.g. a
+    pretraining head when the model was built without it); without it, that is an error.
+    """
+
+    source: str
+    target: Optional[str]
+    transform: Optional[Transform] = None
+    why: str = ""
+    unused: str = ""
+
+    def __post_init__(self):
+        if self.target is None and not self.why:
+            raise ValueError(f"dropping {self.source!r} needs a reason (why=...)")
+        if self.target is not None and self.source.count("{}") != self.target.count("{}"):
+            raise ValueError(f"{self.source!r} and {self.target!r} differ in '{{}}' count")
+
+
+def Drop(source: str, why: str) -> Map:
+    """A key that is read but deliberately not loaded, with the reason."""
+    return Map(source, None, why=why)
+
+
+@dataclass(frozen=True)
+class Rename:
+    """A regex rewrite of source keys applied before the key map (e.g. strip a ``bert.`` prefix).
+
+    ``why`` documents the layout it exists for; ``pattern``/``repl`` follow :func:`re.sub`.
+    """
+
+    pattern: str
+    repl: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Converter:
+    """Maps one checkpoint format onto one architecture, as data.
+
+    :param name: unique converter name (``"hf_gpt2"``).
+    :param architecture: the :class:`Architecture` it fills.
+    :param model_types: ``config.json`` ``model_type`` values it reads (picks the converter for a
+        local folder).
+    :param key_map: the :class:`Map` lines, source key template → target key template.
+    :param renames: :class:`Rename` rules applied to source keys first (prefixes, legacy names).
+    :param tasks: Hugging Face ``architectures`` class name → zoo task, to pick the task of a
+        local checkpoint from its config.
+    :param reference: ``"module:attr"`` of ``(config, task) -> transformers model`` with random
+        weights: the reference that ``verify`` compares against.
+    :param hub_layout: ``"module:attr"`` of ``(state_dict, config) -> state_dict`` turning what
+        the reference model's ``state_dict()`` holds into the files' layout on the Hub, so
+        ``verify`` on random weights exercises the real key layout.
+    :param infer_config: ``"module:attr"`` of ``(tensors, overrides) -> config`` for
+        checkpoints that come without a config.json (sizes read off the tensor shapes;
+        ``overrides`` carries what the weights cannot tell). Such a checkpoint is matched to the
+        converter whose key map accounts for every key.
+    :param version: bumped when the mapping changes (recorded in provenance).
+    """
+
+    name: str
+    architecture: str
+    model_types: Tuple[str, ...]
+    key_map: Tuple[Map, ...]
+    renames: Tuple[Rename, ...] = ()
+    tasks: Mapping[str, str] = field(default_factory=dict)
+    reference: Optional[Ref] = None
+    hub_layout: Optional[Ref] = None
+    infer_config: Optional[Ref] = None
+    description: str = ""
+    version: str = "1"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A named checkpoint in the catalog (one ``[models.NAME]`` table of ``registry.toml``)."""
+
+    name: str
+    architecture: str
+    converter: str
+    task: str
+    config: Mapping[str, Any]
+    repo: Optional[str] = None
+    revision: str = "main"
+    aliases: Tuple[str, ...] = ()
+    description: str = ""
+    params: Optional[int] = None
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
+    origin: str = "registry.toml"
+
+    @property
+    def source(self) -> str:
+        return self.repo or "(no weights)"
