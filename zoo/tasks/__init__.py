@@ -1,0 +1,71 @@
+"""Task runners behind ``zoo run``: one module per task, named after it with underscores.
+
+``zoo run NAME INPUT...`` loads the model and calls ``zoo.tasks.<task>.run`` (``text-generation``
+-> ``zoo.tasks.text_generation``). A runner has the signature::
+
+    def run(loaded: zoo.loading.Loaded, inputs: list[str], opts: RunOptions,
+            emit: Callable[[str], None]) -> dict
+
+``emit`` writes human-readable output as it is produced (streamed text, a table); the returned
+dict is what ``--json`` prints. Runners raise :class:`zoo.errors.InputError` for bad input.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+from ..errors import InputError
+
+
+@dataclass
+class RunOptions:
+    """Every ``zoo run`` option; a runner reads the ones that mean something for its task."""
+
+    max_new_tokens: int = 32
+    temperature: Optional[float] = None
+    top_k: Optional[int] = None
+    seed: Optional[int] = None
+    ids: Optional[List[int]] = None  # token ids given directly (no tokenizer needed)
+    beams: int = 1
+    embed: bool = False
+    top: int = 5
+    json: bool = False
+
+
+def get_runner(task: str) -> Callable:
+    module_name = f"{__name__}.{task.replace('-', '_')}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise InputError(f"`zoo run` does not support the task {task!r} yet") from None
+    return module.run
+
+
+def load_tokenizer(loaded):
+    """The checkpoint folder's tokenizer (transformers ``AutoTokenizer``), or ``None`` when the
+    folder has no tokenizer files."""
+    folder = loaded.folder
+    if folder is None:
+        return None
+    names = ("tokenizer.json", "vocab.json", "vocab.txt", "source.spm", "tokenizer_config.json")
+    if not any((folder / n).is_file() for n in names):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:
+        raise InputError(f"{folder}: cannot read its tokenizer ({exc.__class__.__name__}: {exc})") from None
+
+
+def parse_ids(text: str) -> List[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise InputError(f"--ids takes comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise InputError("--ids is empty")
+    return ids

@@ -1,0 +1,59 @@
+"""``zoo run`` for language models: stream a continuation of the prompt."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+from . import load_tokenizer
+
+
+def run(loaded, inputs, opts, emit):
+    model = loaded.model
+    tok = load_tokenizer(loaded)
+    if opts.ids is not None:
+        ids = list(opts.ids)
+    elif tok is None:
+        raise InputError(
+            f"{loaded.entry.name}: the checkpoint has no tokenizer files; pass token ids with "
+            f"--ids 1,2,3 (or a --checkpoint folder that has tokenizer.json)"
+        )
+    else:
+        prompt = " ".join(inputs)
+        if not prompt:
+            raise InputError("empty prompt: give some text (or --ids)")
+        ids = tok(prompt)["input_ids"]
+    input_ids = torch.tensor([ids], dtype=torch.long, device=loaded.device)
+
+    generated = []
+    shown = ""
+    if tok is not None and opts.ids is None:
+        emit(tok.decode(ids))
+
+    def on_token(nxt):
+        nonlocal shown
+        generated.append(int(nxt[0]))
+        if opts.json:
+            return
+        if tok is None:
+            emit(("" if len(generated) == 1 else ",") + str(generated[-1]))
+        else:
+            text = tok.decode(generated)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                emit(text[len(shown):])
+                shown = text
+
+    eos = loaded.config.get("eos_token_id") if tok is not None else None
+    model.generate(
+        input_ids,
+        max_new_tokens=opts.max_new_tokens,
+        temperature=opts.temperature,
+        top_k=opts.top_k,
+        seed=opts.seed,
+        eos_token_id=eos,
+        callback=on_token,
+    )
+    emit("\n")
+    result = {"model": loaded.entry.name, "input_ids": ids, "generated_ids": generated}
+    if tok is not None:
+        result["text"] = tok.decode(generated)
+    return result
