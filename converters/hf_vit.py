@@ -78,6 +78,23 @@ _TO_HUB = (
     (r"layers\.(\d+)\.(layernorm_before|layernorm_after)\.", r"encoder.layer.\1.\2."),
 )
 
+# a tiny config for verify/tests on random weights: 4x4 patch grid, 5 labels
+TINY_CONFIG = {
+    "model_type": "vit",
+    "architectures": ["ViTForImageClassification"],
+    "image_size": 32,
+    "patch_size": 8,
+    "num_channels": 3,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12,
+    "qkv_bias": True,
+    "num_labels": 5,
+}
+
 _PRIVATE = ("add_pooling_layer",)  # zoo's own config keys, unknown to transformers
 
 
