@@ -14,6 +14,13 @@ ARCHITECTURES = (
         tasks=("text-generation",),
         description="GPT-2 decoder-only language model (KV-cache generation)",
     ),
+    Architecture(
+        name="vit",
+        factory="zoo.plugins.vit:from_config",
+        example_inputs="zoo.plugins.vit:example_inputs",
+        tasks=("image-classification", "image-feature-extraction"),
+        description="Vision Transformer: image classifier, or encoder (+ pooler)",
+    ),
 )
 
 

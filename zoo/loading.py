@@ -174,9 +174,13 @@ def load_full(
         model.to(dtype=target_dtype).eval()
         return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype)
 
+    tensors = ckpt.read_weights(files)
+    if converter.config_from_weights is not None:
+        from .types import resolve as resolve_ref
+
+        config = dict(resolve_ref(converter.config_from_weights)(config, list(tensors)))
     model = build_model(arch, config, task)
     expected = model.state_dict()
-    tensors = ckpt.read_weights(files)
     state, report = convert(tensors, converter, expected)
     if files.format == "safetensors":
         state = _contiguous_in_place(state, tensors, report)
