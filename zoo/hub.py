@@ -55,8 +55,8 @@ def fetch(repo: str, revision: str = "main", allow_pickle: bool = False) -> Path
 
     Raises :class:`DownloadError` when neither works, within seconds when offline.
     """
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(_timeout()))
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(_timeout()))
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(_timeout())))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(_timeout())))
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         LocalEntryNotFoundError,

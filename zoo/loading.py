@@ -80,6 +80,7 @@ def _entry_for_path(path: Path, catalog: Catalog, overrides: Optional[Mapping[st
         task=task or arch.tasks[0],
         config=config,
         origin=str(path),
+        path=str(path),
     )
 
 
@@ -116,8 +117,8 @@ def _weights(entry: ModelEntry, checkpoint, allow_pickle: bool, revision: Option
                 ckpt._refuse_pickle(path, allow_pickle)
             return path.parent, ckpt.WeightFiles([path], fmt)
         return path, ckpt.find_weights(path, allow_pickle)
-    if entry.origin and Path(entry.origin).exists():  # a local checkpoint resolved by path
-        path = Path(entry.origin)
+    if entry.path is not None:  # a local checkpoint resolved by path
+        path = Path(entry.path)
         if path.is_file():
             return path.parent, ckpt.WeightFiles([path], "safetensors")
         return path, ckpt.find_weights(path, allow_pickle)
