@@ -14,6 +14,13 @@ ARCHITECTURES = (
         tasks=("text-generation",),
         description="GPT-2 decoder-only language model (KV-cache generation)",
     ),
+    Architecture(
+        name="bert",
+        factory="zoo.plugins.bert:from_config",
+        example_inputs="zoo.plugins.bert:example_inputs",
+        tasks=("fill-mask", "feature-extraction"),
+        description="BERT bidirectional encoder (MLM head or pooler), sized from its config",
+    ),
 )
 
 
