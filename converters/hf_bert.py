@@ -172,6 +172,9 @@ CONVERTER = Converter(
     tasks=TASKS,
     reference="zoo.converters.hf_bert:reference",
     hub_layout="zoo.converters.hf_bert:hub_layout",
+    tiny_config={"model_type": "bert", "vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 64,
+                 "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "pad_token_id": 0},
     description="Hugging Face BERT (Hub pretraining files, BertModel/BertForMaskedLM save_pretrained)",
 )
 
