@@ -55,8 +55,9 @@ def fetch(repo: str, revision: str = "main", allow_pickle: bool = False) -> Path
 
     Raises :class:`DownloadError` when neither works, within seconds when offline.
     """
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(_timeout()))
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(_timeout()))
+    # huggingface_hub parses these as integers
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(max(1, round(_timeout()))))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(max(1, round(_timeout()))))
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         LocalEntryNotFoundError,
