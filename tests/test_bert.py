@@ -444,3 +444,20 @@ def test_embed_runner_with_ids_and_no_tokenizer(tiny_mlm, tmp_path):
     assert result["input_ids"] == [2, 13, 3] and result["dim"] == 32 and "tokens" not in result
     with pytest.raises(InputError, match="no tokenizer files"):
         feature_extraction.run(loaded, ["some text"], RunOptions(embed=True), lambda s: None)
+
+
+def test_zoo_run_command_line(with_tokenizer):
+    """`zoo run FOLDER "... [MASK] ..."` and `zoo run FOLDER --embed TEXT`, with --json."""
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    folder = str(with_tokenizer[0])
+    result = CliRunner().invoke(cli, ["run", folder, "Paris is the [MASK] of France.", "--top", "2", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["masks"][0]["position"] == 4 and len(data["masks"][0]["candidates"]) == 2
+    result = CliRunner().invoke(cli, ["run", folder, "--embed", "some text", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["dim"] == 32 and len(data["pooler_output"]) == 32
