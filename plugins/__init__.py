@@ -21,6 +21,13 @@ ARCHITECTURES = (
         tasks=("fill-mask", "feature-extraction"),
         description="BERT bidirectional encoder (MLM head or pooler), sized from its config",
     ),
+    Architecture(
+        name="vit",
+        factory="zoo.plugins.vit:from_config",
+        example_inputs="zoo.plugins.vit:example_inputs",
+        tasks=("image-classification", "image-feature-extraction"),
+        description="Vision Transformer: image classifier, or encoder (+ pooler)",
+    ),
 )
 
 
