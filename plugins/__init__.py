@@ -15,6 +15,13 @@ ARCHITECTURES = (
         description="GPT-2 decoder-only language model (KV-cache generation)",
     ),
     Architecture(
+        name="bert",
+        factory="zoo.plugins.bert:from_config",
+        example_inputs="zoo.plugins.bert:example_inputs",
+        tasks=("fill-mask", "feature-extraction"),
+        description="BERT bidirectional encoder (MLM head or pooler), sized from its config",
+    ),
+    Architecture(
         name="vit",
         factory="zoo.plugins.vit:from_config",
         example_inputs="zoo.plugins.vit:example_inputs",
