@@ -130,3 +130,20 @@ def test_every_source_key_is_accounted_for(conv, tmp_path):
     assert set(report.consumed.values()) == set(loaded.model.state_dict())
     assert not any(t.is_meta for t in loaded.model.state_dict().values())
     assert not loaded.model.training
+
+
+def _smallest_per_architecture():
+    best = {}
+    for e in ENTRIES:
+        if e.repo and (e.architecture not in best or (e.params or 0) < (best[e.architecture].params or 0)):
+            best[e.architecture] = e
+    return sorted(best.values(), key=lambda e: e.name)
+
+
+@pytest.mark.parametrize("entry", _smallest_per_architecture(), ids=lambda e: e.name)
+def test_full_size_verify_on_random_weights(entry):
+    """One real-size model per architecture through the whole pipeline (Hub layout, random
+    weights): sizes, dtypes and layouts that tiny configs cannot show."""
+    report = verify(entry.name, device="cpu", seed=0, random_weights=True, batch=1, seq=8, new_tokens=3)
+    assert report.passed, report.render()
+    assert report.weights.startswith("random, seed 0")
