@@ -116,8 +116,10 @@ def _weights(entry: ModelEntry, checkpoint, allow_pickle: bool, revision: Option
                 ckpt._refuse_pickle(path, allow_pickle)
             return path.parent, ckpt.WeightFiles([path], fmt)
         return path, ckpt.find_weights(path, allow_pickle)
-    if entry.origin and Path(entry.origin).exists():  # a local checkpoint resolved by path
-        path = Path(entry.origin)
+    path = Path(entry.origin) if entry.origin else None
+    # a local checkpoint resolved by path (a folder or a .safetensors file); a catalog entry's
+    # origin is its registry.toml, which is no checkpoint
+    if path is not None and (path.is_dir() or (path.is_file() and path.suffix == ".safetensors")):
         if path.is_file():
             return path.parent, ckpt.WeightFiles([path], "safetensors")
         return path, ckpt.find_weights(path, allow_pickle)
