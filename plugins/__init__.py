@@ -14,6 +14,13 @@ ARCHITECTURES = (
         tasks=("text-generation",),
         description="GPT-2 decoder-only language model (KV-cache generation)",
     ),
+    Architecture(
+        name="encoder_decoder",
+        factory="zoo.plugins.encoder_decoder:from_config",
+        example_inputs="zoo.plugins.encoder_decoder:example_inputs",
+        tasks=("translation",),
+        description="Transformer encoder-decoder (Annotated Transformer / Marian; greedy and beam search)",
+    ),
 )
 
 
