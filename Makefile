@@ -8,12 +8,15 @@ STAMP  := $(VENV)/.zoo-installed
 
 setup: $(STAMP)
 
-# --system-site-packages lets the venv see a torch the user already installed (a CUDA build, say).
-# Only when no torch >= 2.4 is importable do we install the CPU build, torch==2.13.0: an unpinned
-# torch would pull several GB of CUDA packages onto a CPU-only machine.
+# When $(PYTHON) already has a torch >= 2.4 (a CUDA build, say), the venv sees it through
+# --system-site-packages and keeps it. Otherwise the venv is a clean one and gets the CPU build
+# torch==2.13.0: an unpinned torch would pull several GB of CUDA packages onto a CPU machine.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv --system-site-packages $(VENV)
-	$(BIN)/python tools/ensure_torch.py || $(BIN)/python -m pip install --quiet "torch==2.13.0"
+	if $(PYTHON) tools/ensure_torch.py; then \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+	    $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet "torch==2.13.0"; \
+	fi
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

@@ -88,6 +88,8 @@ CONVERTER = Converter(
     tasks={"GPT2LMHeadModel": "text-generation", "GPT2Model": "text-generation"},
     reference="zoo.converters.hf_gpt2:reference",
     hub_layout="zoo.converters.hf_gpt2:hub_layout",
+    tiny_config={"vocab_size": 96, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4,
+                 "bos_token_id": 0, "eos_token_id": 0},
     description="Hugging Face GPT-2 (Hub files and transformers save_pretrained)",
 )
 

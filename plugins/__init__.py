@@ -15,6 +15,13 @@ ARCHITECTURES = (
         description="GPT-2 decoder-only language model (KV-cache generation)",
     ),
     Architecture(
+        name="vit",
+        factory="zoo.plugins.vit:from_config",
+        example_inputs="zoo.plugins.vit:example_inputs",
+        tasks=("image-classification", "image-feature-extraction"),
+        description="Vision Transformer: image classifier, or encoder (+ pooler)",
+    ),
+    Architecture(
         name="encoder_decoder",
         factory="zoo.plugins.encoder_decoder:from_config",
         example_inputs="zoo.plugins.encoder_decoder:example_inputs",

@@ -132,7 +132,10 @@ def _entry_points() -> List[Tuple[PluginInfo, Callable[[], Any]]]:
     only, disabled = _env_names(ONLY_ENV), _env_names(DISABLE_ENV)
     found = []
     seen = set()
-    for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+    # zoo's own plugins first, so that a third party cannot take a built-in name.
+    eps = metadata.entry_points(group=GROUP)
+    builtin = lambda e: getattr(getattr(e, "dist", None), "name", None) == "zoo"
+    for ep in sorted(eps, key=lambda e: (not builtin(e), e.name)):
         if (only is not None and ep.name not in only) or (disabled and ep.name in disabled):
             continue
         dist = getattr(ep, "dist", None)
@@ -183,7 +186,7 @@ def _discover() -> Plugins:
 
 def _collect(plugins: Plugins, hook: str, kind: str, cls, into: Optional[dict]) -> None:
     caller = getattr(plugins.manager.hook, hook)
-    for impl in reversed(caller.get_hookimpls()):  # registration order
+    for impl in caller.get_hookimpls():  # registration order: built-ins first
         info = plugins.infos[impl.plugin_name]
         got: List[Any] = []
         try:
@@ -217,7 +220,7 @@ def register_commands(cli) -> None:
     """Let plugins add CLI commands; a failing plugin is reported and skipped."""
     plugins = get_plugins()
     caller = plugins.manager.hook.register_commands
-    for impl in reversed(caller.get_hookimpls()):
+    for impl in caller.get_hookimpls():
         info = plugins.infos[impl.plugin_name]
         before = set(cli.commands)
         try:

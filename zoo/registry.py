@@ -124,9 +124,10 @@ class Catalog:
         return entry
 
     def unknown_message(self, name: str) -> str:
-        candidates = list(self.models) + [a for a in self.aliases if "/" not in a]
-        close = difflib.get_close_matches(name.lower(), candidates, n=3, cutoff=0.6)
-        hint = f" — did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        candidates = sorted(set(self.models) | set(self.aliases))
+        close = difflib.get_close_matches(name.lower(), candidates, n=6, cutoff=0.6)
+        names = list(dict.fromkeys(self.aliases.get(c, c) for c in close))[:3]
+        hint = f" — did you mean {' or '.join(repr(c) for c in names)}?" if names else "."
         return (
             f"unknown model {name!r}{hint} `zoo list` shows all names; a local checkpoint "
             f"folder (config.json + *.safetensors) works too"

@@ -129,6 +129,11 @@ class Converter:
         checkpoints that come without a config.json (sizes read off the tensor shapes;
         ``overrides`` carries what the weights cannot tell). Such a checkpoint is matched to the
         converter whose key map accounts for every key.
+    :param tiny_config: a few-kilobyte config of the reference class, used by the tests
+        (parametrized over every registered converter) and by :mod:`zoo.testing`.
+    :param config_from_weights: ``"module:attr"`` of ``(config, keys) -> config`` for config values
+        only the weights can tell (e.g. whether a ViT encoder checkpoint has a pooler): called
+        with the merged config and the checkpoint's key names before the model is built.
     :param version: bumped when the mapping changes (recorded in provenance).
     """
 
@@ -141,6 +146,8 @@ class Converter:
     reference: Optional[Ref] = None
     hub_layout: Optional[Ref] = None
     infer_config: Optional[Ref] = None
+    tiny_config: Mapping[str, Any] = field(default_factory=dict)
+    config_from_weights: Optional[Ref] = None
     description: str = ""
     version: str = "1"
 

@@ -1,0 +1,167 @@
+"""Hugging Face ViT checkpoints -> zoo's ``vit`` architecture.
+
+Layouts read (all 1:1 apart from names; no tensor changes shape):
+
+* the files on the Hub and what transformers 5.x ``save_pretrained`` writes (it converts its
+  module names back to this layout on save)::
+
+      ViTForImageClassification      ViTModel (e.g. google/vit-base-patch32-224-in21k)
+      vit.embeddings.cls_token       embeddings.cls_token
+      vit.encoder.layer.N.attention.attention.{query,key,value}.{weight,bias}
+      vit.encoder.layer.N.attention.output.dense.*
+      vit.encoder.layer.N.{layernorm_before,layernorm_after}.*
+      vit.encoder.layer.N.intermediate.dense.*     (MLP up)
+      vit.encoder.layer.N.output.dense.*           (MLP down)
+      vit.layernorm.*                layernorm.*
+      classifier.*                   pooler.dense.*  (when built with a pooler)
+
+* transformers 5.x module names, i.e. ``model.state_dict()`` written as is
+  (``vit.layers.N.attention.{q,k,v,o}_proj``, ``vit.layers.N.mlp.fc1/fc2``): renamed below.
+
+This module imports no torch.
+"""
+from zoo import Drop, Map, Rename, hookimpl
+from zoo.types import Converter
+
+_L = "encoder.layer.{}."
+
+KEY_MAP = (
+    Map("embeddings.cls_token", "embeddings.cls_token"),
+    Map("embeddings.position_embeddings", "embeddings.position_embeddings"),
+    Map("embeddings.patch_embeddings.projection.weight", "embeddings.patch_embeddings.projection.weight"),
+    Map("embeddings.patch_embeddings.projection.bias", "embeddings.patch_embeddings.projection.bias"),
+    *(
+        Map(_L + name + suffix, _L + name + suffix)
+        for name in (
+            "layernorm_before",
+            "attention.attention.query",
+            "attention.attention.key",
+            "attention.attention.value",
+            "attention.output.dense",
+            "layernorm_after",
+            "intermediate.dense",
+            "output.dense",
+        )
+        for suffix in (".weight", ".bias")
+    ),
+    Map("layernorm.weight", "layernorm.weight"),
+    Map("layernorm.bias", "layernorm.bias"),
+    Map("pooler.dense.weight", "pooler.dense.weight", unused="pooler; a classifier reads the class token instead"),
+    Map("pooler.dense.bias", "pooler.dense.bias", unused="pooler; a classifier reads the class token instead"),
+    Map("classifier.weight", "classifier.weight", unused="classification head; the model was built as an encoder"),
+    Map("classifier.bias", "classifier.bias", unused="classification head; the model was built as an encoder"),
+    Drop("embeddings.mask_token", "mask token of masked image modeling (SimMIM); not used for inference"),
+    Drop("decoder.{}.weight", "pixel decoder of masked image modeling (SimMIM); not part of the encoder"),
+    Drop("decoder.{}.bias", "pixel decoder of masked image modeling (SimMIM); not part of the encoder"),
+)
+
+_NEW_NAMES = "transformers 5.x module names (a state_dict saved as is)"
+RENAMES = (
+    Rename(r"^vit\.", "", "ViTFor* checkpoints keep the encoder under 'vit.'; ViTModel has no prefix"),
+    Rename(r"^layers\.(\d+)\.attention\.q_proj\.", r"encoder.layer.\1.attention.attention.query.", _NEW_NAMES),
+    Rename(r"^layers\.(\d+)\.attention\.k_proj\.", r"encoder.layer.\1.attention.attention.key.", _NEW_NAMES),
+    Rename(r"^layers\.(\d+)\.attention\.v_proj\.", r"encoder.layer.\1.attention.attention.value.", _NEW_NAMES),
+    Rename(r"^layers\.(\d+)\.attention\.o_proj\.", r"encoder.layer.\1.attention.output.dense.", _NEW_NAMES),
+    Rename(r"^layers\.(\d+)\.mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense.", _NEW_NAMES),
+    Rename(r"^layers\.(\d+)\.mlp\.fc2\.", r"encoder.layer.\1.output.dense.", _NEW_NAMES),
+    Rename(r"^layers\.(\d+)\.(layernorm_before|layernorm_after)\.", r"encoder.layer.\1.\2.", _NEW_NAMES),
+)
+
+# transformers 5.x state_dict names -> Hub names (the inverse of the layer renames above)
+_TO_HUB = (
+    (r"layers\.(\d+)\.attention\.q_proj\.", r"encoder.layer.\1.attention.attention.query."),
+    (r"layers\.(\d+)\.attention\.k_proj\.", r"encoder.layer.\1.attention.attention.key."),
+    (r"layers\.(\d+)\.attention\.v_proj\.", r"encoder.layer.\1.attention.attention.value."),
+    (r"layers\.(\d+)\.attention\.o_proj\.", r"encoder.layer.\1.attention.output.dense."),
+    (r"layers\.(\d+)\.mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
+    (r"layers\.(\d+)\.mlp\.fc2\.", r"encoder.layer.\1.output.dense."),
+    (r"layers\.(\d+)\.(layernorm_before|layernorm_after)\.", r"encoder.layer.\1.\2."),
+)
+
+# a tiny config for verify/tests on random weights: 4x4 patch grid, 5 labels
+TINY_CONFIG = {
+    "model_type": "vit",
+    "architectures": ["ViTForImageClassification"],
+    "image_size": 32,
+    "patch_size": 8,
+    "num_channels": 3,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12,
+    "qkv_bias": True,
+    "num_labels": 5,
+}
+
+_PRIVATE = ("add_pooling_layer",)  # zoo's own config keys, unknown to transformers
+
+
+def has_pooler(keys) -> bool:
+    return any(k.endswith("pooler.dense.weight") for k in keys)
+
+
+def config_from_weights(config, keys):
+    """Whether to build a pooler: a ViTModel config.json does not say, its weights do."""
+    return {**config, "add_pooling_layer": has_pooler(keys)}
+
+
+def reference(config, task, folder=None):
+    """The transformers model zoo is checked against: ``ViTForImageClassification`` for
+    image-classification, ``ViTModel`` (with a pooler when the checkpoint has one) otherwise."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTModel
+
+    if task == "image-classification":
+        if folder is not None:
+            return ViTForImageClassification.from_pretrained(folder)
+        return ViTForImageClassification(ViTConfig(**{k: v for k, v in config.items() if k not in _PRIVATE}))
+    if folder is not None:
+        from pathlib import Path
+
+        from zoo import checkpoint as ckpt
+
+        keys = ckpt.read_weights(ckpt.find_weights(Path(folder)))
+        return ViTModel.from_pretrained(folder, add_pooling_layer=has_pooler(keys))
+    pool = bool(config.get("add_pooling_layer", True))
+    return ViTModel(ViTConfig(**{k: v for k, v in config.items() if k not in _PRIVATE}), add_pooling_layer=pool)
+
+
+def hub_layout(state_dict, config):
+    """The reference model's ``state_dict()`` (transformers 5.x module names) -> the key layout
+    of the files on the Hub (``vit.encoder.layer.N.attention.attention.query.weight``, ...);
+    the ``vit.`` prefix stays where the reference has it (classifiers), as on the Hub."""
+    import re
+
+    out = {}
+    for key, tensor in state_dict.items():
+        prefix = "vit." if key.startswith("vit.") else ""
+        rest = key[len(prefix):]
+        for pattern, repl in _TO_HUB:
+            rest = re.sub("^" + pattern, repl, rest)
+        out[prefix + rest] = tensor
+    return out
+
+
+CONVERTER = Converter(
+    name="hf_vit",
+    architecture="vit",
+    model_types=("vit",),
+    key_map=KEY_MAP,
+    renames=RENAMES,
+    tasks={
+        "ViTForImageClassification": "image-classification",
+        "ViTModel": "image-feature-extraction",
+        "ViTForMaskedImageModeling": "image-feature-extraction",
+    },
+    reference="zoo.converters.hf_vit:reference",
+    hub_layout="zoo.converters.hf_vit:hub_layout",
+    config_from_weights="zoo.converters.hf_vit:config_from_weights",
+    tiny_config=TINY_CONFIG,
+    description="Hugging Face ViT (Hub files, transformers save_pretrained, transformers 5.x module names)",
+)
+
+
+@hookimpl
+def register_converters(register):
+    register(CONVERTER)

@@ -1,0 +1,319 @@
+"""Vision Transformer (Dosovitskiy et al., 2020), readable top to bottom.
+
+An image is cut into ``patch_size`` x ``patch_size`` patches; each patch is projected to a
+vector (a strided convolution), a learned class token is put in front, learned position
+embeddings are added, and the sequence runs through ``num_hidden_layers`` pre-norm encoder
+blocks (LayerNorm -> self-attention -> residual, LayerNorm -> MLP -> residual) and a final
+LayerNorm. A classifier reads the class token; an encoder checkpoint may instead have a pooler
+(dense + tanh on the class token).
+
+Submodules carry the names of the files on the Hugging Face Hub (``embeddings.cls_token``,
+``encoder.layer.N.attention.attention.query``, ``layernorm_before``, ...), so the converter's
+key map is 1:1 apart from the ``vit.`` prefix.
+
+Images at another resolution than the one trained get their position embeddings resized by
+bicubic interpolation of the patch grid (the class token's embedding is kept as is), exactly as
+transformers does with ``interpolate_pos_encoding=True``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from zoo.errors import ConfigError, InputError
+from zoo.outputs import ModelOutput
+
+TASKS = ("image-classification", "image-feature-extraction")
+
+# Hugging Face activation names -> functions ("gelu" is the exact GELU, as ViT uses).
+ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+def _pair(value: Any, name: str) -> Tuple[int, int]:
+    """``224`` or ``[224, 320]`` -> ``(224, 224)`` / ``(224, 320)`` (height, width)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"vit: config field {name}={value!r} must be an int or [height, width]")
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    raise ConfigError(f"vit: config field {name}={value!r} must be an int or [height, width]")
+
+
+@dataclass
+class ViTConfig:
+    image_size: Tuple[int, int] = (224, 224)
+    patch_size: Tuple[int, int] = (16, 16)
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    qkv_bias: bool = True
+    num_labels: int = 2  # transformers' default when a config names no labels
+    id2label: Dict[int, str] = field(default_factory=dict)
+    add_pooling_layer: bool = True  # encoders only; zoo sets it from the checkpoint's keys
+    pooler_output_size: Optional[int] = None
+    pooler_act: str = "tanh"
+
+    @classmethod
+    def from_hf(cls, config: Dict[str, Any]) -> "ViTConfig":
+        """Build from Hugging Face ViT config values; refuse what this file does not implement."""
+        cfg = cls()
+        for name in ("num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            value = config.get(name, getattr(cfg, name))
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"vit: config field {name}={value!r} must be a positive integer")
+            setattr(cfg, name, value)
+        cfg.image_size = _pair(config.get("image_size", 224), "image_size")
+        cfg.patch_size = _pair(config.get("patch_size", 16), "patch_size")
+        for name in ("hidden_act", "pooler_act"):
+            value = config.get(name, getattr(cfg, name))
+            if value not in ACTIVATIONS:
+                raise ConfigError(
+                    f"vit: config field {name}={value!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
+                )
+            setattr(cfg, name, value)
+        cfg.layer_norm_eps = float(config.get("layer_norm_eps", cfg.layer_norm_eps))
+        cfg.qkv_bias = bool(config.get("qkv_bias", True))
+        cfg.add_pooling_layer = bool(config.get("add_pooling_layer", True))
+        cfg.pooler_output_size = config.get("pooler_output_size") or cfg.hidden_size
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise ConfigError(
+                f"vit: hidden_size={cfg.hidden_size} is not divisible by num_attention_heads={cfg.num_attention_heads}"
+            )
+        head_dim = config.get("head_dim")
+        if head_dim is not None and head_dim != cfg.hidden_size // cfg.num_attention_heads:
+            raise ConfigError(f"vit: config field head_dim={head_dim!r} != hidden_size / num_attention_heads is not supported")
+        for name, bad in (("use_mask_token", True), ("use_absolute_position_embeddings", False)):
+            if config.get(name) == bad:
+                raise ConfigError(f"vit: config field {name}={bad!r} is not supported")
+        grid = [i // p for i, p in zip(cfg.image_size, cfg.patch_size)]
+        if min(grid) < 1:
+            raise ConfigError(f"vit: image_size={list(cfg.image_size)} is smaller than patch_size={list(cfg.patch_size)}")
+        id2label = config.get("id2label") or {}
+        cfg.id2label = {int(k): str(v) for k, v in id2label.items()}
+        num_labels = config.get("num_labels", len(cfg.id2label) or 2)
+        if not isinstance(num_labels, int) or num_labels < 1:
+            raise ConfigError(f"vit: config field num_labels={num_labels!r} must be a positive integer")
+        cfg.num_labels = len(cfg.id2label) or num_labels
+        return cfg
+
+    @property
+    def grid(self) -> Tuple[int, int]:
+        """Patches per column and per row at the trained resolution."""
+        return self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1]
+
+
+class Dense(nn.Module):
+    """A linear layer kept under the name ``dense``, as in the checkpoint
+    (``attention.output.dense``, ``intermediate.dense``, ``output.dense``, ``pooler.dense``)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.dense = nn.Linear(n_in, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(x)
+
+
+class PatchEmbeddings(nn.Module):
+    """(B, C, H, W) -> (B, H/p * W/p, hidden): one strided conv = one linear map per patch."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.projection = nn.Conv2d(cfg.num_channels, cfg.hidden_size, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.projection(pixel_values)  # (B, hidden, gh, gw); patches in row-major order
+        return x.flatten(2).transpose(1, 2)  # (B, gh * gw, hidden)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        gh, gw = cfg.grid
+        # zeros, not random: zoo builds on the meta device and assigns the checkpoint's tensors
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + gh * gw, cfg.hidden_size))
+        self.patch_embeddings = PatchEmbeddings(cfg)
+
+    def positions(self, gh: int, gw: int, interpolate: Optional[bool]) -> torch.Tensor:
+        """Position embeddings (1, 1 + gh*gw, hidden) for a gh x gw patch grid.
+
+        The trained table is used as is when the grid is the trained one; otherwise the patch
+        part, seen as a (hidden, gh0, gw0) image, is resized bicubically to (gh, gw). The
+        class token's embedding (row 0) has no place in the grid and is kept unchanged. (This
+        is transformers' ``interpolate_pos_encoding=True``; where transformers resizes a grid to
+        its own size, bicubic resampling at scale 1 is the identity.)
+        """
+        table = self.position_embeddings
+        gh0, gw0 = self.cfg.grid
+        if (gh, gw) == (gh0, gw0):
+            return table
+        if interpolate is False:
+            raise InputError(
+                f"vit: the image is {gh}x{gw} patches but the model was trained on {gh0}x{gw0}; "
+                f"pass interpolate_pos_encoding=True (or leave it unset) to resize the position embeddings"
+            )
+        cls_pos, patch_pos = table[:, :1], table[:, 1:]
+        dim = table.shape[-1]
+        patch_pos = patch_pos.reshape(1, gh0, gw0, dim).permute(0, 3, 1, 2)  # (1, hidden, gh0, gw0)
+        patch_pos = F.interpolate(patch_pos, size=(gh, gw), mode="bicubic", align_corners=False)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, gh * gw, dim)  # back to row-major patches
+        return torch.cat((cls_pos, patch_pos), dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate: Optional[bool]) -> torch.Tensor:
+        B, _, H, W = pixel_values.shape
+        x = self.patch_embeddings(pixel_values)  # (B, N, hidden)
+        x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)  # (B, 1 + N, hidden)
+        ph, pw = self.cfg.patch_size
+        return x + self.positions(H // ph, W // pw, interpolate)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over all tokens (no mask: every patch sees every patch)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.n_head = cfg.num_attention_heads
+        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
+        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
+        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q = self.query(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.key(x).view(B, T, self.n_head, hs).transpose(1, 2)
+        v = self.value(x).view(B, T, self.n_head, hs).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, T, hs)
+        return y.transpose(1, 2).reshape(B, T, C)  # heads side by side
+
+
+class Attention(nn.Module):
+    """``attention.attention`` (q, k, v) then ``attention.output.dense``, as the checkpoint nests them."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.attention = SelfAttention(cfg)
+        self.output = Dense(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.attention(x))
+
+
+class Layer(nn.Module):
+    """One pre-norm encoder block."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.attention = Attention(cfg)
+        self.layernorm_after = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.intermediate = Dense(cfg.hidden_size, cfg.intermediate_size)  # MLP up
+        self.output = Dense(cfg.intermediate_size, cfg.hidden_size)  # MLP down
+        self.act = ACTIVATIONS[cfg.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.layernorm_before(x))
+        return x + self.output(self.act(self.intermediate(self.layernorm_after(x))))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+
+
+class ViT(nn.Module):
+    """``model(pixel_values)`` with pixel_values (B, C, H, W) float, normalized.
+
+    Classifier (task ``image-classification``): output ``.logits`` (B, num_labels), read off the
+    class token. Encoder (``image-feature-extraction``): ``.last_hidden_state`` (B, 1 + N,
+    hidden) and, when the checkpoint has a pooler, ``.pooler_output`` (B, hidden).
+    """
+
+    def __init__(self, cfg: ViTConfig, task: str):
+        super().__init__()
+        if task not in TASKS:
+            raise ConfigError(f"vit: task {task!r} is not supported (tasks: {', '.join(TASKS)})")
+        self.config = cfg
+        self.task = task
+        self.embeddings = Embeddings(cfg)
+        self.encoder = Encoder(cfg)
+        self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        if task == "image-classification":
+            self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        elif cfg.add_pooling_layer:
+            self.pooler = Dense(cfg.hidden_size, cfg.pooler_output_size)
+
+    def _check(self, pixel_values: Any) -> None:
+        cfg = self.config
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+            shape = list(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise InputError(f"vit expects pixel_values of shape [B, {cfg.num_channels}, H, W], got {shape}")
+        if not pixel_values.is_floating_point():
+            raise InputError(
+                f"vit expects float pixel values (normalized as the checkpoint's preprocessing says), "
+                f"got {pixel_values.dtype}; zoo.imaging.preprocess turns image files into them"
+            )
+        B, C, H, W = pixel_values.shape
+        if C != cfg.num_channels:
+            raise InputError(f"vit: the model takes {cfg.num_channels} channels, the input has {C}")
+        ph, pw = cfg.patch_size
+        if H < ph or W < pw or B == 0:
+            raise InputError(f"vit: input {H}x{W} is smaller than one {ph}x{pw} patch (or the batch is empty)")
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: Optional[bool] = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """``interpolate_pos_encoding``: None resizes the position embeddings only when the
+        image's patch grid differs from the trained one; True behaves as transformers' flag;
+        False refuses other resolutions."""
+        self._check(pixel_values)
+        x = self.embeddings(pixel_values.to(self.layernorm.weight.dtype), interpolate_pos_encoding)
+        hidden = [x] if output_hidden_states else None  # transformers: embeddings, then each block
+        for block in self.encoder.layer:
+            x = block(x)
+            if hidden is not None:
+                hidden.append(x)
+        x = self.layernorm(x)  # (B, 1 + N, hidden)
+        states = tuple(hidden) if hidden else None
+        if self.task == "image-classification":
+            return ModelOutput(logits=self.classifier(x[:, 0]), hidden_states=states)
+        pooled = None
+        if hasattr(self, "pooler"):
+            pooled = ACTIVATIONS[self.config.pooler_act](self.pooler(x[:, 0]))
+        return ModelOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=states)
+
+
+def from_config(config: Dict[str, Any], task: Optional[str] = None) -> ViT:
+    return ViT(ViTConfig.from_hf(config), task or TASKS[0])
+
+
+def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
+    """Random pixel values at the trained resolution (``seq`` does not apply to images)."""
+    cfg = ViTConfig.from_hf(config)
+    h, w = cfg.image_size
+    return {"pixel_values": torch.randn(batch, cfg.num_channels, h, w, generator=generator)}

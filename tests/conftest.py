@@ -1,0 +1,60 @@
+"""Shared fixtures. Nothing here touches the network: checkpoints are tiny random transformers
+models written to tmp folders in the layouts real files use."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def digest(folder: Path) -> dict:
+    """sha256 of every file below ``folder``: tests assert inputs are unchanged."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def converters():
+    from zoo.registry import get_catalog
+
+    return sorted(get_catalog().converters.values(), key=lambda c: c.name)
+
+
+def write_checkpoint(converter, folder: Path, layout: str = "hub", config=None, seed: int = 0):
+    """A random reference model for ``converter`` saved in ``folder``.
+
+    ``layout="hub"``: the key layout of the files on the Hub (``converter.hub_layout``);
+    ``layout="save_pretrained"``: whatever transformers' ``save_pretrained`` writes today.
+    Returns the reference model (eval mode).
+    """
+    import torch
+
+    from zoo.types import resolve
+    from zoo.verification import _write_random_checkpoint
+
+    config = dict(config or converter.tiny_config)
+    task = next(iter(converter.tasks.values()), None)
+    folder.mkdir(parents=True, exist_ok=True)
+    if layout == "hub":
+        return _write_random_checkpoint(converter, config, task, seed, folder)
+    torch.manual_seed(seed)
+    ref = resolve(converter.reference)(config, task).eval()
+    ref.save_pretrained(str(folder))
+    return ref
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins():
+    """Each test sees the plugins and catalog as installed, whatever the last test changed."""
+    from zoo import pluginmanager
+
+    yield
+    pluginmanager._extra.clear()
+    pluginmanager.reset()

@@ -1,0 +1,149 @@
+"""The zoo CLI, through click's CliRunner and as the installed console script."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from zoo.cli import cli
+from zoo.registry import get_catalog
+
+from conftest import digest, write_checkpoint
+
+ZOO = str(Path(sys.executable).with_name("zoo"))
+CONV = get_catalog().converter("hf_gpt2")
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    write_checkpoint(CONV, folder)
+    return folder
+
+
+def test_list_table_and_json():
+    result = invoke("list")
+    assert result.exit_code == 0
+    header = result.output.splitlines()[0].split()
+    assert header == ["NAME", "ARCHITECTURE", "TASK", "PARAMS", "SOURCE"]
+    assert "openai-community/gpt2" in result.output and "124M" in result.output
+    data = json.loads(invoke("list", "gpt2*", "--json").output)
+    assert [d["name"] for d in data] == ["gpt2", "gpt2-large", "gpt2-medium", "gpt2-xl"]
+    assert {"name", "architecture", "converter", "task", "aliases"} <= set(data[0])
+
+
+def test_list_no_match_exits_nonzero():
+    result = invoke("list", "nothing-like-this*")
+    assert result.exit_code == 1 and "no models match" in result.output
+
+
+def test_info_and_plugins():
+    result = invoke("info", "openai-community/gpt2")
+    assert result.exit_code == 0 and "124,439,808" in result.output and "n_layer = 12" in result.output
+    plugins = json.loads(invoke("plugins", "--json").output)
+    gpt2 = next(p for p in plugins if p["name"] == "hf_gpt2")
+    assert gpt2["distribution"] == "zoo" and gpt2["registered"] == {"converter": ["hf_gpt2"]}
+
+
+@pytest.mark.parametrize("args", [["info", "gtp2"], ["verify", "gtp2"], ["run", "gtp2", "hi"]])
+def test_unknown_name_is_one_line_exit_2(args):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0, result.output
+    assert "did you mean 'gpt2'" in result.output and "Traceback" not in result.output
+
+
+def test_debug_shows_traceback():
+    result = invoke("--debug", "info", "gtp2")
+    assert result.exit_code == 2 and "Traceback" in result.output
+
+
+def test_verify_json_on_a_local_checkpoint(tiny):
+    before = digest(tiny)
+    result = invoke("verify", str(tiny), "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] is True and report["max_abs_diff"] <= report["tolerance"]
+    assert "sha256:" in report["weights"] and report["generation"]["identical"]
+    assert digest(tiny) == before
+
+
+def test_verify_registry_entry_with_checkpoint_override(tiny):
+    result = invoke("verify", "gpt2", "--checkpoint", str(tiny), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith("PASSED")
+
+
+@pytest.mark.parametrize("device, dtype, message", [("cuda:7", None, "not available here (available: cpu"),
+                                                    ("tpu", None, "unknown device"),
+                                                    ("cpu", "float8", "unknown dtype")])
+def test_bad_device_or_dtype(tiny, device, dtype, message):
+    args = ["run", str(tiny), "--ids", "1,2", "--device", device] + (["--dtype", dtype] if dtype else [])
+    result = invoke(*args)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_run_with_ids_streams_ids(tiny):
+    result = invoke("run", str(tiny), "--ids", "1,2,3", "--max-new-tokens", "5", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["input_ids"] == [1, 2, 3] and len(data["generated_ids"]) == 5
+
+
+def test_run_without_tokenizer_says_to_use_ids(tiny):
+    result = invoke("run", str(tiny), "hello")
+    assert result.exit_code == 2 and "--ids" in result.output
+
+
+def test_run_with_a_tokenizer_prints_text(tiny, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=96, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:60])
+    tok.train_from_iterator(["hello world, the zoo says hello"] * 20, trainer)
+    folder = tmp_path / "with-tok"
+    folder.mkdir()
+    for f in tiny.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    result = invoke("run", str(folder), "hello world", "--max-new-tokens", "4", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["generated_ids"]) <= 4 and isinstance(data["text"], str)
+
+
+def _subprocess(args, **env):
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+
+
+def test_installed_console_script_runs():
+    result = _subprocess([ZOO, "list", "distil*"])
+    assert result.returncode == 0, result.stderr
+    assert "distilgpt2" in result.stdout
+    result = _subprocess([ZOO, "info", "nope-model"])
+    assert result.returncode == 2 and result.stderr.startswith("zoo: error: unknown model 'nope-model'")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "--json"], ["info", "gpt2"], ["plugins"]])
+def test_listing_commands_do_not_import_torch(args):
+    code = (
+        "import sys\n"
+        "from zoo.cli import main\n"
+        f"sys.argv = ['zoo'] + {args!r}\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = _subprocess([sys.executable, "-c", code])
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,96 @@
+"""GPT-2 specifics: generation, KV cache, config refusal, run-time input errors, full size."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from zoo.errors import ConfigError, InputError
+from zoo.registry import get_catalog
+from zoo.verification import verify
+
+from conftest import write_checkpoint
+
+CONV = get_catalog().converter("hf_gpt2")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt2")
+    ref = write_checkpoint(CONV, folder, config={**CONV.tiny_config, "eos_token_id": None})
+    return ref, zoo.load(str(folder), device="cpu")
+
+
+def test_greedy_generate_matches_transformers(tiny):
+    ref, model = tiny
+    ids = torch.randint(0, 96, (3, 5), generator=torch.Generator().manual_seed(1))
+    ours = model.generate(ids, max_new_tokens=20)
+    theirs = ref.generate(ids, do_sample=False, max_new_tokens=20, pad_token_id=0, eos_token_id=None)
+    assert ours.shape == (3, 25)
+    assert torch.equal(ours, theirs)
+
+
+def test_kv_cache_matches_full_forward(tiny):
+    _, model = tiny
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(2))
+    full = model(ids).logits
+    from zoo.plugins.gpt2 import KVCache
+
+    cache = KVCache(model.config, 2, 12, "cpu", torch.float32)
+    chunks = [model(ids[:, :5], cache=cache).logits, model(ids[:, 5:9], cache=cache).logits]
+    chunks += [model(ids[:, t : t + 1], cache=cache).logits for t in range(9, 12)]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_is_seeded_and_respects_top_k(tiny):
+    _, model = tiny
+    ids = torch.tensor([[1, 2, 3]])
+    a = model.generate(ids, max_new_tokens=10, temperature=1.0, top_k=5, seed=7)
+    b = model.generate(ids, max_new_tokens=10, temperature=1.0, top_k=5, seed=7)
+    assert torch.equal(a, b)
+    # with top_k=1 sampling is greedy
+    assert torch.equal(model.generate(ids, max_new_tokens=10, temperature=0.8, top_k=1, seed=3),
+                       model.generate(ids, max_new_tokens=10))
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        (torch.zeros(1, 0, dtype=torch.long), "empty"),
+        (torch.tensor([[1, 96]]), "token ids must be in"),
+        (torch.tensor([[-1, 2]]), "token ids must be in"),
+        (torch.zeros(1, 33, dtype=torch.long), "exceed the context"),
+        (torch.zeros(3, dtype=torch.long), "shape [B, T]"),
+    ],
+)
+def test_bad_run_time_input(tiny, ids, message):
+    _, model = tiny
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        model(ids)
+
+
+def test_generation_past_the_context_is_refused(tiny):
+    _, model = tiny
+    with pytest.raises(InputError, match="exceed the context"):
+        model.generate(torch.zeros(1, 30, dtype=torch.long), max_new_tokens=5)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("activation_function", "mish"), ("scale_attn_by_inverse_layer_idx", True), ("add_cross_attention", True)],
+)
+def test_unsupported_config_is_refused_by_name(field, value):
+    from zoo.plugins.gpt2 import from_config
+
+    with pytest.raises(ConfigError, match=field):
+        from_config({**CONV.tiny_config, field: value})
+
+
+def test_full_size_gpt2_verifies_on_random_weights():
+    """The real GPT-2 small (124M) through the whole pipeline, Hub layout, random weights."""
+    report = verify("gpt2", device="cpu", seed=0, random_weights=True, new_tokens=4)
+    assert report.passed, report.render()
+    assert report.weights.startswith("random, seed 0")
+    assert report.top1_agreement == 1.0
+    assert report.generation["identical"]
+    assert report.accounting["loaded"] == 148 and len(report.accounting["dropped"]) == 12

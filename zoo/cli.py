@@ -1,0 +1,253 @@
+"""The ``zoo`` command line: a thin layer over the library.
+
+Library errors become one line on stderr and an exit code (2 bad input, 1 parity failure);
+``--debug`` shows the traceback instead. ``zoo --help`` and ``zoo list`` never import torch.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from typing import Optional
+
+import click
+
+from .errors import ZooError
+
+EPILOG = "Docs: README.md. Models: `zoo list`. Plugins: `zoo plugins`."
+
+
+class ZooGroup(click.Group):
+    """Turns library errors into one-line messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except ZooError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"zoo: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("zoo: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # a bug: say so, in one line unless --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"zoo: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=ZooGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(package_name="zoo", prog_name="zoo")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """zoo: a model zoo with a weight-conversion registry.
+
+    List, load, verify and run transformer checkpoints (GPT-2, BERT, ViT, encoder-decoders)
+    through architecture and converter plugins.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _fmt_params(n: Optional[int]) -> str:
+    if not n:
+        return "-"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}" if n < 10 * div else f"{n / div:.0f}{unit}"
+    return str(n)
+
+
+def _table(rows, headers) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([line(headers)] + [line(r) for r in rows])
+
+
+@cli.command("list")
+@click.argument("patterns", nargs=-1)
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave out names matching PATTERN.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def list_cmd(patterns, exclude, as_json):
+    """List catalog entries, optionally filtered by fnmatch PATTERNS (e.g. 'gpt2*')."""
+    from .registry import get_catalog
+
+    entries = get_catalog().list(patterns, exclude)
+    if as_json:
+        click.echo(json.dumps([
+            {
+                "name": e.name,
+                "architecture": e.architecture,
+                "converter": e.converter,
+                "task": e.task,
+                "params": e.params,
+                "repo": e.repo,
+                "revision": e.revision,
+                "aliases": list(e.aliases),
+                "description": e.description,
+                "origin": e.origin,
+            }
+            for e in entries
+        ], indent=2))
+        return
+    if not entries:
+        click.echo("no models match" + (f" {' '.join(patterns)}" if patterns else ""), err=True)
+        sys.exit(1)
+    rows = [(e.name, e.architecture, e.task, _fmt_params(e.params), e.source) for e in entries]
+    click.echo(_table(rows, ("NAME", "ARCHITECTURE", "TASK", "PARAMS", "SOURCE")))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(name, as_json):
+    """Show everything the catalog knows about NAME."""
+    from .registry import get_catalog
+
+    catalog = get_catalog()
+    e = catalog.get(name)
+    conv = catalog.converters.get(e.converter)
+    data = {
+        "name": e.name,
+        "description": e.description,
+        "architecture": e.architecture,
+        "converter": e.converter,
+        "task": e.task,
+        "repo": e.repo,
+        "revision": e.revision,
+        "aliases": list(e.aliases),
+        "params": e.params,
+        "config": dict(e.config),
+        "preprocessing": dict(e.preprocessing),
+        "origin": e.origin,
+        "converter_rules": len(conv.key_map) if conv else None,
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key in ("name", "description", "architecture", "converter", "task", "repo", "revision", "params", "origin"):
+        value = data[key]
+        if key == "params" and value:
+            value = f"{value:,} ({_fmt_params(value)})"
+        click.echo(f"{key:13} {value if value not in (None, '') else '-'}")
+    click.echo(f"{'aliases':13} {', '.join(e.aliases) or '-'}")
+    click.echo("config")
+    for k, v in e.config.items():
+        click.echo(f"  {k} = {json.dumps(v)}")
+    if e.preprocessing:
+        click.echo("preprocessing")
+        for k, v in e.preprocessing.items():
+            click.echo(f"  {k} = {json.dumps(v)}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json):
+    """List plugins: distribution, version, what each registered, load errors."""
+    from . import pluginmanager
+    from .registry import get_catalog
+
+    get_catalog()  # registers catalog entries so errors in them are reported too
+    infos = list(pluginmanager.get_plugins().infos.values())
+    if as_json:
+        click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    for i in infos:
+        dist = f"{i.distribution} {i.version}" if i.distribution else "(in-process)"
+        status = "ok" if i.loaded and not i.errors else "ERROR"
+        click.echo(f"{i.name:16} {dist:20} {status}")
+        for kind, names in sorted(i.registered.items()):
+            click.echo(f"  {kind + 's':14} {', '.join(names)}")
+        for err in i.errors:
+            click.echo(f"  error          {err}")
+
+
+def _device_options(f):
+    f = click.option("--dtype", default=None, help="float32 (default), bfloat16 or float16.")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")(f)
+    return f
+
+
+@cli.command()
+@click.argument("name_or_path")
+@click.option("--checkpoint", type=click.Path(exists=True), help="Local checkpoint folder or file to use.")
+@_device_options
+@click.option("--seed", default=0, show_default=True, help="Seed for random weights and inputs.")
+@click.option("--beams", default=1, show_default=True, help="Also compare beam search with N beams.")
+@click.option("--random-weights", is_flag=True, help="Use seeded random weights even if a checkpoint is cached.")
+@click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights, allow_pickle, as_json):
+    """Check numerical parity with transformers on the same weights.
+
+    Exit code 0 when outputs agree within tolerance, 1 when they do not, 2 on bad input.
+    """
+    from .verification import verify as run_verify
+
+    report = run_verify(
+        name_or_path,
+        checkpoint=checkpoint,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        num_beams=beams,
+        random_weights=random_weights,
+        allow_pickle=allow_pickle,
+    )
+    click.echo(report.to_json() if as_json else report.render())
+    sys.exit(0 if report.passed else 1)
+
+
+@cli.command()
+@click.argument("name_or_path")
+@click.argument("inputs", nargs=-1)
+@click.option("--checkpoint", type=click.Path(exists=True), help="Local checkpoint folder or file to use.")
+@_device_options
+@click.option("--max-new-tokens", default=32, show_default=True, help="Tokens to generate.")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature (0 or unset: greedy).")
+@click.option("--top-k", type=int, default=None, help="Sample only among the K most likely tokens.")
+@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--ids", default=None, help="Token ids, comma-separated, instead of text.")
+@click.option("--beams", default=1, show_default=True, help="Beam search width (translation).")
+@click.option("--embed", is_flag=True, help="Print a sentence embedding instead (encoders).")
+@click.option("--top", default=5, show_default=True, help="How many candidates/labels to show.")
+@click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def run(name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, temperature, top_k, seed, ids,
+        beams, embed, top, allow_pickle, as_json):
+    """Run a model on INPUTS (a prompt, a sentence, an image file ...)."""
+    from .loading import load_full
+    from .tasks import RunOptions, get_runner, parse_ids
+
+    opts = RunOptions(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+        ids=parse_ids(ids) if ids is not None else None, beams=beams, embed=embed, top=top, json=as_json,
+    )
+    task = "feature-extraction" if embed else None
+    loaded = load_full(name_or_path, checkpoint=checkpoint, device=device, dtype=dtype,
+                       allow_pickle=allow_pickle, task=task)
+    click.echo(f"zoo: {loaded.entry.name} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')})", err=True)
+    emit = (lambda s: None) if as_json else (lambda s: click.echo(s, nl=False))
+    result = get_runner(loaded.task)(loaded, list(inputs), opts, emit)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    from . import pluginmanager
+
+    try:
+        pluginmanager.register_commands(cli)
+    except ZooError as exc:  # strict mode
+        click.echo(f"zoo: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    cli(prog_name="zoo")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,310 @@
+"""``zoo verify``: numerical parity against transformers on the same weights.
+
+With a checkpoint at hand (local folder, cache), both sides load those files. Without one
+(offline, cold cache), the reference transformers model is built from the entry's config with a
+seed, its weights are written as a checkpoint in the Hub's own key layout, and zoo loads that
+folder through its normal path — so the whole pipeline is exercised either way.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from . import __version__
+from . import checkpoint as ckpt
+from .errors import DownloadError, ZooError
+from .loading import _weights, load_full, resolve
+from .registry import get_catalog
+from .types import Converter, resolve as resolve_ref
+
+# Tolerance on outputs: |zoo - reference| <= atol + rtol * max|reference|.
+TOLERANCE = {
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (2e-2, 1e-2),
+    torch.bfloat16: (8e-2, 2e-2),
+}
+OUTPUT_FIELDS = ("logits", "last_hidden_state", "pooler_output")
+
+
+@dataclass
+class Comparison:
+    output: str
+    max_abs_diff: float
+    max_rel_diff: float
+    tolerance: float
+    passed: bool
+
+
+@dataclass
+class VerifyReport:
+    model: str
+    passed: bool
+    weights: str
+    device: str
+    dtype: str
+    task: str
+    converter: str
+    accounting: Dict[str, Any]
+    comparisons: List[Comparison]
+    max_abs_diff: float
+    tolerance: float
+    top1_agreement: Optional[float] = None
+    generation: Optional[Dict[str, Any]] = None
+    first_divergence: Optional[str] = None
+    timings_ms: Dict[str, float] = field(default_factory=dict)
+    versions: Dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+    def render(self) -> str:
+        lines = [
+            f"model      {self.model} ({self.task}) on {self.device} {self.dtype}",
+            f"weights    {self.weights}",
+            f"converter  {self.converter}: {self.accounting.get('summary', '')}",
+        ]
+        for c in self.comparisons:
+            mark = "ok  " if c.passed else "FAIL"
+            lines.append(
+                f"{mark}       {c.output}: max abs diff {c.max_abs_diff:.3g}, max rel diff "
+                f"{c.max_rel_diff:.3g} (tolerance {c.tolerance:.3g})"
+            )
+        if self.top1_agreement is not None:
+            lines.append(f"top-1      {self.top1_agreement * 100:.2f}% of positions agree")
+        if self.generation is not None:
+            g = self.generation
+            mark = "ok  " if g["identical"] else "FAIL"
+            lines.append(f"{mark}       generate ({g['mode']}, {g['new_tokens']} new tokens): "
+                         f"{'identical ids' if g['identical'] else 'ids differ'}")
+        if self.first_divergence:
+            lines.append(f"diverges   {self.first_divergence}")
+        t = self.timings_ms
+        if t:
+            lines.append(
+                f"time       zoo {t.get('zoo_forward', 0):.1f} ms, transformers "
+                f"{t.get('reference_forward', 0):.1f} ms per forward (load: zoo "
+                f"{t.get('zoo_load', 0):.0f} ms)"
+            )
+        lines.append("versions   " + ", ".join(f"{k} {v}" for k, v in self.versions.items()))
+        lines.append("PASSED" if self.passed else "FAILED")
+        return "\n".join(lines)
+
+
+def _versions() -> Dict[str, str]:
+    import transformers
+
+    return {
+        "zoo": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _tensor(out: Any, name: str) -> Optional[torch.Tensor]:
+    value = getattr(out, name, None)
+    if value is None and isinstance(out, torch.Tensor) and name == "logits":
+        value = out
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _compare(name: str, ours: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> Comparison:
+    atol, rtol = TOLERANCE[dtype]
+    ours, ref = ours.float(), ref.float()
+    if ours.shape != ref.shape:
+        return Comparison(name, float("inf"), float("inf"), 0.0, False)
+    diff = (ours - ref).abs()
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    tol = atol + rtol * scale
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    max_rel = float((diff / ref.abs().clamp_min(1e-6)).max()) if diff.numel() else 0.0
+    finite = bool(torch.isfinite(ours).all())
+    return Comparison(name, max_abs, max_rel, tol, finite and max_abs <= tol)
+
+
+def _timed(fn, repeats: int = 3) -> tuple:
+    out = fn()  # warm-up, also the value we compare
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return out, sorted(times)[len(times) // 2]
+
+
+def _write_random_checkpoint(converter: Converter, config: Dict[str, Any], task: str, seed: int, folder: Path):
+    """Build the reference with seeded random weights and save it in the Hub's key layout."""
+    torch.manual_seed(seed)
+    ref = resolve_ref(converter.reference)(dict(config), task).eval()
+    state = ref.state_dict()
+    if converter.hub_layout is not None:
+        state = resolve_ref(converter.hub_layout)(state, dict(config))
+    ckpt.save_safetensors({k: v.detach().clone() for k, v in state.items()}, folder / "model.safetensors",
+                          metadata={"format": "pt"})
+    ref.config.to_json_file(str(folder / "config.json"))
+    return ref
+
+
+def verify(
+    name_or_path: str,
+    *,
+    checkpoint=None,
+    device: Optional[str] = "auto",
+    dtype=None,
+    seed: int = 0,
+    batch: int = 2,
+    seq: int = 16,
+    new_tokens: int = 8,
+    num_beams: int = 1,
+    allow_pickle: bool = False,
+    random_weights: bool = False,
+    converter: Optional[Converter] = None,
+) -> VerifyReport:
+    """Compare zoo's model with the transformers reference on the same weights and inputs.
+
+    Uses the checkpoint when one is available locally (or downloadable); otherwise, or with
+    ``random_weights=True``, random weights with ``seed`` written in the Hub layout. Pass
+    ``converter`` to check a modified converter (a broken one must fail).
+    """
+    catalog = get_catalog()
+    entry = resolve(str(name_or_path), catalog)
+    converter = converter or catalog.converter(entry.converter)
+    if converter.reference is None:
+        raise ZooError(f"converter {converter.name!r} has no transformers reference to verify against")
+
+    folder: Optional[Path] = None
+    if not random_weights:
+        try:
+            folder, _files = _weights(entry, checkpoint, allow_pickle, None)
+        except DownloadError:
+            if checkpoint is not None:
+                raise
+            folder = None
+
+    tmp = None
+    t0 = time.perf_counter()
+    if folder is None:
+        tmp = tempfile.TemporaryDirectory(prefix="zoo-verify-")
+        folder = Path(tmp.name)
+        ref = _write_random_checkpoint(converter, dict(entry.config), entry.task, seed, folder)
+        weights = f"random, seed {seed} (no checkpoint available; written in the Hub layout)"
+        loaded = load_full(entry.name if catalog.find(entry.name) else str(folder), checkpoint=folder,
+                           device=device, dtype=dtype, converter=converter)
+    else:
+        loaded = load_full(str(name_or_path), checkpoint=checkpoint or folder, device=device, dtype=dtype,
+                           allow_pickle=allow_pickle, converter=converter)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # keep verify's own output clean (--json on stdout)
+        ref = resolve_ref(converter.reference)(loaded.config, loaded.task, folder).eval()
+        hashes = ", ".join(f"{p.name} sha256:{ckpt.sha256(p)[:16]}" for p in loaded.files)
+        weights = f"{folder} ({hashes})"
+    zoo_load_ms = (time.perf_counter() - t0) * 1000
+    ref = ref.to(device=loaded.device, dtype=loaded.dtype).eval()
+    model = loaded.model
+
+    arch = loaded.architecture
+    if arch.example_inputs is None:
+        raise ZooError(f"architecture {arch.name!r} provides no example_inputs to verify with")
+    gen = torch.Generator().manual_seed(seed)
+    inputs = resolve_ref(arch.example_inputs)(loaded.config, loaded.task, batch, seq, gen)
+    inputs = {k: v.to(loaded.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
+
+    with torch.inference_mode():
+        ours, zoo_ms = _timed(lambda: model(**inputs))
+        theirs, ref_ms = _timed(lambda: ref(**inputs))
+    comparisons = [
+        _compare(name, _tensor(ours, name), _tensor(theirs, name), loaded.dtype)
+        for name in OUTPUT_FIELDS
+        if _tensor(ours, name) is not None and _tensor(theirs, name) is not None
+    ]
+    if not comparisons:
+        raise ZooError(f"{entry.name}: zoo and transformers share no output to compare ({', '.join(OUTPUT_FIELDS)})")
+
+    top1 = None
+    if comparisons[0].output == "logits" and loaded.task != "image-classification":
+        a, b = _tensor(ours, "logits"), _tensor(theirs, "logits")
+        top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
+
+    generation = None
+    if hasattr(model, "generate") and loaded.task in ("text-generation", "translation"):
+        generation = _compare_generation(model, ref, inputs, loaded, new_tokens, num_beams)
+
+    passed = all(c.passed for c in comparisons) and (generation is None or generation["identical"])
+    divergence = None
+    if not passed:
+        divergence = _first_divergence(model, ref, inputs, loaded.dtype)
+    worst = max(comparisons, key=lambda c: c.max_abs_diff / max(c.tolerance, 1e-30))
+    report = VerifyReport(
+        model=entry.name,
+        passed=passed,
+        weights=weights,
+        device=str(loaded.device),
+        dtype=str(loaded.dtype).replace("torch.", ""),
+        task=loaded.task,
+        converter=converter.name,
+        accounting={**loaded.report.as_dict(), "summary": loaded.report.summary()},
+        comparisons=comparisons,
+        max_abs_diff=worst.max_abs_diff,
+        tolerance=worst.tolerance,
+        top1_agreement=top1,
+        generation=generation,
+        first_divergence=divergence,
+        timings_ms={"zoo_forward": zoo_ms, "reference_forward": ref_ms, "zoo_load": zoo_load_ms},
+        versions=_versions(),
+    )
+    if tmp is not None:
+        del loaded, model
+        tmp.cleanup()
+    return report
+
+
+def _compare_generation(model, ref, inputs, loaded, new_tokens: int, num_beams: int) -> Dict[str, Any]:
+    kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
+    if loaded.task == "text-generation":
+        kwargs = {"input_ids": inputs["input_ids"][:1]}  # one row: no padding questions
+    ours = model.generate(**kwargs, max_new_tokens=new_tokens, **({"num_beams": num_beams} if num_beams > 1 else {}))
+    pad = loaded.config.get("pad_token_id")
+    if pad is None:
+        pad = loaded.config.get("eos_token_id", 0)
+    theirs = ref.generate(**kwargs, do_sample=False, num_beams=num_beams, max_new_tokens=new_tokens,
+                          pad_token_id=pad)
+    identical = ours.shape == theirs.shape and bool((ours == theirs).all())
+    return {
+        "mode": "greedy" if num_beams == 1 else f"beam search, {num_beams} beams",
+        "new_tokens": new_tokens,
+        "identical": identical,
+        "zoo_ids": ours.tolist() if not identical else None,
+        "reference_ids": theirs.tolist() if not identical else None,
+    }
+
+
+def _first_divergence(model, ref, inputs, dtype) -> Optional[str]:
+    """Name the first hidden state (block) where zoo and the reference part ways."""
+    try:
+        with torch.inference_mode():
+            ours = model(**inputs, output_hidden_states=True).hidden_states
+            theirs = ref(**inputs, output_hidden_states=True)
+        theirs = getattr(theirs, "hidden_states", None) or getattr(theirs, "decoder_hidden_states", None)
+    except TypeError:
+        return None
+    if not ours or not theirs:
+        return None
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        c = _compare(f"hidden_states[{i}]", a, b, dtype)
+        if not c.passed:
+            where = "embeddings" if i == 0 else f"output of block {i - 1}"
+            return f"hidden_states[{i}] ({where}): max abs diff {c.max_abs_diff:.3g}"
+    return "hidden states agree; the difference is in the output head"
