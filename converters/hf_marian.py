@@ -93,6 +93,18 @@ def hub_layout(state_dict, config):
     return {k: v.clone() for k, v in out.items()}  # no shared storage: each key its own tensor
 
 
+# A few-kilobyte MarianConfig for tests and zoo.testing. No bad_words_ids: transformers 5 keeps
+# them only in generation_config.json, not config.json, so a random checkpoint written from this
+# config would carry them on one side only.
+TINY_CONFIG = {
+    "model_type": "marian", "architectures": ["MarianMTModel"], "vocab_size": 64, "d_model": 32,
+    "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 48, "decoder_ffn_dim": 48, "max_position_embeddings": 64,
+    "activation_function": "swish", "scale_embedding": True, "pad_token_id": 63,
+    "decoder_start_token_id": 63, "eos_token_id": 0, "forced_eos_token_id": 0, "renormalize_logits": True,
+    "init_std": 0.3,  # peaked attention: a swapped q/k projection shows in the outputs
+}
+
 CONVERTER = Converter(
     name="hf_marian",
     architecture="encoder_decoder",
@@ -101,6 +113,7 @@ CONVERTER = Converter(
     tasks={"MarianMTModel": "translation"},
     reference="zoo.converters.hf_marian:reference",
     hub_layout="zoo.converters.hf_marian:hub_layout",
+    tiny_config=TINY_CONFIG,
     description="Hugging Face Marian / opus-mt (Hub files and transformers save_pretrained)",
 )
 
