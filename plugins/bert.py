@@ -26,22 +26,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
 
-# Hugging Face activation names -> functions. "gelu" is the exact (erf) GELU; "gelu_new",
-# "gelu_fast" and "gelu_pytorch_tanh" are its tanh approximation.
-ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_python": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "tanh": torch.tanh,
-}
 
 TASKS = ("fill-mask", "feature-extraction")
 

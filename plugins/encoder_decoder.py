@@ -41,15 +41,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
 
-ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu,
-    "swish": F.silu,
-    "silu": F.silu,
-    "gelu": F.gelu,  # exact (erf) GELU, as transformers' "gelu"
-}
 NEG = -1.0e9  # "impossible" score used by transformers' beam search bookkeeping (kept identical)
 
 

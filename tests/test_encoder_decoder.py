@@ -238,7 +238,7 @@ def test_bad_input_raises_input_error(marian, case):
 
 BAD_CONFIGS = {
     "normalize_before": {**COMMON, **MARIAN["opus-like"], "normalize_before": True},
-    "activation": {**COMMON, **MARIAN["opus-like"], "activation_function": "tanh"},
+    "activation": {**COMMON, **MARIAN["opus-like"], "activation_function": "mish"},
     "separate vocab": {**COMMON, **MARIAN["opus-like"], "share_encoder_decoder_embeddings": False},
     "heads": {**COMMON, **MARIAN["opus-like"], "encoder_attention_heads": 5},
     "multi-token bad words": {**COMMON, **MARIAN["opus-like"], "bad_words_ids": [[3, 4]]},
