@@ -140,3 +140,7 @@ def test_non_finite_weights_warn(folder):
     save_file(tensors, str(path))
     with pytest.warns(RuntimeWarning, match="ln_f.weight"):
         zoo.load(str(folder), device="cpu")
+    with pytest.warns(RuntimeWarning):
+        report = zoo.verify(str(folder), device="cpu")
+    assert report.non_finite_weights == ["ln_f.weight"] and "non-finite weights" in report.render()
+    assert not report.passed  # NaN logits never pass

@@ -58,6 +58,7 @@ class VerifyReport:
     top1_agreement: Optional[float] = None
     generation: Optional[Dict[str, Any]] = None
     first_divergence: Optional[str] = None
+    non_finite_weights: List[str] = field(default_factory=list)
     timings_ms: Dict[str, float] = field(default_factory=dict)
     versions: Dict[str, str] = field(default_factory=dict)
 
@@ -86,6 +87,8 @@ class VerifyReport:
             mark = "ok  " if g["identical"] else "FAIL"
             lines.append(f"{mark}       generate ({g['mode']}, {g['new_tokens']} new tokens): "
                          f"{'identical ids' if g['identical'] else 'ids differ'}")
+        if self.non_finite_weights:
+            lines.append(f"WARNING    non-finite weights (NaN/Inf) in {', '.join(self.non_finite_weights[:8])}")
         if self.first_divergence:
             lines.append(f"diverges   {self.first_divergence}")
         t = self.timings_ms
@@ -233,13 +236,13 @@ def verify(
     entry = resolve(str(name_or_path), catalog)
     converter = converter or catalog.converter(entry.converter)
 
-    t0 = time.perf_counter()
     source = prepare_weights(entry, converter, checkpoint, allow_pickle, random_weights, seed)
+    t0 = time.perf_counter()
     loaded = load_full(source.load_name, checkpoint=source.folder, device=device, dtype=dtype,
                        allow_pickle=allow_pickle, converter=converter)
+    zoo_load_ms = (time.perf_counter() - t0) * 1000
     ref = source.reference(loaded)
     weights, tmp = source.describe(loaded), source.tmp
-    zoo_load_ms = (time.perf_counter() - t0) * 1000
     ref = ref.to(device=loaded.device, dtype=loaded.dtype).eval()
     model = loaded.model
 
@@ -276,6 +279,7 @@ def verify(
     divergence = None
     if not passed:
         divergence = _first_divergence(model, ref, inputs, loaded.dtype)
+    non_finite = [n for n, p in model.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
     worst = max(comparisons, key=lambda c: c.max_abs_diff / max(c.tolerance, 1e-30))
     report = VerifyReport(
         model=entry.name,
@@ -292,6 +296,7 @@ def verify(
         top1_agreement=top1,
         generation=generation,
         first_divergence=divergence,
+        non_finite_weights=non_finite,
         timings_ms={"zoo_forward": zoo_ms, "reference_forward": ref_ms, "zoo_load": zoo_load_ms},
         versions=_versions(),
     )
