@@ -116,7 +116,8 @@ def _weights(entry: ModelEntry, checkpoint, allow_pickle: bool, revision: Option
                 ckpt._refuse_pickle(path, allow_pickle)
             return path.parent, ckpt.WeightFiles([path], fmt)
         return path, ckpt.find_weights(path, allow_pickle)
-    if entry.origin and Path(entry.origin).exists():  # a local checkpoint resolved by path
+    # A local checkpoint resolved by path (a catalog entry's origin is its registry file instead).
+    if entry.repo is None and entry.origin and not entry.origin.endswith(".toml") and Path(entry.origin).exists():
         path = Path(entry.origin)
         if path.is_file():
             return path.parent, ckpt.WeightFiles([path], "safetensors")
