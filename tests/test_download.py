@@ -276,6 +276,7 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     ready, go = Path(sys.argv[1]), Path(sys.argv[2])
     from zoo.hub import fetch
+    from huggingface_hub import HfApi, snapshot_download  # the slow imports, before the start line
     ready.touch()
     while not go.exists():
         time.sleep(0.005)
@@ -285,7 +286,7 @@ CHILD = textwrap.dedent(
 
 
 def test_two_processes_loading_into_a_cold_cache_at_once_both_succeed(hub, revisions, tmp_path):
-    hub.slow = 0.3  # keep both downloads in flight together
+    hub.slow = 1.0  # keep both downloads in flight together
     env = {**os.environ, **hub.env, "PYTHONPATH": os.pathsep.join(sys.path)}
     go = tmp_path / "go"
     procs = [
@@ -306,6 +307,8 @@ def test_two_processes_loading_into_a_cold_cache_at_once_both_succeed(hub, revis
         assert p.returncode == 0, err
     folders = {out.strip().splitlines()[-1] for out, _ in outs}
     assert len(folders) == 1
+    # Both found a cold cache and went to the server (repo info: zoo's check + snapshot_download's).
+    assert hub.count(f"/api/models/{REPO}/revision/") == 2 * 2, hub.requests
     assert_consistent(hub.cache, revisions[0])
     before = len(hub.requests)
     assert same_weights(load(), revisions[0])  # from the cache both wrote

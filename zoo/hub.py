@@ -300,7 +300,10 @@ def fetch(repo: str, revision: str = "main", allow_pickle: bool = False) -> Path
     from huggingface_hub import HfApi, snapshot_download
 
     url = endpoint()
-    limit = _timeout()
+    try:
+        limit = _timeout()
+    except DownloadError as exc:
+        raise DownloadError(f"cannot download {where}: {exc}") from None
     with _bounded_requests():
         try:
             # One plain request first: a dead or silent Hub fails here after one timeout, instead
