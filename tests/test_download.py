@@ -145,8 +145,16 @@ def closed_port() -> int:
 # -- tests ---------------------------------------------------------------------------------------
 def test_first_load_downloads_with_progress_then_the_cache_serves_it_without_requests(
         hub, revisions, capfd, monkeypatch):
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
     monkeypatch.setenv("TQDM_POSITION", "-1")  # progress bars even though stderr is not a terminal
-    first = load()
+    was_disabled = are_progress_bars_disabled()  # zoo.verify turns them off for the whole process
+    enable_progress_bars()
+    try:
+        first = load()
+    finally:
+        if was_disabled:
+            disable_progress_bars()
     err = capfd.readouterr().err
     assert "Fetching 2 files" in err and "Download complete" in err, err
     assert same_weights(first, revisions[0])

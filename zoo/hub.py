@@ -19,8 +19,9 @@ does not do by itself:
   mtime in ``<repo cache>/.zoo-verified/<sha256>``) so it is hashed once, not on every load.
 
 Downloads are safe to run in parallel processes: huggingface_hub writes each blob to a
-process-unique temporary file and renames it into place; a download cut off mid-file is resumed
-(``Range``) a few times, and otherwise leaves no file behind.
+process-unique temporary file and renames it into place. A download cut off mid-file is retried
+up to 5 times, resuming (``Range``) from the last 10 MB chunk written; a download that fails
+leaves no file behind.
 
 ``HF_ENDPOINT``, ``HF_HUB_CACHE`` / ``HF_HOME`` and ``HF_HUB_OFFLINE`` are read when
 :func:`fetch` is called (huggingface_hub reads some of them once, at import).
@@ -111,8 +112,8 @@ def endpoint() -> str:
 def _hint(repo: str, revision: str) -> str:
     rev = "" if revision == "main" else f" --revision {revision}"
     return (
-        f"download it where there is network (`hf download {repo}{rev}`, then copy the cache) or pass "
-        f"a local folder with config.json and the weights: --checkpoint DIR / checkpoint='DIR'"
+        f"fetch it on a machine with network (`hf download {repo}{rev}`) and copy the Hugging Face cache, "
+        f"or pass a local folder with config.json and the weights: --checkpoint DIR / checkpoint='DIR'"
     )
 
 
