@@ -15,11 +15,25 @@ ARCHITECTURES = (
         description="GPT-2 decoder-only language model (KV-cache generation)",
     ),
     Architecture(
+        name="bert",
+        factory="zoo.plugins.bert:from_config",
+        example_inputs="zoo.plugins.bert:example_inputs",
+        tasks=("fill-mask", "feature-extraction"),
+        description="BERT bidirectional encoder (MLM head or pooler), sized from its config",
+    ),
+    Architecture(
         name="vit",
         factory="zoo.plugins.vit:from_config",
         example_inputs="zoo.plugins.vit:example_inputs",
         tasks=("image-classification", "image-feature-extraction"),
         description="Vision Transformer: image classifier, or encoder (+ pooler)",
+    ),
+    Architecture(
+        name="encoder_decoder",
+        factory="zoo.plugins.encoder_decoder:from_config",
+        example_inputs="zoo.plugins.encoder_decoder:example_inputs",
+        tasks=("translation",),
+        description="Transformer encoder-decoder (Annotated Transformer / Marian; greedy and beam search)",
     ),
 )
 

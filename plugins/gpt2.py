@@ -21,21 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.generation import make_generator, next_token
 from zoo.outputs import ModelOutput
 
-# Hugging Face activation names -> functions. "gelu_new"/"gelu_fast"/"gelu_pytorch_tanh" are
-# the tanh approximation of GELU; "gelu" is the exact one.
-ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-}
 
 
 @dataclass

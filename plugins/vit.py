@@ -24,23 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
 
 TASKS = ("image-classification", "image-feature-extraction")
 
-# Hugging Face activation names -> functions ("gelu" is the exact GELU, as ViT uses).
-ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "tanh": torch.tanh,
-}
 
 
 def _pair(value: Any, name: str) -> Tuple[int, int]:

@@ -90,6 +90,18 @@ def _listing(items: List[str]) -> str:
     return shown + more
 
 
+def _expected_source(target: str, compiled: "_Compiled") -> str:
+    """``target`` and the source key the key map expects for it (what the file should hold)."""
+    for rule in compiled.converter.key_map:
+        if rule.target is None:
+            continue
+        m = _template_regex(rule.target).match(target)
+        if m:
+            source = _fill(rule.source, m.groups())
+            return target if source == target else f"{target} (source key {source})"
+    return target
+
+
 def convert(
     source: Mapping[str, Any],
     converter: Converter,
@@ -154,7 +166,7 @@ def convert(
         out[target] = tensor
         origin[target] = key
         report.consumed[key] = target
-    missing = sorted(set(expected) - set(out) - mismatched)
+    missing = [_expected_source(t, compiled) for t in sorted(set(expected) - set(out) - mismatched)]
     problems = []
     if shapes:
         problems.append(f"shape/dtype mismatch: {_listing(shapes)}")

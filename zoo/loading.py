@@ -80,6 +80,7 @@ def _entry_for_path(path: Path, catalog: Catalog, overrides: Optional[Mapping[st
         task=task or arch.tasks[0],
         config=config,
         origin=str(path),
+        path=str(path),
     )
 
 
@@ -90,14 +91,15 @@ def _sniff(path: Path, catalog: Catalog, overrides: Mapping[str, Any]):
     from .types import resolve as resolve_ref
 
     files = ckpt.WeightFiles([path], "safetensors") if path.is_file() else ckpt.find_weights(path)
-    keys = list(ckpt.read_weights(files))
+    tensors = ckpt.read_weights(files)
+    keys = list(tensors)
     for conv in sorted(catalog.converters.values(), key=lambda c: c.name):
         infer = conv.infer_config
         if infer is None:
             continue
         compiled = _compile(conv)
         if keys and all(compiled.match(compiled.rename(k)) for k in keys):
-            return conv, resolve_ref(infer)(ckpt.read_weights(files), dict(overrides))
+            return conv, resolve_ref(infer)(tensors, dict(overrides))
     raise CheckpointError(
         f"{path}: has no config.json and no converter recognises its keys "
         f"(first keys: {', '.join(sorted(keys)[:5])})"
@@ -116,9 +118,8 @@ def _weights(entry: ModelEntry, checkpoint, allow_pickle: bool, revision: Option
                 ckpt._refuse_pickle(path, allow_pickle)
             return path.parent, ckpt.WeightFiles([path], fmt)
         return path, ckpt.find_weights(path, allow_pickle)
-    # A local checkpoint resolved by path (a catalog entry's origin is its registry file instead).
-    if entry.repo is None and entry.origin and not entry.origin.endswith(".toml") and Path(entry.origin).exists():
-        path = Path(entry.origin)
+    if entry.path is not None:  # a local checkpoint resolved by path
+        path = Path(entry.path)
         if path.is_file():
             return path.parent, ckpt.WeightFiles([path], "safetensors")
         return path, ckpt.find_weights(path, allow_pickle)

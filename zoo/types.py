@@ -168,7 +168,8 @@ class ModelEntry:
     params: Optional[int] = None
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
     origin: str = "registry.toml"
+    path: Optional[str] = None  # set for a local checkpoint (folder or file) loaded by path
 
     @property
     def source(self) -> str:
-        return self.repo or "(no weights)"
+        return self.path or self.repo or "(no weights)"

@@ -155,6 +155,59 @@ def _write_random_checkpoint(converter: Converter, config: Dict[str, Any], task:
     return ref
 
 
+@dataclass
+class WeightSource:
+    """Where verify/bench get weights: a real checkpoint folder, or random ones written to a
+    temporary folder in the Hub layout (``tmp`` holds it alive)."""
+
+    entry: Any
+    converter: Converter
+    folder: Path
+    load_name: str
+    random_seed: Optional[int] = None
+    tmp: Any = None
+    _ref: Any = None
+
+    def reference(self, loaded):
+        """The transformers model on the same weights (eval mode)."""
+        if self._ref is None:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # keep our own output clean (--json on stdout)
+            self._ref = resolve_ref(self.converter.reference)(loaded.config, loaded.task, self.folder)
+        return self._ref.eval()
+
+    def describe(self, loaded) -> str:
+        if self.random_seed is not None:
+            return f"random, seed {self.random_seed} (no checkpoint available; written in the Hub layout)"
+        hashes = ", ".join(f"{p.name} sha256:{ckpt.sha256(p)[:16]}" for p in loaded.files)
+        return f"{self.folder} ({hashes})"
+
+
+def prepare_weights(entry, converter: Converter, checkpoint=None, allow_pickle: bool = False,
+                    random_weights: bool = False, seed: int = 0) -> WeightSource:
+    """A checkpoint for ``entry``: the local/cached/downloadable one, else seeded random weights."""
+    if converter.reference is None:
+        raise ZooError(f"converter {converter.name!r} has no transformers reference to compare with")
+    if not random_weights:
+        try:
+            folder, _files = _weights(entry, checkpoint, allow_pickle, None)
+        except DownloadError:
+            if checkpoint is not None:
+                raise
+        else:
+            return WeightSource(entry, converter, folder, _load_name(entry, folder))
+    tmp = tempfile.TemporaryDirectory(prefix="zoo-weights-")
+    folder = Path(tmp.name)
+    ref = _write_random_checkpoint(converter, dict(entry.config), entry.task, seed, folder)
+    return WeightSource(entry, converter, folder, _load_name(entry, folder), random_seed=seed, tmp=tmp, _ref=ref)
+
+
+def _load_name(entry, folder: Path) -> str:
+    """Catalog entries load by name (their config and task); local checkpoints by path."""
+    return entry.name if get_catalog().find(entry.name) is not None else str(folder)
+
+
 def verify(
     name_or_path: str,
     *,
@@ -179,36 +232,13 @@ def verify(
     catalog = get_catalog()
     entry = resolve(str(name_or_path), catalog)
     converter = converter or catalog.converter(entry.converter)
-    if converter.reference is None:
-        raise ZooError(f"converter {converter.name!r} has no transformers reference to verify against")
 
-    folder: Optional[Path] = None
-    if not random_weights:
-        try:
-            folder, _files = _weights(entry, checkpoint, allow_pickle, None)
-        except DownloadError:
-            if checkpoint is not None:
-                raise
-            folder = None
-
-    tmp = None
     t0 = time.perf_counter()
-    if folder is None:
-        tmp = tempfile.TemporaryDirectory(prefix="zoo-verify-")
-        folder = Path(tmp.name)
-        ref = _write_random_checkpoint(converter, dict(entry.config), entry.task, seed, folder)
-        weights = f"random, seed {seed} (no checkpoint available; written in the Hub layout)"
-        loaded = load_full(entry.name if catalog.find(entry.name) else str(folder), checkpoint=folder,
-                           device=device, dtype=dtype, converter=converter)
-    else:
-        loaded = load_full(str(name_or_path), checkpoint=checkpoint or folder, device=device, dtype=dtype,
-                           allow_pickle=allow_pickle, converter=converter)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # keep verify's own output clean (--json on stdout)
-        ref = resolve_ref(converter.reference)(loaded.config, loaded.task, folder).eval()
-        hashes = ", ".join(f"{p.name} sha256:{ckpt.sha256(p)[:16]}" for p in loaded.files)
-        weights = f"{folder} ({hashes})"
+    source = prepare_weights(entry, converter, checkpoint, allow_pickle, random_weights, seed)
+    loaded = load_full(source.load_name, checkpoint=source.folder, device=device, dtype=dtype,
+                       allow_pickle=allow_pickle, converter=converter)
+    ref = source.reference(loaded)
+    weights, tmp = source.describe(loaded), source.tmp
     zoo_load_ms = (time.perf_counter() - t0) * 1000
     ref = ref.to(device=loaded.device, dtype=loaded.dtype).eval()
     model = loaded.model
@@ -266,16 +296,18 @@ def verify(
         versions=_versions(),
     )
     if tmp is not None:
-        del loaded, model
+        del loaded, model, source
         tmp.cleanup()
     return report
 
 
 def _compare_generation(model, ref, inputs, loaded, new_tokens: int, num_beams: int) -> Dict[str, Any]:
     kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
+    extra = {"num_beams": num_beams} if num_beams > 1 else {}
     if loaded.task == "text-generation":
         kwargs = {"input_ids": inputs["input_ids"][:1]}  # one row: no padding questions
-    ours = model.generate(**kwargs, max_new_tokens=new_tokens, **({"num_beams": num_beams} if num_beams > 1 else {}))
+        extra["eos_token_id"] = loaded.config.get("eos_token_id")  # stop where transformers stops
+    ours = model.generate(**kwargs, max_new_tokens=new_tokens, **extra)
     pad = loaded.config.get("pad_token_id")
     if pad is None:
         pad = loaded.config.get("eos_token_id", 0)
@@ -297,7 +329,10 @@ def _first_divergence(model, ref, inputs, dtype) -> Optional[str]:
         with torch.inference_mode():
             ours = model(**inputs, output_hidden_states=True).hidden_states
             theirs = ref(**inputs, output_hidden_states=True)
-        theirs = getattr(theirs, "hidden_states", None) or getattr(theirs, "decoder_hidden_states", None)
+        if getattr(theirs, "decoder_hidden_states", None) is not None:  # encoder-decoder
+            theirs = tuple(theirs.encoder_hidden_states or ()) + tuple(theirs.decoder_hidden_states)
+        else:
+            theirs = getattr(theirs, "hidden_states", None)
     except TypeError:
         return None
     if not ours or not theirs:

@@ -1,0 +1,355 @@
+"""BERT (Devlin et al., 2018), readable top to bottom.
+
+A bidirectional transformer encoder: word + learned position + token-type embeddings and a
+LayerNorm, then ``num_hidden_layers`` *post-norm* layers (self-attention -> residual ->
+LayerNorm, MLP -> residual -> LayerNorm). On top, optionally:
+
+* a pooler: ``tanh(W h_[CLS] + b)``, the sentence vector BERT was pretrained to produce
+  (``feature-extraction``, as transformers' ``BertModel``);
+* a masked-language-model head: dense -> activation -> LayerNorm -> a decoder that reuses the
+  word embedding matrix (tied) plus its own bias (``fill-mask``, as ``BertForMaskedLM``, which
+  has no pooler).
+
+Submodules carry the names of the Hugging Face checkpoint without its ``bert.`` prefix
+(``embeddings.word_embeddings``, ``encoder.layer.N.attention.self.query``, ``pooler.dense``,
+``cls.predictions.transform.dense``), so the converter maps keys 1:1.
+
+The whole size of the model comes from the config; any config value this file does not
+implement raises :class:`zoo.errors.ConfigError` naming the field and the value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from zoo.activations import ACTIVATIONS
+from zoo.errors import ConfigError, InputError
+from zoo.outputs import ModelOutput
+
+
+TASKS = ("fill-mask", "feature-extraction")
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    pad_token_id: Optional[int] = 0
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    # zoo's own switches (not in Hugging Face configs); None means "what the task implies".
+    add_pooling_layer: Optional[bool] = None  # feature-extraction: True, fill-mask: False
+    add_mlm_head: Optional[bool] = None  # fill-mask: True, feature-extraction: False
+
+    @classmethod
+    def from_hf(cls, config: Dict[str, Any], task: str = "fill-mask") -> "BertConfig":
+        """Build from Hugging Face BERT config values; refuse what this file does not implement."""
+        if task not in TASKS:
+            raise ConfigError(f"bert: task {task!r} is not supported (tasks: {', '.join(TASKS)})")
+        model_type = config.get("model_type", "bert")
+        if model_type != "bert":
+            raise ConfigError(f"bert: config field model_type={model_type!r} is not a plain BERT ('bert')")
+        # A value listed here changes the computation and is not implemented: refuse it rather
+        # than load a model that silently computes something else.
+        allowed = {
+            "position_embedding_type": ("absolute", None),
+            "is_decoder": (False, None),
+            "add_cross_attention": (False, None),
+        }
+        for key, ok in allowed.items():
+            if key in config and config[key] not in ok:
+                raise ConfigError(
+                    f"bert: config field {key}={config[key]!r} is not supported "
+                    f"(supported: {', '.join(repr(v) for v in ok if v is not None)})"
+                )
+        if config.get("embedding_size") not in (None, config.get("hidden_size", 768)):
+            raise ConfigError(f"bert: config field embedding_size={config['embedding_size']!r} (factorized embeddings) is not supported")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in config.items() if k in known and v is not None}
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            v = values.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise ConfigError(f"bert: config field {key}={v!r} must be a positive integer")
+        cfg = cls(**values)
+        if cfg.add_pooling_layer is None:
+            cfg.add_pooling_layer = task == "feature-extraction"
+        if cfg.add_mlm_head is None:
+            cfg.add_mlm_head = task == "fill-mask"
+        if not isinstance(cfg.hidden_act, str) or cfg.hidden_act not in ACTIVATIONS:
+            raise ConfigError(
+                f"bert: config field hidden_act={cfg.hidden_act!r} is not supported "
+                f"(supported: {', '.join(sorted(ACTIVATIONS))})"
+            )
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise ConfigError(
+                f"bert: config field hidden_size={cfg.hidden_size} is not divisible by "
+                f"num_attention_heads={cfg.num_attention_heads}"
+            )
+        if cfg.add_mlm_head and config.get("tie_word_embeddings") is False:
+            raise ConfigError(
+                "bert: config field tie_word_embeddings=False is not supported: the MLM decoder "
+                "reuses the word embeddings"
+            )
+        return cfg
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+class Embeddings(nn.Module):
+    """word + position + token type, then LayerNorm and dropout."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.size(1)
+        # positions are 0..T-1 for every row, padding or not (as in the reference)
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(pos)  # (B, T, H)
+        return self.dropout(self.LayerNorm(x))
+
+
+# ----------------------------------------------------------------------------- encoder layer
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head attention with separate q, k, v projections."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.n_head = cfg.num_attention_heads
+        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dropout_p = cfg.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        B, T, H = x.shape
+        hs = H // self.n_head
+        q = self.query(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.key(x).view(B, T, self.n_head, hs).transpose(1, 2)
+        v = self.value(x).view(B, T, self.n_head, hs).transpose(1, 2)
+        # mask: (B, 1, 1, T) bool, True = a real token every query may attend to
+        p = self.dropout_p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return y.transpose(1, 2).reshape(B, T, H)  # heads side by side again
+
+
+class SelfOutput(nn.Module):
+    """Output projection of the attention, residual, then LayerNorm (post-norm)."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(y)) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.self = SelfAttention(cfg)  # named "self" as in the checkpoint: attention.self.query
+        self.output = SelfOutput(cfg)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.output(self.self(x, mask), x)
+
+
+class Intermediate(nn.Module):
+    """First half of the MLP: hidden -> intermediate, activation."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))
+
+
+class Output(nn.Module):
+    """Second half of the MLP: intermediate -> hidden, residual, LayerNorm (post-norm)."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.intermediate = Intermediate(cfg)
+        self.output = Output(cfg)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.attention(x, mask)
+        return self.output(self.intermediate(x), x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+class Pooler(nn.Module):
+    """tanh(dense(hidden state of the first token, [CLS]))."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(x[:, 0]))  # (B, H)
+
+
+class PredictionTransform(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class Predictions(nn.Module):
+    """MLM head: transform, then the decoder. The decoder *weight* is the word embedding
+    matrix (passed in at call time, so there is one tensor under one name); only its bias
+    belongs to the head."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.transform = PredictionTransform(cfg)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.transform(x), word_embeddings, self.bias)  # (B, T, vocab)
+
+
+class MLMHead(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.predictions = Predictions(cfg)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class Bert(nn.Module):
+    """``model(input_ids, attention_mask=None, token_type_ids=None)`` -> :class:`ModelOutput`
+    with ``last_hidden_state`` [B, T, H], ``pooler_output`` [B, H] when built with a pooler,
+    and ``logits`` [B, T, vocab] when built with the MLM head."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg)
+        self.encoder = Encoder(cfg)
+        if cfg.add_pooling_layer:
+            self.pooler = Pooler(cfg)
+        if cfg.add_mlm_head:
+            self.cls = MLMHead(cfg)
+
+    def _check(self, input_ids, attention_mask, token_type_ids) -> None:
+        cfg = self.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+            shape = list(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise InputError(f"bert expects token ids of shape [B, T] (int64), got {shape}")
+        B, T = input_ids.shape
+        if T == 0 or B == 0:
+            raise InputError("bert: empty input (no tokens)")
+        if T > cfg.max_position_embeddings:
+            raise InputError(f"bert: {T} tokens exceed the {cfg.max_position_embeddings} positions of this model")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise InputError(f"bert: token ids must be in [0, {cfg.vocab_size}), got {lo}..{hi}")
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is not None and tuple(t.shape) != (B, T):
+                raise InputError(f"bert: {name} has shape {list(t.shape)}, input_ids {[B, T]}")
+        if token_type_ids is not None:
+            lo, hi = int(token_type_ids.min()), int(token_type_ids.max())
+            if lo < 0 or hi >= cfg.type_vocab_size:
+                raise InputError(f"bert: token_type_ids must be in [0, {cfg.type_vocab_size}), got {lo}..{hi}")
+        if attention_mask is not None and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise InputError("bert: attention_mask must hold 0 (padding) and 1 (token) only")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        self._check(input_ids, attention_mask, token_type_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)  # one segment, as in the reference
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # (B, 1, 1, T): every query (and every head) sees the real tokens of its row only.
+            # A row of padding only sees nothing: SDPA then gives zeros, as transformers' own
+            # (sdpa) BertModel does. No mask at all when nothing is padded, as transformers.
+            mask = attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        hidden = [x] if output_hidden_states else None  # transformers: embeddings, then each layer
+        for layer in self.encoder.layer:
+            x = layer(x, mask)
+            if hidden is not None:
+                hidden.append(x)
+        out = ModelOutput(last_hidden_state=x, hidden_states=tuple(hidden) if hidden else None)
+        if self.config.add_pooling_layer:
+            out.pooler_output = self.pooler(x)
+        if self.config.add_mlm_head:
+            out.logits = self.cls.predictions(x, self.embeddings.word_embeddings.weight)
+        return out
+
+
+def from_config(config: Dict[str, Any], task: Optional[str] = None) -> Bert:
+    return Bert(BertConfig.from_hf(config, task or TASKS[0]))
+
+
+def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
+    """Random ids, two segments (token types 0 then 1), and padding at the end of every row
+    after the first, so verification exercises the mask and the token types."""
+    cfg = BertConfig.from_hf(config, task)
+    seq = min(seq, cfg.max_position_embeddings)
+    input_ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=generator)
+    token_type_ids = torch.zeros(batch, seq, dtype=torch.long)
+    if cfg.type_vocab_size > 1:
+        token_type_ids[:, seq // 2 :] = 1
+    attention_mask = torch.ones(batch, seq, dtype=torch.long)
+    for b in range(1, batch):
+        attention_mask[b, max(1, seq - b * max(1, seq // (2 * batch))) :] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}

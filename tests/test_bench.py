@@ -1,0 +1,33 @@
+"""zoo bench: the report is complete and the decode comparison checks token identity.
+(No timing is asserted: benchmarks are measured, not tested.)"""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from zoo.bench import bench
+from zoo.cli import cli
+from zoo.registry import get_catalog
+
+from conftest import write_checkpoint
+
+
+def test_bench_compare_on_a_tiny_gpt2(tmp_path):
+    write_checkpoint(get_catalog().converter("hf_gpt2"), tmp_path)
+    report = bench(str(tmp_path), device="cpu", seq=16, new_tokens=8, repeats=2, compare=True)
+    names = [s.name for s in report.stats]
+    assert names[0] == "load" and names[1] == "forward [1x16]" and names[2].startswith("greedy decode 8 tokens")
+    fwd, dec = report.stats[1], report.stats[2]
+    assert fwd.ratio_min <= fwd.ratio_median <= fwd.ratio_max and fwd.reference > 0
+    assert dec.note == "identical tokens"
+    assert 0 < report.extra["percent_of_bandwidth_limit"]
+
+
+def test_bench_cli_json(tmp_path):
+    write_checkpoint(get_catalog().converter("hf_gpt2"), tmp_path)
+    result = CliRunner().invoke(cli, ["bench", str(tmp_path), "--device", "cpu", "--seq", "8",
+                                      "--new-tokens", "4", "--repeats", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["device"] == "cpu" and len(data["stats"]) == 3

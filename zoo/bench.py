@@ -1,0 +1,281 @@
+"""``zoo bench``: how fast zoo runs a model here, and with ``compare`` how that stands against
+transformers on the same weights, in the same process, interleaved A/B/A/B.
+
+Ratios are the figure of merit (these machines are noisy): each repeat times zoo and then
+transformers back to back, and the report gives min/median/max of the per-repeat ratios.
+Time ratios below 1 and tokens/s ratios above 1 mean zoo is faster.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .loading import load_full, resolve
+from .registry import get_catalog
+from .types import resolve as resolve_ref
+from .verification import prepare_weights
+
+
+@dataclass
+class Stat:
+    """Median of zoo's measurements, transformers' (when compared), and the per-repeat ratios."""
+
+    name: str
+    unit: str
+    zoo: float
+    reference: Optional[float] = None
+    ratio_min: Optional[float] = None
+    ratio_median: Optional[float] = None
+    ratio_max: Optional[float] = None
+    note: str = ""
+
+
+@dataclass
+class BenchReport:
+    model: str
+    device: str
+    dtype: str
+    weights: str
+    threads: int
+    stats: List[Stat] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def render(self) -> str:
+        lines = [f"model {self.model} on {self.device} {self.dtype}, {self.threads} threads; weights {self.weights}"]
+        head = f"{'metric':34} {'zoo':>12} {'transformers':>13}  {'ratio (min / median / max)':28}"
+        lines += [head, "-" * len(head)]
+        for s in self.stats:
+            ref = f"{s.reference:.4g}" if s.reference is not None else "-"
+            ratio = (f"{s.ratio_min:.3f} / {s.ratio_median:.3f} / {s.ratio_max:.3f}"
+                     if s.ratio_median is not None else "-")
+            lines.append(f"{s.name + ' (' + s.unit + ')':34} {s.zoo:>12.4g} {ref:>13}  {ratio:28} {s.note}")
+        for k, v in self.extra.items():
+            lines.append(f"{k}: {v}")
+        return "\n".join(lines)
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _ab(zoo_fn, ref_fn, repeats: int, higher_is_better: bool = False):
+    """Interleaved A/B timing; returns (zoo median, ref median, ratios)."""
+    zoo_fn()
+    if ref_fn:
+        ref_fn()
+    zs, rs, ratios = [], [], []
+    for _ in range(repeats):
+        z = _time(zoo_fn)
+        zs.append(z)
+        if ref_fn:
+            r = _time(ref_fn)
+            rs.append(r)
+            ratios.append(r / z if higher_is_better else z / r)
+    return statistics.median(zs), (statistics.median(rs) if rs else None), ratios
+
+
+def _stat(name, unit, z, r, ratios, note="") -> Stat:
+    if not ratios:
+        return Stat(name, unit, z, note=note)
+    return Stat(name, unit, z, r, min(ratios), statistics.median(ratios), max(ratios), note)
+
+
+def read_bandwidth_gbs(megabytes: int = 512) -> float:
+    """Measured memory read bandwidth of this machine (GB/s): sums over a buffer much larger
+    than the caches, best of five."""
+    x = torch.ones(megabytes * 1024 * 1024 // 4)
+    best = min(_time(lambda: x.sum()) for _ in range(5))
+    return x.numel() * 4 / best / 1e9
+
+
+def bench(
+    name_or_path: str,
+    *,
+    device: Optional[str] = "auto",
+    dtype=None,
+    batch: int = 1,
+    seq: int = 128,
+    new_tokens: int = 64,
+    repeats: int = 5,
+    compare: bool = False,
+    cold: bool = False,
+    scaling: bool = False,
+    checkpoint=None,
+    seed: int = 0,
+) -> BenchReport:
+    """Measure load, forward and (for generative models) decode; see the module docstring."""
+    catalog = get_catalog()
+    entry = resolve(str(name_or_path), catalog)
+    converter = catalog.converter(entry.converter)
+    source = prepare_weights(entry, converter, checkpoint, seed=seed)
+    t0 = time.perf_counter()
+    loaded = load_full(source.load_name, checkpoint=source.folder, device=device, dtype=dtype)
+    load_s = time.perf_counter() - t0
+    model = loaded.model
+    report = BenchReport(entry.name, str(loaded.device), str(loaded.dtype).replace("torch.", ""),
+                         source.describe(loaded), torch.get_num_threads())
+    ref = None
+    if compare:
+        t0 = time.perf_counter()
+        ref = source.reference(loaded).to(device=loaded.device, dtype=loaded.dtype)
+        ref_load_s = time.perf_counter() - t0 if source.random_seed is None else None
+        report.stats.append(Stat("load", "s", load_s, ref_load_s,
+                                 note="" if ref_load_s else "(reference built in memory: no load time)"))
+    else:
+        report.stats.append(Stat("load", "s", load_s))
+
+    gen = torch.Generator().manual_seed(seed)
+    make_inputs = resolve_ref(loaded.architecture.example_inputs)
+    inputs = _to(make_inputs(loaded.config, loaded.task, batch, seq, gen), loaded)
+    shape = "x".join(str(d) for d in next(iter(inputs.values())).shape)
+    with torch.inference_mode():
+        z, r, ratios = _ab(lambda: model(**inputs), (lambda: ref(**inputs)) if ref is not None else None, repeats)
+        report.stats.append(_stat(f"forward [{shape}]", "ms", z * 1e3, r * 1e3 if r else None, ratios))
+        if hasattr(model, "generate") and loaded.task in ("text-generation", "translation"):
+            _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats)
+        if scaling:
+            _bench_scaling(report, model, loaded, make_inputs)
+    if cold:
+        _bench_cold(report, source, loaded, batch, seq, compare)
+    del loaded, model
+    return report
+
+
+def _to(inputs, loaded):
+    out = {k: v.to(loaded.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    if "pixel_values" in out:
+        out["pixel_values"] = out["pixel_values"].to(loaded.dtype)
+    return out
+
+
+def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats):
+    kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
+    pad = loaded.config.get("pad_token_id")
+    pad = loaded.config.get("eos_token_id", 0) if pad is None else pad
+    ours_kwargs = dict(max_new_tokens=new_tokens)
+    if loaded.task == "text-generation":  # stop where transformers stops
+        ours_kwargs["eos_token_id"] = loaded.config.get("eos_token_id")
+    ours = model.generate(**kwargs, **ours_kwargs)
+    n_new = ours.shape[1] - (kwargs["input_ids"].shape[1] if loaded.task == "text-generation" else 1)
+    zoo_fn = lambda: model.generate(**kwargs, **ours_kwargs)
+    ref_fn = None
+    identical = None
+    if ref is not None:
+        gen_kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=new_tokens, pad_token_id=pad)
+        theirs = ref.generate(**kwargs, **gen_kwargs)
+        identical = ours.shape == theirs.shape and bool((ours == theirs).all())
+        ref_fn = lambda: ref.generate(**kwargs, **gen_kwargs)
+    z, r, ratios = _ab(zoo_fn, ref_fn, max(2, repeats // 2), higher_is_better=True)
+    rows = kwargs["input_ids"].shape[0]
+    tps = rows * n_new / z
+    note = "" if identical is None else ("identical tokens" if identical else "TOKENS DIFFER")
+    report.stats.append(_stat(f"greedy decode {n_new} tokens x{rows}", "tokens/s", tps,
+                              rows * n_new / r if r else None, ratios, note))
+    if loaded.device.type == "cpu" and rows == 1:
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        bw = read_bandwidth_gbs()
+        limit = bw * 1e9 / weight_bytes
+        report.extra["bandwidth"] = (f"{bw:.1f} GB/s read; {weight_bytes / 1e6:.0f} MB of weights per token "
+                                     f"-> limit {limit:.1f} tokens/s; decode at {100 * tps / limit:.0f}% of limit")
+        report.extra["percent_of_bandwidth_limit"] = round(100 * tps / limit, 1)
+
+
+def _bench_scaling(report, model, loaded, make_inputs):
+    gen = torch.Generator().manual_seed(1)
+    rows = []
+    max_pos = int(loaded.config.get("n_positions", loaded.config.get("max_position_embeddings", 1024)))
+    for b, t in ((1, 128), (1, 256), (1, 512), (1, min(1024, max_pos)), (4, 128), (16, 128)):
+        inp = _to(make_inputs(loaded.config, loaded.task, b, t, gen), loaded)
+        model(**inp)
+        ms = statistics.median(_time(lambda: model(**inp)) for _ in range(3)) * 1e3
+        rows.append(f"[{b}x{t}] {ms:.1f} ms ({ms / (b * t) * 1e3:.0f} us/token)")
+    report.extra["forward scaling"] = "; ".join(rows)
+    if hasattr(model, "generate") and loaded.task == "text-generation":
+        per_ctx = []
+        for ctx in (32, 256, min(896, max_pos - 64)):
+            ids = _to(make_inputs(loaded.config, loaded.task, 1, ctx, gen), loaded)["input_ids"]
+            t16 = _time(lambda: model.generate(ids, max_new_tokens=16))
+            t48 = _time(lambda: model.generate(ids, max_new_tokens=48))
+            per_ctx.append(f"context {ctx}: {(t48 - t16) / 32 * 1e3:.1f} ms/token")
+        report.extra["decode time per token vs context"] = "; ".join(per_ctx)
+
+
+_COLD = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import torch
+folder, side, name, batch, seq, device = sys.argv[1:7]
+if side == "zoo":
+    from zoo.loading import load_full
+    from zoo.types import resolve
+    loaded = load_full(name, checkpoint=folder, device=device)
+    model, config, task, arch = loaded.model, loaded.config, loaded.task, loaded.architecture
+else:  # transformers, with zoo used only to find the reference class and example inputs
+    from zoo.loading import resolve as find_entry
+    from zoo.registry import get_catalog
+    from zoo.types import resolve
+    catalog = get_catalog()
+    entry = find_entry(name)
+    conv, arch = catalog.converter(entry.converter), catalog.architecture(entry.architecture)
+    config, task = json.load(open(folder + "/config.json")), entry.task
+    model = resolve(conv.reference)(config, task, folder).eval().to(device)
+load_s = time.perf_counter() - t0
+inputs = resolve(arch.example_inputs)(config, task, int(batch), int(seq), torch.Generator().manual_seed(0))
+inputs = {k: v.to(device) for k, v in inputs.items()}
+with torch.inference_mode():
+    model(**inputs)
+total = time.perf_counter() - t0
+print(json.dumps({"load_s": load_s, "first_output_s": total,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _cold_run(side, folder, name, batch, seq, device) -> Dict[str, float]:
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", _COLD, str(folder), side, name, str(batch), str(seq), device],
+                         capture_output=True, text=True, env=env, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"cold-start run ({side}) failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _bench_cold(report, source, loaded, batch, seq, compare):
+    """A fresh process: import, load, one forward. Peak RSS against the weights' size."""
+    device = str(loaded.device)
+    weights_mb = sum(p.stat().st_size for p in loaded.files) / 2**20
+    runs = [(_cold_run("zoo", source.folder, source.load_name, batch, seq, device),
+             _cold_run("transformers", source.folder, source.load_name, batch, seq, device) if compare else None)
+            for _ in range(3)]
+    z = statistics.median(r[0]["first_output_s"] for r in runs)
+    ratios = [r[0]["first_output_s"] / r[1]["first_output_s"] for r in runs] if compare else []
+    ref = statistics.median(r[1]["first_output_s"] for r in runs) if compare else None
+    report.stats.append(_stat("cold start: process -> first output", "s", z, ref, ratios))
+    z_rss = max(r[0]["peak_rss_mb"] for r in runs)
+    ref_rss = max(r[1]["peak_rss_mb"] for r in runs) if compare else None
+    report.stats.append(Stat("cold start: peak RSS", "MB", z_rss, ref_rss,
+                             note=f"weights file {weights_mb:.0f} MB"))
+    base = _baseline_rss_mb()
+    report.extra["peak RSS over the weights"] = (
+        f"{z_rss:.0f} MB peak, of which ~{base:.0f} MB is python+torch+transformers imports; "
+        f"the rest is {(z_rss - base) / weights_mb * 100:.0f}% of the {weights_mb:.0f} MB weights file"
+    )
+
+
+def _baseline_rss_mb() -> float:
+    code = ("import resource, torch, transformers, zoo.loading;"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    return float(out.stdout.strip() or 0)
