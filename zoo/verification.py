@@ -176,8 +176,13 @@ class WeightSource:
         if self._ref is None:
             from transformers.utils import logging as hf_logging
 
+            enabled = hf_logging.is_progress_bar_enabled()
             hf_logging.disable_progress_bar()  # keep our own output clean (--json on stdout)
-            self._ref = resolve_ref(self.converter.reference)(loaded.config, loaded.task, self.folder)
+            try:
+                self._ref = resolve_ref(self.converter.reference)(loaded.config, loaded.task, self.folder)
+            finally:
+                if enabled:
+                    hf_logging.enable_progress_bar()
         return self._ref.eval()
 
     def describe(self, loaded) -> str:
