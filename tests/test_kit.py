@@ -113,3 +113,35 @@ def test_architecture_that_computes_weights_in_init_is_caught(tmp_path, monkeypa
     arch = Architecture(name="eager", factory="eager_model:build", tasks=("x",), example_inputs="eager_model:inputs")
     with pytest.raises(AssertionError, match="meta device"):
         testing.check_architecture(arch, {})
+
+
+def test_scaffolded_plugin_passes_its_own_tests(tmp_path):
+    """`zoo plugin new` writes a package that, put on sys.path with a dist-info (as pip would
+    install it), is discovered through its entry point and passes its generated tests."""
+    import os
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    result = CliRunner().invoke(cli, ["plugin", "new", "tinymlp", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    pkg = tmp_path / "zoo-tinymlp"
+    assert (pkg / "pyproject.toml").is_file() and (pkg / "tests" / "test_plugin.py").is_file()
+    again = CliRunner().invoke(cli, ["plugin", "new", "tinymlp", "--dir", str(tmp_path)])
+    assert again.exit_code == 2 and "--force" in again.output
+
+    site = tmp_path / "site"
+    info = site / "zoo_tinymlp-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-tinymlp\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[zoo]\ntinymlp = zoo_tinymlp\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pkg), str(site)]), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg / "tests")],
+                         capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "4 passed" in run.stdout
+    listed = subprocess.run([sys.executable, "-m", "zoo.cli", "plugins"], capture_output=True, text=True, env=env)
+    assert "zoo-tinymlp 0.1.0" in listed.stdout, listed.stdout + listed.stderr
