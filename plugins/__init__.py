@@ -28,6 +28,13 @@ ARCHITECTURES = (
         tasks=("image-classification", "image-feature-extraction"),
         description="Vision Transformer: image classifier, or encoder (+ pooler)",
     ),
+    Architecture(
+        name="encoder_decoder",
+        factory="zoo.plugins.encoder_decoder:from_config",
+        example_inputs="zoo.plugins.encoder_decoder:example_inputs",
+        tasks=("translation",),
+        description="Transformer encoder-decoder (Annotated Transformer / Marian; greedy and beam search)",
+    ),
 )
 
 

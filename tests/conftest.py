@@ -24,7 +24,10 @@ def digest(folder: Path) -> dict:
 def converters():
     from zoo.registry import get_catalog
 
-    return sorted(get_catalog().converters.values(), key=lambda c: c.name)
+    # converters without a transformers reference (the Annotated Transformer's state dicts)
+    # cannot be verified against one; their own test files pin their numerics
+    convs = [c for c in get_catalog().converters.values() if c.reference is not None]
+    return sorted(convs, key=lambda c: c.name)
 
 
 def write_checkpoint(converter, folder: Path, layout: str = "hub", config=None, seed: int = 0):

@@ -91,14 +91,15 @@ def _sniff(path: Path, catalog: Catalog, overrides: Mapping[str, Any]):
     from .types import resolve as resolve_ref
 
     files = ckpt.WeightFiles([path], "safetensors") if path.is_file() else ckpt.find_weights(path)
-    keys = list(ckpt.read_weights(files))
+    tensors = ckpt.read_weights(files)
+    keys = list(tensors)
     for conv in sorted(catalog.converters.values(), key=lambda c: c.name):
         infer = conv.infer_config
         if infer is None:
             continue
         compiled = _compile(conv)
         if keys and all(compiled.match(compiled.rename(k)) for k in keys):
-            return conv, resolve_ref(infer)(ckpt.read_weights(files), dict(overrides))
+            return conv, resolve_ref(infer)(tensors, dict(overrides))
     raise CheckpointError(
         f"{path}: has no config.json and no converter recognises its keys "
         f"(first keys: {', '.join(sorted(keys)[:5])})"

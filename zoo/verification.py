@@ -329,7 +329,10 @@ def _first_divergence(model, ref, inputs, dtype) -> Optional[str]:
         with torch.inference_mode():
             ours = model(**inputs, output_hidden_states=True).hidden_states
             theirs = ref(**inputs, output_hidden_states=True)
-        theirs = getattr(theirs, "hidden_states", None) or getattr(theirs, "decoder_hidden_states", None)
+        if getattr(theirs, "decoder_hidden_states", None) is not None:  # encoder-decoder
+            theirs = tuple(theirs.encoder_hidden_states or ()) + tuple(theirs.decoder_hidden_states)
+        else:
+            theirs = getattr(theirs, "hidden_states", None)
     except TypeError:
         return None
     if not ours or not theirs:

@@ -1,0 +1,113 @@
+"""Harvard NLP's *Annotated Transformer* (``make_model``) state dicts -> ``encoder_decoder``.
+
+zoo's architecture uses the Annotated Transformer's own module names, so the key map is the
+identity except for the embeddings, which ``make_model`` wraps in ``nn.Sequential(Embeddings,
+PositionalEncoding)``::
+
+    src_embed.0.lut.weight   ->  src_embed.lut.weight
+    src_embed.1.pe           ->  dropped: the sinusoid table [1, max_len, d_model], computed in code
+    tgt_embed.0.lut.weight   ->  tgt_embed.lut.weight
+    tgt_embed.1.pe           ->  dropped
+
+Such a checkpoint has no config.json: :func:`infer_config` reads the sizes off the tensors. The
+head count cannot be read from weights (every head count gives the same [d_model, d_model]
+projections); it defaults to ``make_model``'s ``h=8`` and is given with ``heads=``.
+
+This module imports no torch at import time.
+"""
+import re
+
+from zoo import Drop, Map, hookimpl
+from zoo.errors import CheckpointError
+from zoo.types import Converter
+
+
+def _identity(*templates):
+    return tuple(Map(t, t) for t in templates)
+
+
+def _attention(prefix: str):
+    return _identity(*(f"{prefix}.linears.{i}.{p}" for i in range(4) for p in ("weight", "bias")))
+
+
+KEY_MAP = (
+    *_attention("encoder.layers.{}.self_attn"),
+    *_identity(
+        "encoder.layers.{}.feed_forward.w_1.weight",
+        "encoder.layers.{}.feed_forward.w_1.bias",
+        "encoder.layers.{}.feed_forward.w_2.weight",
+        "encoder.layers.{}.feed_forward.w_2.bias",
+        "encoder.layers.{}.sublayer.{}.norm.a_2",
+        "encoder.layers.{}.sublayer.{}.norm.b_2",
+        "encoder.norm.a_2",
+        "encoder.norm.b_2",
+    ),
+    *_attention("decoder.layers.{}.self_attn"),
+    *_attention("decoder.layers.{}.src_attn"),
+    *_identity(
+        "decoder.layers.{}.feed_forward.w_1.weight",
+        "decoder.layers.{}.feed_forward.w_1.bias",
+        "decoder.layers.{}.feed_forward.w_2.weight",
+        "decoder.layers.{}.feed_forward.w_2.bias",
+        "decoder.layers.{}.sublayer.{}.norm.a_2",
+        "decoder.layers.{}.sublayer.{}.norm.b_2",
+        "decoder.norm.a_2",
+        "decoder.norm.b_2",
+        "generator.proj.weight",
+        "generator.proj.bias",
+    ),
+    Map("src_embed.0.lut.weight", "src_embed.lut.weight"),
+    Map("tgt_embed.0.lut.weight", "tgt_embed.lut.weight"),
+    Drop("src_embed.1.pe", "sinusoid table; computed in code"),
+    Drop("tgt_embed.1.pe", "sinusoid table; computed in code"),
+)
+
+MODEL_TYPE = "annotated-transformer"
+
+
+def _count_layers(keys, stack: str) -> int:
+    found = {int(m.group(1)) for k in keys for m in [re.match(rf"^{stack}\.layers\.(\d+)\.", k)] if m}
+    if not found or found != set(range(len(found))):
+        raise CheckpointError(f"annotated transformer: {stack} layers not numbered 0..N-1: {sorted(found)}")
+    return len(found)
+
+
+def infer_config(tensors, overrides):
+    """Sizes from the tensors of a ``make_model`` state dict; ``overrides`` supplies ``heads``
+    (default 8, as ``make_model``) and may set any other config field."""
+    keys = list(tensors)
+    n_enc, n_dec = _count_layers(keys, "encoder"), _count_layers(keys, "decoder")
+    src_vocab, d_model = tensors["src_embed.0.lut.weight"].shape
+    tgt_vocab = tensors["tgt_embed.0.lut.weight"].shape[0]
+    d_ff = tensors["encoder.layers.0.feed_forward.w_1.weight"].shape[0]
+    config = {
+        "model_type": MODEL_TYPE,
+        "src_vocab": int(src_vocab),
+        "tgt_vocab": int(tgt_vocab),
+        "d_model": int(d_model),
+        "encoder_layers": n_enc,
+        "decoder_layers": n_dec,
+        "d_ff": int(d_ff),
+        "heads": 8,
+    }
+    pe = tensors.get("src_embed.1.pe")
+    if pe is not None:  # make_model's max_len (5000 by default) is the stored table's length
+        config["max_positions"] = int(pe.shape[-2])
+    config.update(overrides)
+    return config
+
+
+CONVERTER = Converter(
+    name="annotated",
+    architecture="encoder_decoder",
+    model_types=(MODEL_TYPE,),
+    key_map=KEY_MAP,
+    tasks={},
+    infer_config="zoo.converters.annotated:infer_config",
+    description="Harvard NLP Annotated Transformer make_model state dicts (no config.json)",
+)
+
+
+@hookimpl
+def register_converters(register):
+    register(CONVERTER)

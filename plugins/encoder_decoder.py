@@ -1,0 +1,837 @@
+"""The Transformer encoder-decoder (Vaswani et al., 2017), readable top to bottom.
+
+The structure and names follow Harvard NLP's *Annotated Transformer*: an ``EncoderDecoder``
+holding an ``Encoder`` and a ``Decoder`` (stacks of ``EncoderLayer``/``DecoderLayer``), whose
+sublayers (``MultiHeadedAttention``, ``PositionwiseFeedForward``) are wrapped in a
+``SublayerConnection`` (residual + LayerNorm), token ``Embeddings`` plus a sinusoidal
+``PositionalEncoding``, and a ``Generator`` that turns decoder states into vocabulary scores.
+
+Two families of checkpoints fill it, and everything that differs between them is a config
+switch named for what it means (see :class:`EncoderDecoderConfig`):
+
+==========================  ===========================  ===============================
+switch                      Annotated Transformer         Marian / opus-mt
+==========================  ===========================  ===============================
+norm_placement              "pre": x + f(norm(x))         "post": norm(x + f(x))
+layer_norm                  "unbiased_std":               "torch": nn.LayerNorm,
+                            (x-mean)/(std+eps), eps 1e-6  (x-mean)/sqrt(var+eps), 1e-5
+sinusoid_layout             "interleaved" (sin, cos, ..)  "halves" (sin... | cos...)
+scale_embedding             True (* sqrt(d_model))        True
+share_embeddings            False                         True (one ``shared`` table)
+tie_output                  False (own ``proj`` + bias)   True (+ ``final_logits_bias``)
+activation                  relu                          swish
+final_norms                 True (norm after each stack)  False
+log_softmax_output          True (log-probabilities)      False (logits)
+==========================  ===========================  ===============================
+
+Generation (greedy and beam search) runs the encoder once and then the decoder one token at a
+time over a preallocated key/value cache: self-attention keys/values are written in place, and
+the cross-attention keys/values of the encoder output are computed once per layer. Greedy and
+beam search reproduce transformers' ``generate`` for Marian (its logits processors:
+``bad_words_ids``, ``forced_eos_token_id``, ``renormalize_logits``; beam search with its length
+penalty and ``early_stopping`` heuristic), so the token ids are identical.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from zoo.errors import ConfigError, InputError
+from zoo.outputs import ModelOutput
+
+ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "swish": F.silu,
+    "silu": F.silu,
+    "gelu": F.gelu,  # exact (erf) GELU, as transformers' "gelu"
+}
+NEG = -1.0e9  # "impossible" score used by transformers' beam search bookkeeping (kept identical)
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+@dataclass
+class EncoderDecoderConfig:
+    """Sizes, numerics switches and generation defaults. Defaults are the paper's base model as
+    built by the Annotated Transformer's ``make_model`` (N=6, d_model=512, d_ff=2048, h=8)."""
+
+    src_vocab_size: int = 37000
+    tgt_vocab_size: int = 37000
+    d_model: int = 512
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    encoder_heads: int = 8
+    decoder_heads: int = 8
+    encoder_ffn_dim: int = 2048
+    decoder_ffn_dim: int = 2048
+    activation: str = "relu"
+    dropout: float = 0.1  # on sublayer outputs and embeddings (training only)
+    attention_dropout: float = 0.1  # on attention probabilities
+    activation_dropout: float = 0.1  # inside the feed-forward, after the activation
+    max_positions: int = 5000  # longest sequence the sinusoid table covers
+    # numerics switches (see the module docstring)
+    norm_placement: str = "pre"  # "pre" | "post"
+    layer_norm: str = "unbiased_std"  # "unbiased_std" | "torch"
+    layer_norm_eps: float = 1e-6
+    sinusoid_layout: str = "interleaved"  # "interleaved" | "halves"
+    scale_embedding: bool = True
+    share_embeddings: bool = False
+    tie_output: bool = False
+    final_logits_bias: bool = False
+    final_norms: bool = True
+    log_softmax_output: bool = True
+    # special tokens and generation defaults (transformers' GenerationConfig names)
+    pad_token_id: int = 0
+    eos_token_id: Optional[int] = None
+    decoder_start_token_id: int = 0
+    forced_eos_token_id: Optional[int] = None
+    bad_words_ids: Tuple[int, ...] = ()  # single tokens never generated (Marian: the pad token)
+    renormalize_logits: bool = False
+    length_penalty: float = 1.0
+    early_stopping: Any = False  # False | True | "never", as transformers
+    max_new_tokens: int = 64
+
+    CHOICES = {
+        "norm_placement": ("pre", "post"),
+        "layer_norm": ("unbiased_std", "torch"),
+        "sinusoid_layout": ("interleaved", "halves"),
+        "activation": tuple(ACTIVATIONS),
+    }
+    # the Annotated Transformer's make_model(src_vocab, tgt_vocab, N, d_model, d_ff, h, dropout)
+    MAKE_MODEL_NAMES = {"src_vocab": "src_vocab_size", "tgt_vocab": "tgt_vocab_size", "d_ff": "ffn_dim",
+                        "N": "layers", "h": "heads", "heads": "heads", "layers": "layers", "ffn_dim": "ffn_dim"}
+    IGNORED = {"model_type", "architectures", "transformers_version", "dtype", "torch_dtype"}
+
+    @classmethod
+    def from_hf(cls, config: Dict[str, Any]) -> "EncoderDecoderConfig":
+        """Marian configs (``model_type="marian"``) are translated from transformers' field
+        names; any other config uses this class's field names (plus ``make_model``'s: ``N``,
+        ``h``/``heads``, ``d_ff``, ``src_vocab``, ``tgt_vocab``). Unknown fields are refused."""
+        if config.get("model_type") == "marian":
+            return cls._from_marian(config)
+        known = {f.name for f in fields(cls)}
+        values: Dict[str, Any] = {}
+        for key, value in config.items():
+            if key in cls.IGNORED:
+                continue
+            if key in cls.MAKE_MODEL_NAMES:  # one make_model value sets both stacks
+                name = cls.MAKE_MODEL_NAMES[key]
+                if name.endswith("_size"):
+                    values[name] = value
+                else:
+                    values[f"encoder_{name}"] = values[f"decoder_{name}"] = value
+            elif key in known:
+                values[key] = value
+            else:
+                raise ConfigError(f"encoder_decoder: unknown config field {key}={value!r}")
+        if "dropout" in config:  # make_model uses one dropout rate everywhere
+            for k in ("attention_dropout", "activation_dropout"):
+                values.setdefault(k, config["dropout"])
+        if "bad_words_ids" in values:
+            values["bad_words_ids"] = tuple(values["bad_words_ids"])
+        return cls(**values)._check()
+
+    @classmethod
+    def _from_marian(cls, c: Dict[str, Any]) -> "EncoderDecoderConfig":
+        refuse = {
+            "normalize_before": (True, "pre-norm Marian"),
+            "normalize_embedding": (True, "LayerNorm on embeddings"),
+            "add_final_layer_norm": (True, "final stack LayerNorm"),
+            "static_position_embeddings": (False, "learned positions"),
+            "add_bias_logits": (True, "extra logits bias"),
+            "share_encoder_decoder_embeddings": (False, "separate source/target embeddings"),
+            "tie_word_embeddings": (False, "an output projection not tied to the embeddings"),
+            "scale_attention_softmax": (True, "scaled softmax"),
+        }
+        for key, (bad, what) in refuse.items():
+            if c.get(key) == bad:
+                raise ConfigError(f"marian: config field {key}={bad!r} ({what}) is not supported")
+        vocab = int(c.get("vocab_size", 58101))
+        if c.get("decoder_vocab_size") not in (None, vocab):
+            raise ConfigError(
+                f"marian: config field decoder_vocab_size={c['decoder_vocab_size']!r} differs from "
+                f"vocab_size={vocab} (separate target vocabulary) — not supported"
+            )
+        bad_words = []
+        for ids in c.get("bad_words_ids") or ():
+            if len(ids) != 1:
+                raise ConfigError(f"marian: config field bad_words_ids entry {ids!r}: only single tokens are supported")
+            bad_words.append(int(ids[0]))
+        pad = int(c.get("pad_token_id", 58100))
+        eos = c.get("eos_token_id", 0)
+        if isinstance(eos, list):
+            if len(eos) != 1:
+                raise ConfigError(f"marian: config field eos_token_id={eos!r}: only one eos token is supported")
+            eos = eos[0]
+        return cls(
+            src_vocab_size=vocab,
+            tgt_vocab_size=vocab,
+            d_model=int(c.get("d_model", 1024)),
+            encoder_layers=int(c.get("encoder_layers", 12)),
+            decoder_layers=int(c.get("decoder_layers", 12)),
+            encoder_heads=int(c.get("encoder_attention_heads", 16)),
+            decoder_heads=int(c.get("decoder_attention_heads", 16)),
+            encoder_ffn_dim=int(c.get("encoder_ffn_dim", 4096)),
+            decoder_ffn_dim=int(c.get("decoder_ffn_dim", 4096)),
+            activation=c.get("activation_function", "gelu"),
+            dropout=float(c.get("dropout", 0.1)),
+            attention_dropout=float(c.get("attention_dropout", 0.0)),
+            activation_dropout=float(c.get("activation_dropout", 0.0)),
+            max_positions=int(c.get("max_position_embeddings", 1024)),
+            norm_placement="post",
+            layer_norm="torch",
+            layer_norm_eps=1e-5,  # Marian uses nn.LayerNorm's default
+            sinusoid_layout="halves",
+            scale_embedding=bool(c.get("scale_embedding", False)),
+            share_embeddings=True,
+            tie_output=True,
+            final_logits_bias=True,
+            final_norms=False,
+            log_softmax_output=False,
+            pad_token_id=pad,
+            eos_token_id=None if eos is None else int(eos),
+            decoder_start_token_id=int(c.get("decoder_start_token_id", pad)),
+            forced_eos_token_id=c.get("forced_eos_token_id", eos),
+            bad_words_ids=tuple(bad_words),
+            renormalize_logits=bool(c.get("renormalize_logits", False)),
+            length_penalty=float(c.get("length_penalty", 1.0)),
+            early_stopping=c.get("early_stopping", False),
+        )._check()
+
+    def _check(self) -> "EncoderDecoderConfig":
+        for key, allowed in self.CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(
+                    f"encoder_decoder: config field {key}={getattr(self, key)!r} is not supported "
+                    f"(supported: {', '.join(allowed)})"
+                )
+        for side in ("encoder", "decoder"):
+            heads = getattr(self, f"{side}_heads")
+            if heads <= 0 or self.d_model % heads:
+                raise ConfigError(f"encoder_decoder: d_model={self.d_model} is not divisible by {side}_heads={heads}")
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ConfigError(
+                f"encoder_decoder: share_embeddings=True needs one vocabulary, got src_vocab_size="
+                f"{self.src_vocab_size} and tgt_vocab_size={self.tgt_vocab_size}"
+            )
+        if self.early_stopping not in (True, False, "never"):
+            raise ConfigError(f"encoder_decoder: config field early_stopping={self.early_stopping!r} is not supported")
+        if self.d_model % 2:
+            raise ConfigError(f"encoder_decoder: d_model={self.d_model} must be even (sinusoids come in sin/cos pairs)")
+        return self
+
+
+# ---------------------------------------------------------------------------------- leaf modules
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with the Annotated Transformer's parameter names ``a_2`` (gain), ``b_2`` (bias).
+
+    ``"torch"``:         a_2 * (x - mean) / sqrt(var + eps) + b_2   (biased var; nn.LayerNorm)
+    ``"unbiased_std"``:  a_2 * (x - mean) / (std + eps) + b_2       (unbiased std, eps outside
+                                                                     the root: the Annotated one)
+    """
+
+    def __init__(self, features: int, eps: float, formula: str):
+        super().__init__()
+        self.a_2 = nn.Parameter(torch.ones(features))
+        self.b_2 = nn.Parameter(torch.zeros(features))
+        self.eps = eps
+        self.formula = formula
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.formula == "torch":
+            return F.layer_norm(x, x.shape[-1:], self.a_2, self.b_2, self.eps)
+        mean = x.mean(-1, keepdim=True)
+        std = x.std(-1, keepdim=True)  # unbiased (divides by n - 1)
+        return self.a_2 * (x - mean) / (std + self.eps) + self.b_2
+
+
+def sinusoids(length: int, d_model: int, layout: str, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The fixed position table (length, d_model): angle(pos, i) = pos / 10000^(2i / d_model).
+
+    ``"interleaved"``: columns sin(a0), cos(a0), sin(a1), cos(a1), ...   (Annotated, the paper)
+    ``"halves"``:      columns sin(a0), sin(a1), ..., cos(a0), cos(a1), ... (Marian)
+
+    Computed in float64 and rounded once, as transformers does for Marian.
+    """
+    pos = torch.arange(length, dtype=torch.float64, device=device)[:, None]
+    inv_freq = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64, device=device) / d_model)
+    angles = pos * inv_freq  # (length, d_model / 2)
+    if layout == "interleaved":
+        table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)
+    else:
+        table = torch.cat((angles.sin(), angles.cos()), dim=-1)
+    return table.to(dtype)
+
+
+class PositionalEncoding(nn.Module):
+    """Adds the sinusoid rows of positions ``offset .. offset + T`` (no stored buffer: the
+    table is computed on first use and cached as a plain attribute, never in the state dict)."""
+
+    def __init__(self, cfg: EncoderDecoderConfig):
+        super().__init__()
+        self.d_model, self.layout, self.max_positions = cfg.d_model, cfg.sinusoid_layout, cfg.max_positions
+        self.dropout = nn.Dropout(cfg.dropout)
+        self._table: Optional[torch.Tensor] = None
+
+    def table(self, length: int, like: torch.Tensor) -> torch.Tensor:
+        t = self._table
+        if t is None or t.size(0) < length or t.device != like.device or t.dtype != like.dtype:
+            size = min(self.max_positions, max(length, 128 if t is None else 2 * t.size(0)))
+            t = self._table = sinusoids(size, self.d_model, self.layout, like.device, like.dtype)
+        return t[:length]
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        return self.dropout(x + self.table(offset + x.size(1), x)[offset:])
+
+
+class Embeddings(nn.Module):
+    """Token lookup table ``lut``, scaled by sqrt(d_model) when ``scale_embedding``."""
+
+    def __init__(self, cfg: EncoderDecoderConfig, vocab: int):
+        super().__init__()
+        self.lut = nn.Embedding(vocab, cfg.d_model)
+        self.scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lut(ids) * self.scale
+
+
+class KVCache:
+    """Decoder keys/values for incremental decoding, allocated once per ``generate`` call.
+
+    Self-attention: ``k``/``v`` are (n_layer, B, nh, max_len, hs); ``length`` positions are
+    filled and each step writes its one new position in place. Cross-attention: the encoder
+    output's keys/values never change while decoding, so each layer computes them on its first
+    step and keeps them in ``cross`` (n_layer entries of (B, nh, S, hs)).
+
+    Beam search reorders rows with :meth:`reorder`, which gathers into a second preallocated
+    buffer and swaps the two (no allocation per step). The cross-attention entries need no
+    reordering: beams only ever move within their own batch item, and all beams of an item share
+    the same source sentence.
+    """
+
+    def __init__(self, cfg: EncoderDecoderConfig, batch: int, max_len: int, device, dtype):
+        hs = cfg.d_model // cfg.decoder_heads
+        shape = (cfg.decoder_layers, batch, cfg.decoder_heads, max_len, hs)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self._spare: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self.cross: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = [None] * cfg.decoder_layers
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this step's keys/values (B, nh, T, hs); return all so far (views, no copy)."""
+        end = self.length + k.size(2)
+        if end > self.k.size(3):
+            raise InputError(f"KV cache holds {self.k.size(3)} positions; {end} needed")
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i of the cache becomes old row ``rows[i]`` (beam search)."""
+        if self._spare is None:
+            self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
+        k2, v2 = self._spare
+        torch.index_select(self.k, 1, rows, out=k2)
+        torch.index_select(self.v, 1, rows, out=v2)
+        self._spare = (self.k, self.v)
+        self.k, self.v = k2, v2
+
+
+class MultiHeadedAttention(nn.Module):
+    """Scaled dot-product attention over ``h`` heads. ``linears`` are the q, k, v and output
+    projections, in that order (the Annotated Transformer's ``linears.0..3``)."""
+
+    def __init__(self, h: int, d_model: int, dropout: float):
+        super().__init__()
+        self.h, self.d_k = h, d_model // h
+        self.linears = nn.ModuleList(nn.Linear(d_model, d_model) for _ in range(4))
+        self.dropout = dropout
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, h, T, d_k)
+        B, T, _ = x.shape
+        return x.view(B, T, self.h, self.d_k).transpose(1, 2)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        memory: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        causal: bool = False,
+        cache: Optional[KVCache] = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """Self-attention when ``memory`` is None, else attention from ``query`` to ``memory``.
+
+        ``mask`` (bool, True = may attend) broadcasts to (B, h, T_q, T_k); ``causal`` hides
+        later positions. With a ``cache``, self-attention appends this step's keys/values and
+        attends over all of them; cross-attention reuses the memory's cached keys/values.
+        """
+        B, T, C = query.shape
+        q = self._split(self.linears[0](query))
+        if memory is not None:  # cross-attention
+            kv = cache.cross[layer] if cache is not None else None
+            if kv is None:
+                kv = (self._split(self.linears[1](memory)), self._split(self.linears[2](memory)))
+                if cache is not None:
+                    cache.cross[layer] = kv
+            k, v = kv
+        else:
+            k, v = self._split(self.linears[1](query)), self._split(self.linears[2](query))
+            if cache is not None:
+                past = cache.length
+                k, v = cache.update(layer, k, v)  # (B, h, past + T, d_k)
+                if causal and T > 1:  # new token t (at position past + t) sees positions <= past + t
+                    pos = torch.arange(past + T, device=query.device)
+                    mask = pos[None, :] <= pos[past:, None]
+                causal = False  # a single new token may see every cached position
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, h, T, d_k)
+        return self.linears[3](y.transpose(1, 2).reshape(B, T, C))  # heads side by side
+
+
+class PositionwiseFeedForward(nn.Module):
+    """w_2(dropout(act(w_1(x)))), applied to each position alike."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str, dropout: float):
+        super().__init__()
+        self.w_1 = nn.Linear(d_model, d_ff)
+        self.w_2 = nn.Linear(d_ff, d_model)
+        self.act = ACTIVATIONS[activation]
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_2(self.dropout(self.act(self.w_1(x))))
+
+
+class SublayerConnection(nn.Module):
+    """A residual connection around ``sublayer`` with its LayerNorm ``norm``:
+
+    pre-norm  (Annotated):  x + dropout(sublayer(norm(x)))
+    post-norm (Marian):     norm(x + dropout(sublayer(x)))
+    """
+
+    def __init__(self, cfg: EncoderDecoderConfig):
+        super().__init__()
+        self.norm = LayerNorm(cfg.d_model, cfg.layer_norm_eps, cfg.layer_norm)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.pre = cfg.norm_placement == "pre"
+
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.pre:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+# ---------------------------------------------------------------------------------- stacks
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention, then feed-forward; each in a SublayerConnection."""
+
+    def __init__(self, cfg: EncoderDecoderConfig):
+        super().__init__()
+        self.self_attn = MultiHeadedAttention(cfg.encoder_heads, cfg.d_model, cfg.attention_dropout)
+        self.feed_forward = PositionwiseFeedForward(cfg.d_model, cfg.encoder_ffn_dim, cfg.activation, cfg.activation_dropout)
+        self.sublayer = nn.ModuleList(SublayerConnection(cfg) for _ in range(2))
+
+    def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        x = self.sublayer[0](x, lambda y: self.self_attn(y, mask=src_mask))
+        return self.sublayer[1](x, self.feed_forward)
+
+
+class Encoder(nn.Module):
+    """``encoder_layers`` EncoderLayers, then (Annotated) a final LayerNorm ``norm``."""
+
+    def __init__(self, cfg: EncoderDecoderConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.norm = LayerNorm(cfg.d_model, cfg.layer_norm_eps, cfg.layer_norm) if cfg.final_norms else None
+
+    def forward(self, x: torch.Tensor, src_mask: torch.Tensor, hidden: Optional[list] = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, src_mask)
+            if hidden is not None:
+                hidden.append(x)
+        if self.norm is not None:
+            x = self.norm(x)
+            if hidden is not None:  # transformers' convention: the last entry is after the norm
+                hidden[-1] = x
+        return x
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, attention over the encoder output (``src_attn``), feed-forward."""
+
+    def __init__(self, cfg: EncoderDecoderConfig):
+        super().__init__()
+        self.self_attn = MultiHeadedAttention(cfg.decoder_heads, cfg.d_model, cfg.attention_dropout)
+        self.src_attn = MultiHeadedAttention(cfg.decoder_heads, cfg.d_model, cfg.attention_dropout)
+        self.feed_forward = PositionwiseFeedForward(cfg.d_model, cfg.decoder_ffn_dim, cfg.activation, cfg.activation_dropout)
+        self.sublayer = nn.ModuleList(SublayerConnection(cfg) for _ in range(3))
+
+    def forward(self, x, memory, src_mask, cache: Optional[KVCache], layer: int) -> torch.Tensor:
+        x = self.sublayer[0](x, lambda y: self.self_attn(y, causal=True, cache=cache, layer=layer))
+        x = self.sublayer[1](x, lambda y: self.src_attn(y, memory, mask=src_mask, cache=cache, layer=layer))
+        return self.sublayer[2](x, self.feed_forward)
+
+
+class Decoder(nn.Module):
+    """``decoder_layers`` DecoderLayers, then (Annotated) a final LayerNorm ``norm``."""
+
+    def __init__(self, cfg: EncoderDecoderConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.norm = LayerNorm(cfg.d_model, cfg.layer_norm_eps, cfg.layer_norm) if cfg.final_norms else None
+
+    def forward(self, x, memory, src_mask, cache: Optional[KVCache] = None, hidden: Optional[list] = None):
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory, src_mask, cache, i)
+            if hidden is not None:
+                hidden.append(x)
+        if self.norm is not None:
+            x = self.norm(x)
+            if hidden is not None:
+                hidden[-1] = x
+        return x
+
+
+class Generator(nn.Module):
+    """Decoder states -> vocabulary scores.
+
+    Annotated: its own ``proj`` (Linear with bias), then log_softmax.
+    Marian: the shared embedding matrix (tied), plus the ``final_logits_bias`` buffer [1, V].
+    """
+
+    def __init__(self, cfg: EncoderDecoderConfig):
+        super().__init__()
+        self.proj = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size)
+        if cfg.final_logits_bias:
+            self.register_buffer("final_logits_bias", torch.zeros(1, cfg.tgt_vocab_size))
+        else:
+            self.final_logits_bias = None
+        self.log_softmax = cfg.log_softmax_output
+
+    def forward(self, x: torch.Tensor, tied_weight: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(x, tied_weight) if self.proj is None else self.proj(x)
+        if self.final_logits_bias is not None:
+            logits = logits + self.final_logits_bias
+        return F.log_softmax(logits, dim=-1) if self.log_softmax else logits
+
+
+# ---------------------------------------------------------------------------------- the model
+
+
+class EncoderDecoder(nn.Module):
+    """``model(input_ids, decoder_input_ids, attention_mask=None)`` -> ``.logits`` [B, T_tgt, V]
+    (log-probabilities when ``log_softmax_output``); ``model.generate(input_ids, ...)``."""
+
+    def __init__(self, cfg: EncoderDecoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.src_embed = Embeddings(cfg, cfg.src_vocab_size)
+        # shared embeddings: the decoder reads src_embed too (one tensor, one name)
+        self.tgt_embed = None if cfg.share_embeddings else Embeddings(cfg, cfg.tgt_vocab_size)
+        self.src_pos = PositionalEncoding(cfg)
+        self.tgt_pos = PositionalEncoding(cfg)
+        self.generator = Generator(cfg)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Fresh initialization as ``make_model`` does it: Glorot/xavier-uniform for every
+        matrix; Linear biases as nn.Linear's default (uniform within 1/sqrt(fan_in)); LayerNorm
+        gains 1 and biases 0; ``final_logits_bias`` 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                bound = 1.0 / math.sqrt(module.in_features)
+                nn.init.uniform_(module.bias, -bound, bound)
+            elif isinstance(module, LayerNorm):
+                nn.init.ones_(module.a_2)
+                nn.init.zeros_(module.b_2)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        if self.generator.final_logits_bias is not None:
+            self.generator.final_logits_bias.zero_()
+
+    # -- inputs
+    def _check_ids(self, ids: torch.Tensor, vocab: int, what: str, offset: int = 0) -> None:
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.long, torch.int):
+            shape = list(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise InputError(f"encoder_decoder: {what} must be token ids of shape [B, T] (int64), got {shape}")
+        if ids.size(1) == 0:
+            raise InputError(f"encoder_decoder: {what} is empty (no tokens)")
+        if offset + ids.size(1) > self.config.max_positions:
+            raise InputError(
+                f"encoder_decoder: {what} has {offset + ids.size(1)} positions; the model covers "
+                f"{self.config.max_positions}"
+            )
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab:
+            raise InputError(f"encoder_decoder: {what} must be in [0, {vocab}), got {lo}..{hi}")
+
+    def _src_mask(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, 1, 1, S) bool, True where a source position may be attended to (not padding)."""
+        if attention_mask is None:
+            return torch.ones(input_ids.shape[0], 1, 1, input_ids.shape[1], dtype=torch.bool, device=input_ids.device)
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise InputError(
+                f"encoder_decoder: attention_mask shape {list(attention_mask.shape)} differs from "
+                f"input_ids {list(input_ids.shape)}"
+            )
+        mask = attention_mask.to(input_ids.device) != 0
+        if not bool(mask.any(dim=1).all()):
+            raise InputError("encoder_decoder: a row of attention_mask masks every source token")
+        return mask[:, None, None, :]
+
+    def _embed_tgt(self) -> Embeddings:
+        return self.src_embed if self.tgt_embed is None else self.tgt_embed
+
+    # -- the two halves
+    def encode(self, input_ids, attention_mask=None, hidden: Optional[list] = None):
+        """Source ids (B, S) -> (memory (B, S, C), src_mask (B, 1, 1, S))."""
+        self._check_ids(input_ids, self.config.src_vocab_size, "input_ids")
+        src_mask = self._src_mask(input_ids, attention_mask)
+        x = self.src_pos(self.src_embed(input_ids))
+        if hidden is not None:
+            hidden.append(x)
+        return self.encoder(x, src_mask, hidden), src_mask
+
+    def decode(self, memory, src_mask, tgt_ids, cache: Optional[KVCache] = None, hidden: Optional[list] = None):
+        """Target ids (B, T) -> decoder states (B, T, C); with a cache, ``tgt_ids`` are the
+        positions after ``cache.length`` and the cache advances by T."""
+        past = cache.length if cache is not None else 0
+        x = self.tgt_pos(self._embed_tgt()(tgt_ids), offset=past)
+        if hidden is not None:
+            hidden.append(x)
+        x = self.decoder(x, memory, src_mask, cache, hidden)
+        if cache is not None:
+            cache.length += tgt_ids.size(1)
+        return x
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generator(x, self._embed_tgt().lut.weight)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """Teacher-forced scores of ``decoder_input_ids`` given ``input_ids``.
+
+        ``hidden_states`` (with ``output_hidden_states=True``): the encoder's states (embeddings,
+        then after each layer) followed by the decoder's, i.e. transformers'
+        ``encoder_hidden_states + decoder_hidden_states``.
+        """
+        self._check_ids(decoder_input_ids, self.config.tgt_vocab_size, "decoder_input_ids")
+        if decoder_input_ids.size(0) != input_ids.size(0):
+            raise InputError(
+                f"encoder_decoder: input_ids has {input_ids.size(0)} rows, decoder_input_ids {decoder_input_ids.size(0)}"
+            )
+        hidden: Optional[list] = [] if output_hidden_states else None
+        memory, src_mask = self.encode(input_ids, attention_mask, hidden)
+        x = self.decode(memory, src_mask, decoder_input_ids, hidden=hidden)
+        return ModelOutput(logits=self.project(x), last_hidden_state=x, hidden_states=tuple(hidden) if hidden else None)
+
+    # -- generation
+    def _step_scores(self, logits: torch.Tensor, cur_len: int, max_length: int, log_probs: bool) -> torch.Tensor:
+        """transformers' logits processors for these models, in its order: (log_softmax for beam
+        search), banned tokens -> -inf, forced eos on the last step, renormalization."""
+        cfg = self.config
+        scores = logits.float()
+        if log_probs:
+            scores = F.log_softmax(scores, dim=-1)
+        banned = [t for t in cfg.bad_words_ids if t != cfg.eos_token_id]
+        if banned:
+            scores[:, banned] = float("-inf")
+        if cfg.forced_eos_token_id is not None and cur_len == max_length - 1:
+            scores = torch.full_like(scores, float("-inf"))
+            scores[:, cfg.forced_eos_token_id] = 0
+        if cfg.renormalize_logits:
+            scores = F.log_softmax(scores, dim=-1)
+        return scores
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        max_new_tokens: Optional[int] = None,
+        num_beams: int = 1,
+        length_penalty: Optional[float] = None,
+        early_stopping: Any = None,
+    ) -> torch.Tensor:
+        """Translate ``input_ids`` [B, S]; returns [B, 1 + n] target ids as transformers'
+        ``generate`` does: starting with ``decoder_start_token_id``, rows that finished early
+        padded with ``pad_token_id``. Greedy when ``num_beams`` is 1, else beam search."""
+        cfg = self.config
+        n = cfg.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if n < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {n}")
+        if int(num_beams) < 1:
+            raise InputError(f"num_beams must be >= 1, got {num_beams}")
+        if n + 1 > cfg.max_positions:
+            raise InputError(f"encoder_decoder: max_new_tokens={n} exceeds the {cfg.max_positions} target positions")
+        memory, src_mask = self.encode(input_ids, attention_mask)
+        if int(num_beams) == 1:
+            return self._greedy(memory, src_mask, n)
+        lp = cfg.length_penalty if length_penalty is None else float(length_penalty)
+        es = cfg.early_stopping if early_stopping is None else early_stopping
+        return self._beam_search(memory, src_mask, n, int(num_beams), lp, es)
+
+    def _greedy(self, memory, src_mask, n: int) -> torch.Tensor:
+        cfg = self.config
+        B, dev = memory.size(0), memory.device
+        max_length = 1 + n
+        cache = KVCache(cfg, B, max_length, dev, memory.dtype)
+        out = torch.full((B, max_length), cfg.pad_token_id, dtype=torch.long, device=dev)
+        out[:, 0] = cfg.decoder_start_token_id
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        cur = 1
+        while cur < max_length:
+            x = self.decode(memory, src_mask, out[:, cur - 1 : cur], cache)
+            scores = self._step_scores(self.project(x)[:, -1], cur, max_length, log_probs=False)
+            nxt = scores.argmax(dim=-1)
+            out[:, cur] = torch.where(done, cfg.pad_token_id, nxt)  # finished rows get padding
+            cur += 1
+            if cfg.eos_token_id is not None:
+                done |= nxt == cfg.eos_token_id
+                if bool(done.all()):
+                    break
+        return out[:, :cur]
+
+    def _beam_search(self, memory, src_mask, n: int, nb: int, length_penalty: float, early_stopping) -> torch.Tensor:
+        """Beam search with transformers' bookkeeping (so the chosen ids are identical).
+
+        Per batch item it keeps ``nb`` running beams and the ``nb`` best finished hypotheses.
+        Each step scores every (beam, token) continuation by the summed log-probability, takes
+        the best ``2 * nb``; of those, the ones among the first ``nb`` that end in eos (or reach
+        the length limit) become finished hypotheses with score ``sum / length ** length_penalty``
+        (length counts generated tokens), and the best ``nb`` that did not end continue.
+        An item stops improving when (``early_stopping=False``) its best running beam, scored at
+        the current length, cannot beat its worst finished hypothesis. Returns the best finished
+        hypothesis of each item.
+        """
+        cfg = self.config
+        B, S, C = memory.shape
+        dev = memory.device
+        max_length = 1 + n
+        K = 2 * nb  # candidates kept per step (one eos token)
+        V = cfg.tgt_vocab_size
+        eos = cfg.eos_token_id
+        # every beam of an item reads the same source: expand to B * nb rows (item-major)
+        memory = memory.repeat_interleave(nb, dim=0)
+        src_mask = src_mask.repeat_interleave(nb, dim=0)
+        cache = KVCache(cfg, B * nb, max_length, dev, memory.dtype)
+
+        running = torch.full((B, nb, max_length), cfg.pad_token_id, dtype=torch.long, device=dev)
+        running[:, :, 0] = cfg.decoder_start_token_id
+        finished = running.clone()
+        run_scores = torch.zeros(B, nb, device=dev)
+        run_scores[:, 1:] = NEG  # only beam 0 is real at the start: no duplicate beams
+        fin_scores = torch.full((B, nb), NEG, device=dev)
+        fin_len = torch.zeros(B, nb, dtype=torch.long, device=dev)  # generated tokens per hypothesis
+        is_fin = torch.zeros(B, nb, dtype=torch.bool, device=dev)
+        can_improve = torch.ones(B, 1, dtype=torch.bool, device=dev)
+        top_nb = torch.arange(K, device=dev) < nb  # only the first nb candidates may finish
+        item = torch.arange(B, device=dev)[:, None]
+
+        cur = 1
+        while True:
+            x = self.decode(memory, src_mask, running[:, :, cur - 1].reshape(B * nb, 1), cache)
+            logp = self._step_scores(self.project(x)[:, -1], cur, max_length, log_probs=True)  # (B*nb, V)
+            total = (logp.view(B, nb, V) + run_scores[:, :, None]).view(B, nb * V)
+            cand_scores, cand = torch.topk(total, K)  # (B, K)
+            beam, token = cand // V, cand % V
+            cand_seqs = torch.take_along_dim(running, beam[:, :, None], dim=1)  # (B, K, max_length)
+            cand_seqs[:, :, cur] = token
+            hits = cur + 1 >= max_length  # the length limit ends every candidate
+            stop = (token == eos) if eos is not None else torch.zeros_like(token, dtype=torch.bool)
+            stop = stop | hits
+
+            # the best nb candidates that did not stop keep running
+            alive_scores = cand_scores + stop.float() * NEG
+            keep = torch.topk(alive_scores, nb).indices
+            running = torch.take_along_dim(cand_seqs, keep[:, :, None], dim=1)
+            run_scores = torch.take_along_dim(alive_scores, keep, dim=1)
+            rows = (item * nb + torch.take_along_dim(beam, keep, dim=1)).reshape(-1)
+
+            # candidates that stopped join the finished hypotheses if they are among the best
+            just_fin = stop & top_nb[None, :]
+            new_scores = cand_scores / (cur**length_penalty)  # cur = generated tokens so far
+            full = is_fin.all(dim=1, keepdim=True) & (early_stopping is True)
+            new_scores = new_scores + full.float() * NEG + (~can_improve).float() * NEG + (~just_fin).float() * NEG
+            all_seqs = torch.cat((finished, cand_seqs), dim=1)
+            all_scores = torch.cat((fin_scores, new_scores), dim=1)
+            all_len = torch.cat((fin_len, torch.full_like(cand, cur)), dim=1)
+            all_fin = torch.cat((is_fin, just_fin), dim=1)
+            best = torch.topk(all_scores, nb).indices
+            finished = torch.take_along_dim(all_seqs, best[:, :, None], dim=1)
+            fin_scores = torch.take_along_dim(all_scores, best, dim=1)
+            fin_len = torch.take_along_dim(all_len, best, dim=1)
+            is_fin = torch.take_along_dim(all_fin, best, dim=1)
+
+            cache.reorder(rows)
+            cur += 1
+            # can the best running beam still beat the worst finished hypothesis?
+            best_len = (max_length - 1) if (early_stopping == "never" and length_penalty > 0.0) else (cur - 1)
+            best_possible = run_scores[:, :1] / (best_len ** length_penalty)
+            worst = torch.where(is_fin, fin_scores.min(dim=1, keepdim=True).values, NEG)
+            can_improve = can_improve & (best_possible > worst).any(dim=-1, keepdim=True)
+            if not bool(can_improve.any()):
+                break
+            if bool(is_fin.all()) and early_stopping is True:
+                break
+            if bool(stop.all()):
+                break
+        length = 1 + int(fin_len[:, 0].max())
+        return finished[:, 0, :length]
+
+
+def from_config(config: Dict[str, Any], task: Optional[str] = None) -> EncoderDecoder:
+    """Build the model. On the meta device (zoo assigns checkpoint tensors next) nothing is
+    initialized; built for real (an entry without weights, for training) it gets
+    ``make_model``'s fresh initialization, written once into uninitialized memory."""
+    cfg = EncoderDecoderConfig.from_hf(config)
+    device = torch.empty(0).device  # the device the caller builds on (a torch.device context)
+    if device.type == "meta":
+        return EncoderDecoder(cfg)
+    with torch.device("meta"):
+        model = EncoderDecoder(cfg)
+    model.to_empty(device=device)
+    model.init_weights()
+    return model
+
+
+def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
+    """Source ids with the last row right-padded (a padded batch), and target ids starting with
+    the decoder start token; keyword names both zoo's model and MarianMTModel accept."""
+    cfg = EncoderDecoderConfig.from_hf(config)
+    seq = max(2, min(seq, cfg.max_positions))
+    special = {cfg.pad_token_id, cfg.decoder_start_token_id}
+    high = min(cfg.src_vocab_size, cfg.tgt_vocab_size)
+    ids = torch.randint(0, high, (batch, seq), generator=generator)
+    for t in special:  # keep pad/start out of the content
+        ids = torch.where(ids == t, (t + 1) % high, ids)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    if batch > 1:
+        mask[-1, seq // 2 :] = 0
+        ids[-1, seq // 2 :] = cfg.pad_token_id
+    dec = torch.randint(0, high, (batch, seq), generator=generator)
+    dec = torch.where(dec == cfg.pad_token_id, (cfg.pad_token_id + 1) % high, dec)
+    dec[:, 0] = cfg.decoder_start_token_id
+    return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec}
