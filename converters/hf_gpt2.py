@@ -43,7 +43,8 @@ KEY_MAP = (
     Map("h.{}.mlp.c_proj.bias", "h.{}.mlp.c_proj.bias"),
     Map("ln_f.weight", "ln_f.weight"),
     Map("ln_f.bias", "ln_f.bias"),
-    Drop("h.{}.attn.bias", "causal-mask buffer; the mask is computed in code"),
+    Drop("h.{}.attn.bias", "causal-mask buffer; the mask is computed in code",
+         fill="zoo.converters.hf_gpt2:causal_mask"),
     Drop("h.{}.attn.masked_bias", "masking constant buffer; not a weight"),
     Drop("lm_head.weight", "output head tied to wte.weight"),
 )
@@ -51,6 +52,15 @@ KEY_MAP = (
 RENAMES = (
     Rename(r"^transformer\.", "", "transformers save_pretrained prefixes keys with 'transformer.'"),
 )
+
+
+def causal_mask(config, key):
+    """The ``h.N.attn.bias`` buffer of the Hub files, for export: a lower-triangular float
+    mask [1, 1, n_positions, n_positions] (1 = may attend)."""
+    import torch
+
+    n = int(config.get("n_positions", 1024))
+    return torch.tril(torch.ones(n, n, dtype=torch.bool)).view(1, 1, n, n).float()
 
 
 def reference(config, task, folder=None):
@@ -65,10 +75,7 @@ def reference(config, task, folder=None):
 def hub_layout(state_dict, config):
     """``GPT2LMHeadModel.state_dict()`` -> the key layout of the files on the Hub: no
     ``transformer.`` prefix, no ``lm_head.weight`` (tied), a causal-mask buffer per block."""
-    import torch
-
-    n = int(config.get("n_positions", 1024))
-    mask = torch.tril(torch.ones(n, n, dtype=torch.bool)).view(1, 1, n, n).float()
+    mask = causal_mask(config, "h.0.attn.bias")
     out = {}
     for key, tensor in state_dict.items():
         if key == "lm_head.weight":

@@ -43,7 +43,10 @@ def test_zoo_registry_env_points_at_another_catalog(tmp_path, monkeypatch):
     path.write_text(GOOD + "aliases = ['me/m']\n")
     monkeypatch.setenv("ZOO_REGISTRY", str(path))
     zoo.pluginmanager.reset()
-    assert zoo.list_models() == ["m"]
+    # the file replaces registry.toml; entries that installed plugins register stay
+    from_file = [n for n in zoo.list_models() if zoo.get_entry(n).origin == str(path)]
+    assert from_file == ["m"]
+    assert all(zoo.get_entry(n).origin.startswith("plugin ") for n in zoo.list_models() if n != "m")
     assert zoo.get_entry("ME/M").name == "m"
 
 

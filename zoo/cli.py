@@ -259,6 +259,48 @@ def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, repea
     click.echo(report.to_json() if as_json else report.render())
 
 
+@cli.command("convert")
+@click.argument("name_or_path")
+@click.option("--to", "to", type=click.Choice(["hf", "zoo"]), required=True,
+              help="hf: config.json + model.safetensors in the Hub layout; zoo: zoo-native safetensors + zoo.json.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--force", is_flag=True, help="Replace an existing, non-empty output folder.")
+@click.option("--checkpoint", type=click.Path(exists=True), help="Local checkpoint folder or file to read.")
+@click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def convert_cmd(name_or_path, to, out, force, checkpoint, allow_pickle, as_json):
+    """Write a checkpoint as a Hugging Face folder (--to hf) or zoo-native files (--to zoo).
+
+    Export reads the converter's key map backwards: HF -> zoo -> HF gives the same keys and
+    bit-identical tensors. Files are written to a temporary folder and renamed into place.
+    """
+    from .export import convert_checkpoint
+
+    result = convert_checkpoint(name_or_path, to, out, force=force, checkpoint=checkpoint,
+                                allow_pickle=allow_pickle)
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.render())
+
+
+@cli.group("plugin")
+def plugin_group():
+    """Tools for plugin authors (see docs/plugins.md)."""
+
+
+@plugin_group.command("new")
+@click.argument("name")
+@click.option("--dir", "parent", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Where to create the package folder zoo-NAME.")
+@click.option("--force", is_flag=True, help="Replace an existing, non-empty package folder.")
+def plugin_new(name, parent, force):
+    """Write a minimal installable plugin package zoo-NAME: pyproject with the zoo entry point,
+    one architecture, one converter, one catalog entry, and tests using zoo.testing."""
+    from .scaffold import new_plugin
+
+    folder = new_plugin(name, parent, force=force)
+    click.echo(f"created {folder}")
+    click.echo(f"next: pip install -e {folder} && python -m pytest {folder}/tests")
+
+
 def main() -> None:
     from . import pluginmanager
 

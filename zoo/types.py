@@ -76,6 +76,9 @@ class Map:
     (it is a buffer computed in code, a head this architecture does not have, ...).
     ``unused`` is the reason to drop a key whose target the built model does not have (e.g. a
     pretraining head when the model was built without it); without it, that is an error.
+    ``fill`` (only on a dropped key) is ``"module:attr"`` of ``(config, key) -> tensor``: the value
+    export writes back for a key the Hub files store but zoo computes in code (GPT-2's
+    causal-mask buffers), so that export reproduces the Hub layout exactly.
     """
 
     source: str
@@ -83,17 +86,21 @@ class Map:
     transform: Optional[Transform] = None
     why: str = ""
     unused: str = ""
+    fill: Optional[Ref] = None
 
     def __post_init__(self):
         if self.target is None and not self.why:
             raise ValueError(f"dropping {self.source!r} needs a reason (why=...)")
         if self.target is not None and self.source.count("{}") != self.target.count("{}"):
             raise ValueError(f"{self.source!r} and {self.target!r} differ in '{{}}' count")
+        if self.fill is not None and self.target is not None:
+            raise ValueError(f"{self.source!r}: only a dropped key can have a fill rule")
 
 
-def Drop(source: str, why: str) -> Map:
-    """A key that is read but deliberately not loaded, with the reason."""
-    return Map(source, None, why=why)
+def Drop(source: str, why: str, fill: Optional[Ref] = None) -> Map:
+    """A key that is read but deliberately not loaded, with the reason; ``fill`` says how export
+    regenerates it when the Hub layout has it (see :class:`Map`)."""
+    return Map(source, None, why=why, fill=fill)
 
 
 @dataclass(frozen=True)
