@@ -11,7 +11,7 @@ setup: $(STAMP)
 # When $(PYTHON) already has a torch >= 2.4 (a CUDA build, say), the venv sees it through
 # --system-site-packages and keeps it. Otherwise the venv is a clean one and gets the CPU build
 # torch==2.13.0: an unpinned torch would pull several GB of CUDA packages onto a CPU machine.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/zoo-distilbert/pyproject.toml
 	if $(PYTHON) tools/ensure_torch.py; then \
 	    $(PYTHON) -m venv --system-site-packages $(VENV); \
 	else \
@@ -28,8 +28,13 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Side by side with transformers on the same (random, seeded) weights, CPU float32; figures in README.
 bench: setup
-	$(BIN)/python benchmarks/bench_gpt2.py
+	$(BIN)/zoo bench gpt2 --compare --cold --scaling
+	$(BIN)/zoo bench gpt2 --compare --batch 8 --new-tokens 16
+	$(BIN)/zoo bench bert-base-uncased --compare --batch 8 --seq 128
+	$(BIN)/zoo bench vit-base-patch16-224 --compare --batch 8
+	$(BIN)/zoo bench opus-mt-en-de --compare --batch 8 --seq 32 --new-tokens 64
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
