@@ -216,8 +216,11 @@ def check_architecture(arch: Union[str, Architecture], config: Mapping[str, Any]
         gen = torch.Generator().manual_seed(seed)
         model = model.to_empty(device="cpu")
         with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            for p in model.state_dict().values():  # parameters and persistent buffers
+                if p.is_floating_point():
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+                else:
+                    p.zero_()
         for m in model.modules():
             if hasattr(m, "reset_buffers"):
                 m.reset_buffers()
