@@ -223,8 +223,22 @@ def _bench_scaling(report, model, loaded, make_inputs):
         report.extra["decode time per token vs context"] = "; ".join(per_ctx)
 
 
-_COLD = r"""
-import json, resource, sys, time
+_PEAK_RSS = r"""
+def peak_rss_mb():
+    # VmHWM: this process's own high-water mark (ru_maxrss would include the parent's, as Linux
+    # keeps it across fork and exec)
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+_COLD = _PEAK_RSS + r"""
+import json, sys, time
 t0 = time.perf_counter()
 import torch
 folder, side, name, batch, seq, device = sys.argv[1:7]
@@ -248,8 +262,7 @@ inputs = {k: v.to(device) for k, v in inputs.items()}
 with torch.inference_mode():
     model(**inputs)
 total = time.perf_counter() - t0
-print(json.dumps({"load_s": load_s, "first_output_s": total,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"load_s": load_s, "first_output_s": total, "peak_rss_mb": peak_rss_mb()}))
 """
 
 
@@ -279,13 +292,12 @@ def _bench_cold(report, source, loaded, batch, seq, compare):
                              note=f"weights file {weights_mb:.0f} MB"))
     base = _baseline_rss_mb()
     report.extra["peak RSS over the weights"] = (
-        f"{z_rss:.0f} MB peak, of which ~{base:.0f} MB is python+torch+transformers imports; "
+        f"{z_rss:.0f} MB peak, of which ~{base:.0f} MB is python + torch + zoo imported; "
         f"the rest is {(z_rss - base) / weights_mb * 100:.0f}% of the {weights_mb:.0f} MB weights file"
     )
 
 
 def _baseline_rss_mb() -> float:
-    code = ("import resource, torch, transformers, zoo.loading;"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    code = _PEAK_RSS + "import torch, zoo.loading\nprint(peak_rss_mb())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     return float(out.stdout.strip() or 0)
