@@ -230,8 +230,24 @@ def _place(tensor: torch.Tensor, like: torch.Tensor, device: torch.device, dtype
     return tensor.to(device=device)
 
 
+def non_finite(state: Mapping[str, torch.Tensor]) -> List[str]:
+    """Names of floating tensors holding NaN or Inf.
+
+    A sum is NaN/Inf whenever an element is, and costs no temporaries; only when it is not
+    finite (or overflowed) is the tensor checked element-wise, in chunks.
+    """
+    bad = []
+    for key, t in state.items():
+        if not t.is_floating_point() or t.numel() == 0 or bool(torch.isfinite(t.sum())):
+            continue
+        flat = t.reshape(-1)
+        if any(not bool(torch.isfinite(c).all()) for c in flat.split(1 << 20)):
+            bad.append(key)
+    return bad
+
+
 def _warn_non_finite(state: Mapping[str, torch.Tensor], files) -> None:
-    bad = [k for k, t in state.items() if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())]
+    bad = non_finite(state)
     if bad:
         warnings.warn(
             f"{files.paths[0]}: non-finite values (NaN/Inf) in {', '.join(bad[:8])}"

@@ -21,6 +21,7 @@ from . import __version__
 from . import checkpoint as ckpt
 from .errors import DownloadError, ZooError
 from .loading import _weights, load_full, resolve
+from .loading import non_finite as find_non_finite
 from .registry import get_catalog
 from .types import Converter, resolve as resolve_ref
 
@@ -284,7 +285,7 @@ def verify(
     divergence = None
     if not passed:
         divergence = _first_divergence(model, ref, inputs, loaded.dtype)
-    non_finite = [n for n, p in model.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    non_finite = find_non_finite(model.state_dict())
     worst = max(comparisons, key=lambda c: c.max_abs_diff / max(c.tolerance, 1e-30))
     report = VerifyReport(
         model=entry.name,
