@@ -13,6 +13,7 @@ Nothing here knows a particular architecture: that lives in plugins and converte
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
@@ -129,9 +130,34 @@ def _weights(entry: ModelEntry, checkpoint, allow_pickle: bool, revision: Option
     return folder, ckpt.find_weights(folder, allow_pickle)
 
 
+_INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
+)
+
+
+@contextmanager
+def _skip_init():
+    """Make ``torch.nn.init`` a no-op while a model is built on the meta device.
+
+    The values would be replaced by the checkpoint's anyway, and the first meta-device init
+    call makes torch import its decomposition machinery: seconds of a cold start for nothing.
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in _INIT_FUNCTIONS:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
 def build_model(arch: Architecture, config: Mapping[str, Any], task: str, meta: bool = True):
+    """The architecture's module: on the meta device, uninitialized (``meta=True``), or built
+    for real with its own initialization (for training from scratch)."""
     if meta:
-        with torch.device("meta"):
+        with torch.device("meta"), _skip_init():
             return arch.build(config, task)
     return arch.build(config, task)
 
