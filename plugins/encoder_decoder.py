@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo import kvcache
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
@@ -299,7 +300,7 @@ class Embeddings(nn.Module):
         return self.lut(ids) * self.scale
 
 
-class KVCache:
+class KVCache(kvcache.KVCache):
     """Decoder keys/values for incremental decoding, allocated once per ``generate`` call.
 
     Self-attention: ``k``/``v`` are (n_layer, B, nh, max_len, hs); ``length`` positions are
@@ -315,31 +316,8 @@ class KVCache:
 
     def __init__(self, cfg: EncoderDecoderConfig, batch: int, max_len: int, device, dtype):
         hs = cfg.d_model // cfg.decoder_heads
-        shape = (cfg.decoder_layers, batch, cfg.decoder_heads, max_len, hs)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
-        self._spare: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        super().__init__(cfg.decoder_layers, batch, cfg.decoder_heads, max_len, hs, device, dtype)
         self.cross: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = [None] * cfg.decoder_layers
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store this step's keys/values (B, nh, T, hs); return all so far (views, no copy)."""
-        end = self.length + k.size(2)
-        if end > self.k.size(3):
-            raise InputError(f"KV cache holds {self.k.size(3)} positions; {end} needed")
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Row i of the cache becomes old row ``rows[i]`` (beam search)."""
-        if self._spare is None:
-            self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
-        k2, v2 = self._spare
-        torch.index_select(self.k, 1, rows, out=k2)
-        torch.index_select(self.v, 1, rows, out=v2)
-        self._spare = (self.k, self.v)
-        self.k, self.v = k2, v2
 
 
 class MultiHeadedAttention(nn.Module):

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo import kvcache
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.generation import make_generator, next_token
@@ -63,27 +64,11 @@ class GPT2Config:
         return cfg
 
 
-class KVCache:
-    """Keys and values of every layer, preallocated for ``max_len`` positions.
-
-    ``k``/``v`` are ``(n_layer, B, nh, max_len, hs)``; ``length`` positions are filled.
-    """
+class KVCache(kvcache.KVCache):
+    """Keys and values of every layer, preallocated for ``max_len`` positions (zoo.kvcache)."""
 
     def __init__(self, cfg: GPT2Config, batch: int, max_len: int, device, dtype):
-        hs = cfg.n_embd // cfg.n_head
-        shape = (cfg.n_layer, batch, cfg.n_head, max_len, hs)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store this step's keys/values (B, nh, T, hs); return all so far (views, no copy)."""
-        end = self.length + k.size(2)
-        if end > self.k.size(3):
-            raise InputError(f"KV cache holds {self.k.size(3)} positions; {end} needed")
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        super().__init__(cfg.n_layer, batch, cfg.n_head, max_len, cfg.n_embd // cfg.n_head, device, dtype)
 
 
 class Attention(nn.Module):
