@@ -163,6 +163,14 @@ def hub_layout(state_dict, config):
     return out
 
 
+def config_from_weights(config, keys):
+    """A checkpoint without pooler weights (e.g. saved from BertForMaskedLM) builds without the
+    pooler for every task, unless the caller asked for one (``add_pooling_layer``)."""
+    if "add_pooling_layer" not in config and not any(".pooler." in f".{k}" for k in keys):
+        return {**config, "add_pooling_layer": False}
+    return config
+
+
 CONVERTER = Converter(
     name="hf_bert",
     architecture="bert",
@@ -172,6 +180,7 @@ CONVERTER = Converter(
     tasks=TASKS,
     reference="zoo.converters.hf_bert:reference",
     hub_layout="zoo.converters.hf_bert:hub_layout",
+    config_from_weights="zoo.converters.hf_bert:config_from_weights",
     tiny_config={"model_type": "bert", "vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2,
                  "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 64,
                  "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "pad_token_id": 0},

@@ -297,14 +297,15 @@ def test_wrong_vocab_size_in_a_tensor(tmp_path):
 
 
 def test_missing_pooler_when_asked_for_pooler_output(tmp_path):
-    """A BertForMaskedLM checkpoint has no pooler: feature-extraction (encoder + pooler) fails
-    naming the pooler keys; built without the pooler it loads and gives no pooler_output."""
+    """A BertForMaskedLM checkpoint has no pooler: asking for one (add_pooling_layer=True)
+    fails naming the pooler keys; by default feature-extraction builds without it and gives no
+    pooler_output (so `zoo run --embed` works on MLM-only checkpoints)."""
     config = tiny(architectures=["BertForMaskedLM"])
     torch.manual_seed(0)
     perturb(transformers.BertForMaskedLM(transformers.BertConfig(**config))).save_pretrained(tmp_path / "ckpt")
     with pytest.raises(ConversionError, match=r"missing from the checkpoint: pooler\.dense\.bias \(source key bert\.pooler\.dense\.bias\), pooler\.dense\.weight"):
-        load_full(tmp_path / "ckpt", task="feature-extraction", device="cpu")
-    loaded = load_full(tmp_path / "ckpt", task="feature-extraction", device="cpu", config_overrides={"add_pooling_layer": False})
+        load_full(tmp_path / "ckpt", task="feature-extraction", device="cpu", config_overrides={"add_pooling_layer": True})
+    loaded = load_full(tmp_path / "ckpt", task="feature-extraction", device="cpu")
     out = loaded.model(**inputs_for(config))
     assert out.pooler_output is None and out.logits is None and out.last_hidden_state.shape == (3, 11, 32)
 
@@ -461,3 +462,23 @@ def test_zoo_run_command_line(with_tokenizer):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["dim"] == 32 and len(data["pooler_output"]) == 32
+
+
+def test_embed_on_a_checkpoint_without_pooler(with_tokenizer, tmp_path):
+    """`zoo run FOLDER --embed TEXT` on a BertForMaskedLM checkpoint (no pooler weights): the
+    mean-pooled embedding, and no pooler_output."""
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    folder, pt, config = with_tokenizer
+    mlm = tmp_path / "mlm"
+    torch.manual_seed(0)
+    transformers.BertForMaskedLM(transformers.BertConfig(**tiny(architectures=["BertForMaskedLM"]))).save_pretrained(mlm)
+    for f in folder.iterdir():
+        if "token" in f.name or f.name == "vocab.txt":
+            (mlm / f.name).write_bytes(f.read_bytes())
+    result = CliRunner().invoke(cli, ["run", str(mlm), "--embed", "some text", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["dim"] == 32 and "pooler_output" not in data
