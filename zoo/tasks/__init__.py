@@ -69,3 +69,21 @@ def parse_ids(text: str) -> List[int]:
     if not ids:
         raise InputError("--ids is empty")
     return ids
+
+
+def prompt_ids(loaded, inputs: List[str], opts: RunOptions, what: str, hint: str):
+    """Token ids of the input: ``--ids`` as given, else the joined INPUT text through the
+    checkpoint's tokenizer. Returns ``(ids, tokenizer or None)``; ``what`` names the input in
+    errors and ``hint`` says which tokenizer files a folder needs."""
+    if opts.ids is not None:
+        return list(opts.ids), None
+    tok = load_tokenizer(loaded)
+    if tok is None:
+        raise InputError(
+            f"{loaded.entry.name}: the checkpoint has no tokenizer files; pass {what} token ids "
+            f"with --ids 1,2,3 (or a --checkpoint folder {hint})"
+        )
+    text = " ".join(inputs).strip()
+    if not text:
+        raise InputError("empty input: give some text (or --ids)")
+    return tok(text)["input_ids"], tok

@@ -3,30 +3,17 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError
-from . import load_tokenizer
+from . import prompt_ids
 
 
 def run(loaded, inputs, opts, emit):
     model = loaded.model
-    tok = load_tokenizer(loaded)
-    if opts.ids is not None:
-        ids = list(opts.ids)
-    elif tok is None:
-        raise InputError(
-            f"{loaded.entry.name}: the checkpoint has no tokenizer files; pass token ids with "
-            f"--ids 1,2,3 (or a --checkpoint folder that has tokenizer.json)"
-        )
-    else:
-        prompt = " ".join(inputs)
-        if not prompt:
-            raise InputError("empty prompt: give some text (or --ids)")
-        ids = tok(prompt)["input_ids"]
+    ids, tok = prompt_ids(loaded, inputs, opts, "prompt", "that has tokenizer.json")
     input_ids = torch.tensor([ids], dtype=torch.long, device=loaded.device)
 
     generated = []
     shown = ""
-    if tok is not None and opts.ids is None:
+    if tok is not None:
         emit(tok.decode(ids))
 
     def on_token(nxt):
@@ -42,7 +29,7 @@ def run(loaded, inputs, opts, emit):
                 emit(text[len(shown):])
                 shown = text
 
-    eos = loaded.config.get("eos_token_id") if tok is not None else None
+    eos = loaded.config.get("eos_token_id") if tok is not None else None  # --ids: exactly N tokens
     model.generate(
         input_ids,
         max_new_tokens=opts.max_new_tokens,

@@ -10,24 +10,12 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from . import load_tokenizer
+from . import prompt_ids
 
 
 def run(loaded, inputs, opts, emit):
     model = loaded.model
-    tok = None if opts.ids is not None else load_tokenizer(loaded)
-    if opts.ids is not None:
-        ids = list(opts.ids)
-    elif tok is None:
-        raise InputError(
-            f"{loaded.entry.name}: the checkpoint has no tokenizer files; pass source token ids "
-            f"with --ids 1,2,3 (or a --checkpoint folder with its tokenizer, e.g. source.spm)"
-        )
-    else:
-        text = " ".join(inputs).strip()
-        if not text:
-            raise InputError("nothing to translate: give some text (or --ids)")
-        ids = tok(text)["input_ids"]
+    ids, tok = prompt_ids(loaded, inputs, opts, "source", "with its tokenizer, e.g. source.spm")
     if opts.beams < 1:
         raise InputError(f"--beams must be >= 1, got {opts.beams}")
     input_ids = torch.tensor([ids], dtype=torch.long, device=loaded.device)
