@@ -20,7 +20,7 @@ implement raises :class:`zoo.errors.ConfigError` naming the field and the value.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn

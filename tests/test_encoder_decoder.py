@@ -37,7 +37,6 @@ from zoo.plugins.encoder_decoder import (
     KVCache,
     LayerNorm,
     SublayerConnection,
-    from_config,
     sinusoids,
 )
 

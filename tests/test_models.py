@@ -13,7 +13,6 @@ from zoo.checkpoint import read_safetensors, save_safetensors
 from zoo.errors import ConversionError
 from zoo.loading import build_model, load_full
 from zoo.registry import get_catalog
-from zoo.types import resolve
 from zoo.verification import verify
 
 from conftest import converters, digest, write_checkpoint

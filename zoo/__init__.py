@@ -17,7 +17,6 @@ from .errors import (  # noqa: F401
     DeviceError,
     DownloadError,
     InputError,
-    ParityError,
     PluginError,
     RegistryError,
     UnknownModelError,

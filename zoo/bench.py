@@ -151,7 +151,6 @@ def bench(
             _bench_scaling(report, model, loaded, make_inputs)
     if cold:
         _bench_cold(report, source, loaded, batch, seq, compare)
-    del loaded, model
     return report
 
 

@@ -51,8 +51,3 @@ class DeviceError(ZooError, ValueError):
 class InputError(ZooError, ValueError):
     """Bad run-time input: empty prompt, ids out of vocabulary, too long for the context, ..."""
 
-
-class ParityError(ZooError, AssertionError):
-    """``verify`` found outputs that differ from the reference beyond tolerance."""
-
-    exit_code = 1
