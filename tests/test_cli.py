@@ -147,3 +147,10 @@ def test_listing_commands_do_not_import_torch(args):
     )
     result = _subprocess([sys.executable, "-c", code])
     assert result.returncode == 0, result.stderr
+
+
+def test_closed_pipe_is_quiet():
+    """`zoo list --json | head -1`: the reader leaves early; no error message, no traceback."""
+    result = subprocess.run(f"'{ZOO}' info opus-mt-en-de --json | head -c 10; '{ZOO}' list --json | head -c 10",
+                            shell=True, capture_output=True, text=True, timeout=120)
+    assert "error" not in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -6,6 +6,7 @@ Library errors become one line on stderr and an exit code (2 bad input, 1 parity
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from typing import Optional
@@ -33,6 +34,9 @@ class ZooGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("zoo: interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # `zoo info x | head`: the reader left; stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except Exception as exc:  # a bug: say so, in one line unless --debug
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
