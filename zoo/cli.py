@@ -35,7 +35,10 @@ class ZooGroup(click.Group):
             click.echo("zoo: interrupted", err=True)
             ctx.exit(130)
         except BrokenPipeError:  # `zoo info x | head`: the reader left; stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            try:  # later flushes of stdout (at exit) must not raise again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
             ctx.exit(141)
         except Exception as exc:  # a bug: say so, in one line unless --debug
             if ctx.obj and ctx.obj.get("debug"):
