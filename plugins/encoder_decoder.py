@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from zoo import kvcache
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
+from zoo.ops import Linear, linear
 from zoo.outputs import ModelOutput
 
 NEG = -1.0e9  # "impossible" score used by transformers' beam search bookkeeping (kept identical)
@@ -327,7 +328,7 @@ class MultiHeadedAttention(nn.Module):
     def __init__(self, h: int, d_model: int, dropout: float):
         super().__init__()
         self.h, self.d_k = h, d_model // h
-        self.linears = nn.ModuleList(nn.Linear(d_model, d_model) for _ in range(4))
+        self.linears = nn.ModuleList(Linear(d_model, d_model) for _ in range(4))
         self.dropout = dropout
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, h, T, d_k)
@@ -378,8 +379,8 @@ class PositionwiseFeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str, dropout: float):
         super().__init__()
-        self.w_1 = nn.Linear(d_model, d_ff)
-        self.w_2 = nn.Linear(d_ff, d_model)
+        self.w_1 = Linear(d_model, d_ff)
+        self.w_2 = Linear(d_ff, d_model)
         self.act = ACTIVATIONS[activation]
         self.dropout = nn.Dropout(dropout)
 
@@ -488,7 +489,7 @@ class Generator(nn.Module):
 
     def __init__(self, cfg: EncoderDecoderConfig):
         super().__init__()
-        self.proj = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size)
+        self.proj = None if cfg.tie_output else Linear(cfg.d_model, cfg.tgt_vocab_size)
         if cfg.final_logits_bias:
             self.register_buffer("final_logits_bias", torch.zeros(1, cfg.tgt_vocab_size))
         else:
@@ -496,7 +497,7 @@ class Generator(nn.Module):
         self.log_softmax = cfg.log_softmax_output
 
     def forward(self, x: torch.Tensor, tied_weight: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(x, tied_weight) if self.proj is None else self.proj(x)
+        logits = linear(x, tied_weight) if self.proj is None else self.proj(x)
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias
         return F.log_softmax(logits, dim=-1) if self.log_softmax else logits

@@ -25,6 +25,7 @@ from zoo import kvcache
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.generation import make_generator, next_token
+from zoo.ops import Linear, linear
 from zoo.outputs import ModelOutput
 
 
@@ -77,8 +78,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.n_head = cfg.n_head
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # columns: q | k | v
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd)  # columns: q | k | v
+        self.c_proj = Linear(cfg.n_embd, cfg.n_embd)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int) -> torch.Tensor:
         B, T, C = x.shape
@@ -105,8 +106,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         inner = cfg.n_inner or 4 * cfg.n_embd
-        self.c_fc = nn.Linear(cfg.n_embd, inner)
-        self.c_proj = nn.Linear(inner, cfg.n_embd)
+        self.c_fc = Linear(cfg.n_embd, inner)
+        self.c_proj = Linear(inner, cfg.n_embd)
         self.act = ACTIVATIONS[cfg.activation_function]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +176,7 @@ class GPT2(nn.Module):
             cache.length += T
         if last_token_only:
             x = x[:, -1:]
-        logits = F.linear(x, self.wte.weight)  # output head tied to the token embeddings
+        logits = linear(x, self.wte.weight)  # output head tied to the token embeddings
         return ModelOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None)
 
     @torch.inference_mode()
