@@ -8,12 +8,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# rows for which W @ xᵀ beats x @ Wᵀ on CPU (measured: 2 rows lose, 4 to 128 win or tie)
-TRANSPOSED_ROWS = (4, 128)
+# rows for which W @ xᵀ beats x @ Wᵀ on CPU (measured: 2 rows lose, 4 to 32 win clearly, 64 and
+# more about tie, and a full-size prefill loses to the extra copy of its large output)
+TRANSPOSED_ROWS = (4, 32)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, computed as ``(weight @ xᵀ)ᵀ`` for 4 to 128 rows on CPU.
+    """``F.linear(x, weight, bias)``, computed as ``(weight @ xᵀ)ᵀ`` for 4 to 32 rows on CPU.
 
     Batched decoding multiplies a few rows by a large ``[out, in]`` weight. For that shape
     MKL's ``x @ Wᵀ`` runs well below memory bandwidth (measured here: 16 rows × a 58101×512
