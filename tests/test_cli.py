@@ -163,3 +163,20 @@ def test_closed_pipe_is_quiet():
     result = CliRunner().invoke(group, ["talk"], obj={})
     assert result.exit_code == 141
     assert "error" not in result.output.lower() and result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_verify_says_why_it_fell_back_to_random_weights(tmp_path, monkeypatch):
+    catalog = tmp_path / "cat.toml"
+    catalog.write_text('[models.tiny]\narchitecture = "gpt2"\nconverter = "hf_gpt2"\ntask = "text-generation"\n'
+                       'repo = "me/tiny-gpt2"\nconfig = { n_layer = 1, n_embd = 16, n_head = 2, vocab_size = 50, '
+                       'n_positions = 32 }\n')
+    monkeypatch.setenv("ZOO_REGISTRY", str(catalog))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    from zoo import pluginmanager
+
+    pluginmanager.reset()
+    result = invoke("verify", "tiny", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    weights = json.loads(result.stdout)["weights"]
+    assert weights.startswith("random, seed 0 (no checkpoint available: me/tiny-gpt2@main is not in")

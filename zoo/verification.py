@@ -171,6 +171,7 @@ class WeightSource:
     folder: Path
     load_name: str
     random_seed: Optional[int] = None
+    random_why: str = ""
     tmp: Any = None
     _ref: Any = None
 
@@ -190,7 +191,7 @@ class WeightSource:
 
     def describe(self, loaded) -> str:
         if self.random_seed is not None:
-            return f"random, seed {self.random_seed} (no checkpoint available; written in the Hub layout)"
+            return f"random, seed {self.random_seed} ({self.random_why}; written in the Hub layout)"
         hashes = ", ".join(f"{p.name} sha256:{ckpt.sha256(p)[:16]}" for p in loaded.files)
         return f"{self.folder} ({hashes})"
 
@@ -200,18 +201,21 @@ def prepare_weights(entry, converter: Converter, checkpoint=None, allow_pickle: 
     """A checkpoint for ``entry``: the local/cached/downloadable one, else seeded random weights."""
     if converter.reference is None:
         raise ZooError(f"converter {converter.name!r} has no transformers reference to compare with")
+    why = "requested"
     if not random_weights:
         try:
             folder, _files = _weights(entry, checkpoint, allow_pickle, None)
-        except DownloadError:
+        except DownloadError as exc:
             if checkpoint is not None:
                 raise
+            why = "no checkpoint available: " + str(exc).split(";")[0]
         else:
             return WeightSource(entry, converter, folder, _load_name(entry, folder))
     tmp = tempfile.TemporaryDirectory(prefix="zoo-weights-")
     folder = Path(tmp.name)
     ref = _write_random_checkpoint(converter, dict(entry.config), entry.task, seed, folder)
-    return WeightSource(entry, converter, folder, _load_name(entry, folder), random_seed=seed, tmp=tmp, _ref=ref)
+    return WeightSource(entry, converter, folder, _load_name(entry, folder), random_seed=seed, tmp=tmp, _ref=ref,
+                        random_why=why)
 
 
 def _load_name(entry, folder: Path) -> str:
