@@ -21,7 +21,7 @@ import torch
 from .loading import load_full, resolve
 from .registry import get_catalog
 from .types import resolve as resolve_ref
-from .verification import prepare_weights
+from .verification import generate_kwargs, prepare_weights
 
 
 @dataclass
@@ -165,18 +165,13 @@ def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, promp
     kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
     if loaded.task == "text-generation":  # a short prompt: measure decoding, not prefill
         kwargs["input_ids"] = kwargs["input_ids"][:, :prompt]
-    pad = loaded.config.get("pad_token_id")
-    pad = loaded.config.get("eos_token_id", 0) if pad is None else pad
-    ours_kwargs = dict(max_new_tokens=new_tokens)
-    if loaded.task == "text-generation":  # stop where transformers stops
-        ours_kwargs["eos_token_id"] = loaded.config.get("eos_token_id")
+    ours_kwargs, gen_kwargs = generate_kwargs(loaded, new_tokens)
     ours = model.generate(**kwargs, **ours_kwargs)
     n_new = ours.shape[1] - (kwargs["input_ids"].shape[1] if loaded.task == "text-generation" else 1)
     zoo_fn = lambda: model.generate(**kwargs, **ours_kwargs)
     ref_fn = None
     identical = None
     if ref is not None:
-        gen_kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=new_tokens, pad_token_id=pad)
         theirs = ref.generate(**kwargs, **gen_kwargs)
         identical = ours.shape == theirs.shape and bool((ours == theirs).all())
         ref_fn = lambda: ref.generate(**kwargs, **gen_kwargs)

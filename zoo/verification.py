@@ -318,18 +318,28 @@ def verify(
     return report
 
 
-def _compare_generation(model, ref, inputs, loaded, new_tokens: int, num_beams: int) -> Dict[str, Any]:
-    kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
-    extra = {"num_beams": num_beams} if num_beams > 1 else {}
+def generate_kwargs(loaded, new_tokens: int, num_beams: int = 1):
+    """Keyword arguments for zoo's ``generate`` and transformers' ``generate`` that make the two
+    decode the same way: same length, same beams, zoo stopping where transformers stops."""
+    ours: Dict[str, Any] = {"max_new_tokens": new_tokens}
+    if num_beams > 1:
+        ours["num_beams"] = num_beams
     if loaded.task == "text-generation":
-        kwargs = {"input_ids": inputs["input_ids"][:1]}  # one row: no padding questions
-        extra["eos_token_id"] = loaded.config.get("eos_token_id")  # stop where transformers stops
-    ours = model.generate(**kwargs, max_new_tokens=new_tokens, **extra)
+        ours["eos_token_id"] = loaded.config.get("eos_token_id")
     pad = loaded.config.get("pad_token_id")
     if pad is None:
         pad = loaded.config.get("eos_token_id", 0)
-    theirs = ref.generate(**kwargs, do_sample=False, num_beams=num_beams, max_new_tokens=new_tokens,
-                          pad_token_id=pad)
+    theirs = {"do_sample": False, "num_beams": num_beams, "max_new_tokens": new_tokens, "pad_token_id": pad}
+    return ours, theirs
+
+
+def _compare_generation(model, ref, inputs, loaded, new_tokens: int, num_beams: int) -> Dict[str, Any]:
+    kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
+    if loaded.task == "text-generation":
+        kwargs = {"input_ids": inputs["input_ids"][:1]}  # one row: no padding questions
+    ours_kwargs, ref_kwargs = generate_kwargs(loaded, new_tokens, num_beams)
+    ours = model.generate(**kwargs, **ours_kwargs)
+    theirs = ref.generate(**kwargs, **ref_kwargs)
     identical = ours.shape == theirs.shape and bool((ours == theirs).all())
     return {
         "mode": "greedy" if num_beams == 1 else f"beam search, {num_beams} beams",
