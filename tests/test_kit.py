@@ -165,3 +165,59 @@ def test_docs_cover_every_hookspec_and_parameter():
     for name in ("check_plugin", "check_architecture", "check_key_accounting", "check_parity",
                  "check_round_trip", "check_catalog_entry"):
         assert f"`{name}`" in doc and hasattr(testing, name), name
+
+
+# ----------------------------------------------------------------------------- comparing outputs
+
+
+def _outputs(**fields):
+    from zoo.outputs import ModelOutput
+
+    return ModelOutput(**fields)
+
+
+def test_outputs_are_compared_at_real_positions_only():
+    """Per-position outputs [B, T, ...] are compared where attention_mask is 1: a difference at
+    a padding position is ignored, one at a real position is caught; [B, H] outputs (a pooler)
+    are compared whole even when H happens to equal T."""
+    import torch
+
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]])
+    gen = torch.Generator().manual_seed(0)
+    ref = _outputs(logits=torch.randn(2, 4, 5, generator=gen), pooler_output=torch.randn(2, 4, generator=gen),
+                   hidden_states=(torch.randn(2, 4, 3, generator=gen),))
+    inputs = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": mask}
+    ours = _outputs(logits=ref.logits.clone(), pooler_output=ref.pooler_output.clone(),
+                    hidden_states=(ref.hidden_states[0].clone(),))
+    ours.logits[mask == 0] = 0  # padding: meaningless, not compared
+    ours.hidden_states[0][mask == 0] = 7.0
+    assert testing.assert_outputs_close(ours, ref, inputs) == ["logits", "pooler_output", "hidden_states[0]"]
+
+    for name, where in [("logits", (1, 1)), ("hidden_states[0]", (0, 2)), ("pooler_output", (1, 0))]:
+        bad = _outputs(logits=ours.logits.clone(), pooler_output=ours.pooler_output.clone(),
+                       hidden_states=(ours.hidden_states[0].clone(),))
+        target = bad.hidden_states[0] if name.startswith("hidden") else getattr(bad, name)
+        target[where] += 1.0  # a real position (or the pooled output)
+        with pytest.raises(AssertionError, match=rf"^{name.replace('[', '.').replace(']', '.')}"):
+            testing.assert_outputs_close(bad, ref, inputs)
+
+
+def test_verify_compares_real_positions_and_decoder_outputs_whole():
+    """verify's comparison: the input's mask for an encoder's outputs; an encoder-decoder's
+    outputs are decoder positions, so the encoder's attention_mask does not apply to them."""
+    import torch
+
+    from zoo.verification import _compare, output_mask
+
+    mask = torch.tensor([[1, 1, 0]])
+    ref = torch.randn(1, 3, 4, generator=torch.Generator().manual_seed(0))
+    ours = ref.clone()
+    ours[0, 2] += 5.0  # at the padding position only
+    assert _compare("logits", ours, ref, torch.float32, output_mask({"attention_mask": mask})).passed
+    assert not _compare("logits", ours, ref, torch.float32).passed
+    seq2seq = {"input_ids": torch.ones(1, 3), "attention_mask": mask, "decoder_input_ids": torch.ones(1, 3)}
+    assert output_mask(seq2seq) is None
+    assert not _compare("logits", ours, ref, torch.float32, output_mask(seq2seq)).passed
+    ours[0, 2] -= 5.0
+    ours[0, 1] += 5.0  # a real position
+    assert not _compare("logits", ours, ref, torch.float32, output_mask({"attention_mask": mask})).passed

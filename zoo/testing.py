@@ -27,10 +27,16 @@ check_architecture         builds from a config on the meta device without compu
 check_key_accounting       every source key consumed or dropped with a reason, every target
                            filled, in every layout
 check_parity               outputs match the transformers reference on random weights
+assert_outputs_close       two forward outputs agree field by field (your own parity tests)
 check_round_trip           source -> zoo -> source: same keys, bit-identical tensors
 check_catalog_entry        the entry resolves and builds with exactly ``params`` parameters
 check_converter            all converter checks above, one after another
 =========================  ==================================================================
+
+Parity looks at real tokens only: per-position outputs ([B, T, ...]: hidden states, logits) are
+compared where the input's ``attention_mask`` is 1, because values at padding positions carry
+no meaning (a model may skip them; zoo's BERT returns zeros there). Other outputs are compared
+whole.
 """
 from __future__ import annotations
 
@@ -286,6 +292,35 @@ def check_parity(conv: Union[str, Converter], config: Optional[Mapping[str, Any]
                 f"{conv.name} ({layout} layout) does not match its reference:\n{report.render()}")
             reports.append(report)
     return reports
+
+
+def assert_outputs_close(ours: Any, theirs: Any, inputs: Mapping[str, Any], atol: float = 1e-5,
+                         rtol: float = 0.0) -> List[str]:
+    """zoo's output ``ours`` and the reference's ``theirs`` for the same ``inputs`` agree in
+    every field both give (logits, last_hidden_state, pooler_output, each hidden state), within
+    ``atol``/``rtol`` (as ``torch.testing.assert_close``), at the positions verify compares:
+    per-position outputs where the input's attention mask is 1, other outputs whole. Returns
+    the names of the fields compared."""
+    import torch
+
+    from .verification import output_mask, real_positions
+
+    mask = output_mask(dict(inputs))
+    pairs = []
+    for name in ("logits", "last_hidden_state", "pooler_output"):
+        a, b = getattr(ours, name, None), getattr(theirs, name, None)
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            pairs.append((name, a, b))
+    a, b = getattr(ours, "hidden_states", None), getattr(theirs, "hidden_states", None)
+    if a is not None and b is not None:
+        assert len(a) == len(b), f"hidden_states: zoo gives {len(a)}, the reference {len(b)}"
+        pairs += [(f"hidden_states[{i}]", x, y) for i, (x, y) in enumerate(zip(a, b))]
+    assert pairs, "the two outputs share no field to compare"
+    for name, a, b in pairs:
+        assert a.shape == b.shape, f"{name}: zoo gives shape {list(a.shape)}, the reference {list(b.shape)}"
+        torch.testing.assert_close(real_positions(a, mask), real_positions(b, mask), atol=atol, rtol=rtol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    return [name for name, _, _ in pairs]
 
 
 def check_round_trip(conv: Union[str, Converter], config: Optional[Mapping[str, Any]] = None,

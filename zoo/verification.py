@@ -122,11 +122,37 @@ def _tensor(out: Any, name: str) -> Optional[torch.Tensor]:
     return value if isinstance(value, torch.Tensor) else None
 
 
-def _compare(name: str, ours: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> Comparison:
+def output_mask(inputs: Dict[str, Any]) -> Optional[torch.Tensor]:
+    """The attention mask ([B, T], 1 = real token) that a model's per-position outputs line up
+    with: ``attention_mask`` of the input, or for an encoder-decoder (given
+    ``decoder_input_ids``, its outputs are decoder positions) ``decoder_attention_mask``."""
+    if "decoder_input_ids" in inputs:
+        return inputs.get("decoder_attention_mask")
+    return inputs.get("attention_mask")
+
+
+def real_positions(t: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """What a comparison looks at: a per-position output ``t`` of shape [B, T, ...] (hidden
+    states, logits) at the positions where ``mask`` [B, T] is 1, flattened to [n, ...];
+    anything else (no mask, a pooled [B, H] output, other shapes) whole.
+
+    Values at padding positions carry no meaning: no real token reads them, transformers
+    computes them anyway, zoo's BERT skips them and returns zeros (as transformers' own
+    flash-attention-2 path does). Comparing them would compare two arbitrary choices."""
+    if mask is None or t.dim() < 3 or tuple(t.shape[:2]) != tuple(mask.shape):
+        return t
+    return t[mask.to(device=t.device, dtype=torch.bool)]
+
+
+def _compare(name: str, ours: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype,
+             mask: Optional[torch.Tensor] = None) -> Comparison:
+    """``ours`` against ``ref`` within the tolerance of ``dtype``; with ``mask`` (the input's
+    attention mask), per-position outputs at real tokens only (see :func:`real_positions`)."""
     atol, rtol = TOLERANCE[dtype]
     ours, ref = ours.float(), ref.float()
     if ours.shape != ref.shape:
         return Comparison(name, float("inf"), float("inf"), 0.0, False)
+    ours, ref = real_positions(ours, mask), real_positions(ref, mask)
     diff = (ours - ref).abs()
     scale = float(ref.abs().max()) if ref.numel() else 0.0
     tol = atol + rtol * scale
@@ -270,8 +296,9 @@ def verify(
     with torch.inference_mode():
         ours, zoo_ms = _timed(lambda: model(**inputs))
         theirs, ref_ms = _timed(lambda: ref(**inputs))
+    mask = output_mask(inputs)  # padding positions are not compared
     comparisons = [
-        _compare(name, _tensor(ours, name), _tensor(theirs, name), loaded.dtype)
+        _compare(name, _tensor(ours, name), _tensor(theirs, name), loaded.dtype, mask)
         for name in OUTPUT_FIELDS
         if _tensor(ours, name) is not None and _tensor(theirs, name) is not None
     ]
@@ -280,7 +307,7 @@ def verify(
 
     top1 = None
     if comparisons[0].output == "logits" and loaded.task != "image-classification":
-        a, b = _tensor(ours, "logits"), _tensor(theirs, "logits")
+        a, b = (real_positions(_tensor(out, "logits"), mask) for out in (ours, theirs))
         top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
 
     generation = None
@@ -357,15 +384,18 @@ def _first_divergence(model, ref, inputs, dtype) -> Optional[str]:
             ours = model(**inputs, output_hidden_states=True).hidden_states
             theirs = ref(**inputs, output_hidden_states=True)
         if getattr(theirs, "decoder_hidden_states", None) is not None:  # encoder-decoder
-            theirs = tuple(theirs.encoder_hidden_states or ()) + tuple(theirs.decoder_hidden_states)
+            encoder = tuple(theirs.encoder_hidden_states or ())
+            theirs = encoder + tuple(theirs.decoder_hidden_states)
+            masks = [inputs.get("attention_mask")] * len(encoder) + [output_mask(inputs)] * len(theirs)
         else:
             theirs = getattr(theirs, "hidden_states", None)
+            masks = [output_mask(inputs)] * len(theirs or ())
     except TypeError:
         return None
     if not ours or not theirs:
         return None
     for i, (a, b) in enumerate(zip(ours, theirs)):
-        c = _compare(f"hidden_states[{i}]", a, b, dtype)
+        c = _compare(f"hidden_states[{i}]", a, b, dtype, masks[i])
         if not c.passed:
             where = "embeddings" if i == 0 else f"output of block {i - 1}"
             return f"hidden_states[{i}] ({where}): max abs diff {c.max_abs_diff:.3g}"
