@@ -17,6 +17,12 @@ Submodules carry the names of the Hugging Face checkpoint without its ``bert.`` 
 The whole size of the model comes from the config; any config value this file does not
 implement raises :class:`zoo.errors.ConfigError` naming the field and the value.
 
+Padding is skipped ("unpadding"): when ``attention_mask`` has zeros, the tokens of the batch are
+gathered into one flat ``[N, H]`` tensor and every linear layer, LayerNorm and activation (and
+the MLM head) runs on those N tokens only; attention alone puts them back into the padded
+``[B, nh, T, hs]`` layout for SDPA. A padded batch costs about what its real tokens cost. What
+that changes for callers: outputs hold zeros at padding positions, where transformers computes
+values that no real token ever reads (its own flash-attention-2 path returns zeros there too).
 """
 from __future__ import annotations
 
@@ -107,6 +113,58 @@ class BertConfig:
         return cfg
 
 
+# ----------------------------------------------------------------------------- padding
+
+
+class Padding:
+    """Which positions of a padded batch the model computes, and the moves between the padded
+    layout ``(B, T, ...)`` and the flat layout ``(N, ...)`` of those N positions.
+
+    Computed are the real tokens and, in every row, position 0 even where it is padding (a
+    left-padded or an empty row): the pooler reads position 0, and transformers computes it.
+    No real token attends to padding (``key_mask``), so nothing else of it is ever read.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor):
+        real = attention_mask.bool()  # (B, T)
+        computed = real.clone()
+        computed[:, 0] = True
+        self.shape = tuple(real.shape)
+        self.rows, self.cols = computed.nonzero(as_tuple=True)  # (N,) each, row by row
+        per_row = computed.sum(1)
+        self.first = per_row.cumsum(0) - per_row  # (B,) where each row's position 0 sits in N
+        self.padding = (~real).nonzero(as_tuple=True)  # ((P,), (P,)): position 0 included
+        # (B, 1, 1, T): every query (and every head) sees the real tokens of its row only.
+        # A row of padding only sees nothing: SDPA then gives zeros, as transformers' own
+        # (sdpa) BertModel does.
+        self.key_mask = real[:, None, None, :]
+        self._qkv: Optional[torch.Tensor] = None
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...); takes a strided view (attention's transposed output) as is."""
+        return x[self.rows, self.cols]
+
+    def pad_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """The flat (N, H) q, k, v in the padded layout SDPA wants: three (B, T, H) views of
+        one (B, T, 3, H) buffer, zeros at padding. The buffer is zeroed once and serves every
+        layer: only computed positions are ever written, and SDPA of the layer before has read
+        it. (When autograd records, each layer gets its own: backward reads them again.)"""
+        if self._qkv is None or q.requires_grad:
+            self._qkv = q.new_zeros(*self.shape, 3, q.shape[-1])
+        for i, t in enumerate((q, k, v)):
+            self._qkv[self.rows, self.cols, i] = t
+        return self._qkv.unbind(2)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, T, ...) for the caller, zeros at every padding position (position 0
+        of a row that starts with padding too: computed for the pooler only). Written once:
+        the computed positions, then zeros over the padding (MLM logits are large)."""
+        out = x.new_empty(*self.shape, *x.shape[1:])
+        out[self.rows, self.cols] = x
+        out[self.padding] = 0
+        return out
+
+
 # ----------------------------------------------------------------------------- embeddings
 
 
@@ -121,12 +179,10 @@ class Embeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        T = input_ids.size(1)
-        # positions are 0..T-1 for every row, padding or not (as in the reference)
-        pos = torch.arange(T, device=input_ids.device)
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # any layout: (B, T) ids with positions (T,), or the flat (N,) tokens with theirs
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(pos)  # (B, T, H)
+        x = x + self.position_embeddings(positions)  # (..., H)
         return self.dropout(self.LayerNorm(x))
 
 
@@ -144,16 +200,24 @@ class SelfAttention(nn.Module):
         self.value = Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        B, T, H = x.shape
+    def forward(self, x: torch.Tensor, padding: Optional[Padding]) -> torch.Tensor:
+        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, H), or (N, H) unpadded
+        mask = None  # no padding: no mask at all, as transformers
+        if padding is not None:
+            # SDPA wants the padded layout: scatter the N tokens back (zeros at padding) and
+            # hide the padding keys; padding queries are computed and thrown away below
+            q, k, v, mask = *padding.pad_qkv(q, k, v), padding.key_mask
+        B, T, H = q.shape
         hs = H // self.n_head
-        q = self.query(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.key(x).view(B, T, self.n_head, hs).transpose(1, 2)
-        v = self.value(x).view(B, T, self.n_head, hs).transpose(1, 2)
-        # mask: (B, 1, 1, T) bool, True = a real token every query may attend to
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
         p = self.dropout_p if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        return y.transpose(1, 2).reshape(B, T, H)  # heads side by side again
+        y = y.transpose(1, 2)  # (B, T, nh, hs)
+        if padding is not None:
+            return padding.unpad(y).reshape(-1, H)  # (N, H): the real rows again
+        return y.reshape(B, T, H)  # heads side by side again
 
 
 class SelfOutput(nn.Module):
@@ -175,8 +239,8 @@ class Attention(nn.Module):
         self.self = SelfAttention(cfg)  # named "self" as in the checkpoint: attention.self.query
         self.output = SelfOutput(cfg)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.output(self.self(x, mask), x)
+    def forward(self, x: torch.Tensor, padding: Optional[Padding]) -> torch.Tensor:
+        return self.output(self.self(x, padding), x)
 
 
 class Intermediate(nn.Module):
@@ -211,8 +275,10 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(cfg)
         self.output = Output(cfg)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        x = self.attention(x, mask)
+    def forward(self, x: torch.Tensor, padding: Optional[Padding]) -> torch.Tensor:
+        # x: (B, T, H), or the flat (N, H) tokens when there is padding; only attention mixes
+        # positions, everything else works token by token in either layout
+        x = self.attention(x, padding)
         return self.output(self.intermediate(x), x)
 
 
@@ -232,8 +298,8 @@ class Pooler(nn.Module):
         super().__init__()
         self.dense = Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(x[:, 0]))  # (B, H)
+    def forward(self, first: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(first))  # first: (B, H), position 0 of each row
 
 
 class PredictionTransform(nn.Module):
@@ -258,7 +324,7 @@ class Predictions(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
     def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        return linear(self.transform(x), word_embeddings, self.bias)  # (B, T, vocab)
+        return linear(self.transform(x), word_embeddings, self.bias)  # (B, T, vocab) or (N, vocab)
 
 
 class MLMHead(nn.Module):
@@ -273,7 +339,12 @@ class MLMHead(nn.Module):
 class Bert(nn.Module):
     """``model(input_ids, attention_mask=None, token_type_ids=None)`` -> :class:`ModelOutput`
     with ``last_hidden_state`` [B, T, H], ``pooler_output`` [B, H] when built with a pooler,
-    and ``logits`` [B, T, vocab] when built with the MLM head."""
+    and ``logits`` [B, T, vocab] when built with the MLM head.
+
+    Padding positions (``attention_mask`` 0) are not computed: ``last_hidden_state``,
+    ``hidden_states`` and ``logits`` hold zeros there. Real positions and ``pooler_output``
+    (position 0 of each row, padding or not) match transformers' BertModel / BertForMaskedLM.
+    """
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -318,24 +389,32 @@ class Bert(nn.Module):
         self._check(input_ids, attention_mask, token_type_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)  # one segment, as in the reference
-        mask = None
+        # positions are 0..T-1 for every row, padding or not (as in the reference)
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+        padding = None
         if attention_mask is not None and not bool(attention_mask.all()):
-            # (B, 1, 1, T): every query (and every head) sees the real tokens of its row only.
-            # A row of padding only sees nothing: SDPA then gives zeros, as transformers' own
-            # (sdpa) BertModel does. No mask at all when nothing is padded, as transformers.
-            mask = attention_mask.bool()[:, None, None, :]
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+            # work on the flat (N, H) tokens from here on: padding costs nothing but its
+            # share of attention
+            padding = Padding(attention_mask)
+            input_ids, token_type_ids = padding.unpad(input_ids), padding.unpad(token_type_ids)
+            positions = padding.cols
+        x = self.embeddings(input_ids, token_type_ids, positions)  # (B, T, H) or (N, H)
         hidden = [x] if output_hidden_states else None  # transformers: embeddings, then each layer
         for layer in self.encoder.layer:
-            x = layer(x, mask)
+            x = layer(x, padding)
             if hidden is not None:
                 hidden.append(x)
-        out = ModelOutput(last_hidden_state=x, hidden_states=tuple(hidden) if hidden else None)
+        pooled = logits = None
         if self.config.add_pooling_layer:
-            out.pooler_output = self.pooler(x)
+            pooled = self.pooler(x[:, 0] if padding is None else x[padding.first])
         if self.config.add_mlm_head:
-            out.logits = self.cls.predictions(x, self.embeddings.word_embeddings.weight)
-        return out
+            logits = self.cls.predictions(x, self.embeddings.word_embeddings.weight)
+        if padding is not None:  # back to the caller's (B, T, ...), zeros at padding
+            x = padding.output(x)
+            logits = padding.output(logits) if logits is not None else None
+            hidden = [padding.output(h) for h in hidden[:-1]] + [x] if hidden else None
+        return ModelOutput(last_hidden_state=x, pooler_output=pooled, logits=logits,
+                           hidden_states=tuple(hidden) if hidden else None)
 
 
 def from_config(config: Dict[str, Any], task: Optional[str] = None) -> Bert:

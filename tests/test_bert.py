@@ -3,9 +3,14 @@
 Tolerance: 1e-5 absolute on float32 CPU outputs (logits, last hidden state, pooler output and
 every hidden state). Each test writes a checkpoint folder (config.json + model.safetensors) and
 loads it through the real zoo path (``zoo.loading.load_full``).
+
+zoo's BERT skips padding positions and returns zeros there: per-position outputs are compared
+with transformers where ``attention_mask`` is 1 (as ``zoo verify`` does), and must be exactly
+zero where it is 0.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import functools
@@ -16,6 +21,7 @@ import pytest
 import torch
 import transformers
 
+from zoo import testing
 from zoo.checkpoint import save_safetensors
 from zoo.convert import _compile
 from zoo.converters import hf_bert
@@ -25,6 +31,7 @@ from zoo.plugins.bert import example_inputs, from_config
 from zoo.registry import get_catalog
 from zoo.tasks import RunOptions
 from zoo.tasks import feature_extraction, fill_mask
+from zoo.verification import verify
 
 ATOL = 1e-5
 
@@ -114,20 +121,28 @@ def inputs_for(config, batch=3, seq=11, seed=1):
     return example_inputs(config, "fill-mask", batch, seq, torch.Generator().manual_seed(seed))
 
 
+def assert_zeros_at_padding(out, attention_mask):
+    if attention_mask is None:
+        return
+    padding = attention_mask == 0
+    for name, t in [("logits", out.logits), ("last_hidden_state", out.last_hidden_state)] + [
+            (f"hidden_states[{i}]", h) for i, h in enumerate(out.hidden_states or ())]:
+        if t is not None:
+            assert t.shape[:2] == padding.shape and bool((t[padding] == 0).all()), f"{name}: not zero at padding"
+
+
 def assert_parity(loaded, ref, inputs):
+    """Every output both give agrees at real positions (pooler_output whole); zeros at padding."""
     with torch.no_grad():
         ours = loaded.model(**inputs, output_hidden_states=True)
         theirs = ref(**inputs, output_hidden_states=True)
+    compared = set(testing.assert_outputs_close(ours, theirs, inputs, atol=ATOL, rtol=0))
     if isinstance(ref, transformers.BertForMaskedLM):
-        torch.testing.assert_close(ours.logits, theirs.logits, atol=ATOL, rtol=0)
-        assert ours.pooler_output is None
+        assert "logits" in compared and ours.pooler_output is None
     else:
-        torch.testing.assert_close(ours.last_hidden_state, theirs.last_hidden_state, atol=ATOL, rtol=0)
-        torch.testing.assert_close(ours.pooler_output, theirs.pooler_output, atol=ATOL, rtol=0)
-        assert ours.logits is None
+        assert {"last_hidden_state", "pooler_output"} <= compared and ours.logits is None
     assert len(ours.hidden_states) == len(theirs.hidden_states) == loaded.config["num_hidden_layers"] + 1
-    for a, b in zip(ours.hidden_states, theirs.hidden_states):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    assert_zeros_at_padding(ours, inputs.get("attention_mask"))
 
 
 def sha(folder):
@@ -222,13 +237,101 @@ def test_attention_mask_and_token_types_matter(tmp_path):
     torch.testing.assert_close(no_types, zero_types)  # token types default to zeros
 
 
+# ----------------------------------------------------------------------------- padding
+# zoo computes only the real tokens (and position 0 of each row, for the pooler); transformers
+# computes every position. Masks as strings: one row each, 1 = token, 0 = padding.
+
+PADDINGS = {
+    "right": ["111111111", "111110000", "100000000"],
+    "left": ["111111111", "000011111", "000000001"],
+    "a row of padding only": ["111111111", "000000000", "111000000"],
+    "mixed, no complete row": ["111111110", "001111100", "000000000", "110000000"],
+    "holes": ["101101011", "011111111"],
+    "batch of 1": ["111100000"],
+}
+
+
+def padded_inputs(rows, seed=3, vocab=99):
+    mask = torch.tensor([[int(c) for c in row] for row in rows])
+    gen = torch.Generator().manual_seed(seed)
+    # random ids and token types under the padding too: they must not leak into real tokens
+    ids = torch.randint(1, vocab, mask.shape, generator=gen)
+    types = torch.randint(0, 2, mask.shape, generator=gen)
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
+
+
+@pytest.fixture(scope="module")
+def models_and_refs(tmp_path_factory):
+    """zoo and transformers on the same weights, for both tasks."""
+    config = tiny()
+    pt = pretraining_model(config)
+    folder = write_checkpoint(tmp_path_factory.mktemp("padding") / "ckpt", to_layout(pt.state_dict(), config), config)
+    return folder, {task: (load_full(folder, task=task, device="cpu"), reference_from(pt, config, task))
+                    for task in TASK_CLASS}
+
+
+@pytest.mark.parametrize("task", sorted(TASK_CLASS))
+@pytest.mark.parametrize("padding", sorted(PADDINGS))
+def test_parity_at_real_positions_and_zeros_at_padding(models_and_refs, task, padding):
+    loaded, ref = models_and_refs[1][task]
+    assert_parity(loaded, ref, padded_inputs(PADDINGS[padding]))
+
+
+@pytest.mark.parametrize("task", sorted(TASK_CLASS))
+def test_a_padded_batch_gives_what_each_row_gives_alone(models_and_refs, task):
+    """The unpadded path (gather, attention in the padded layout, scatter back) against the
+    plain one: each row alone, its real tokens only, no mask at all."""
+    model = models_and_refs[1][task][0].model
+    inputs = padded_inputs(PADDINGS["right"] + ["111111100"])
+    with torch.no_grad():
+        batch = model(**inputs, output_hidden_states=True)
+        for b, n in enumerate(inputs["attention_mask"].sum(1).tolist()):
+            alone = model(inputs["input_ids"][b:b + 1, :n], token_type_ids=inputs["token_type_ids"][b:b + 1, :n],
+                          output_hidden_states=True)
+            for name in ("logits", "last_hidden_state"):
+                if getattr(alone, name) is not None:
+                    torch.testing.assert_close(getattr(batch, name)[b, :n], getattr(alone, name)[0], atol=ATOL, rtol=0)
+            for x, y in zip(batch.hidden_states, alone.hidden_states, strict=True):
+                torch.testing.assert_close(x[b, :n], y[0], atol=ATOL, rtol=0)
+            if alone.pooler_output is not None:
+                torch.testing.assert_close(batch.pooler_output[b], alone.pooler_output[0], atol=ATOL, rtol=0)
+
+
+def test_gradients_through_the_unpadded_path_match_transformers(models_and_refs):
+    """Autograd through gather/scatter (each layer its own q/k/v buffer while recording): the
+    gradients of a loss on real positions equal transformers'."""
+    loaded, ref = models_and_refs[1]["fill-mask"]
+    inputs = padded_inputs(PADDINGS["mixed, no complete row"])
+    real = inputs["attention_mask"].bool()
+    weights = torch.randn(int(real.sum()), 99, generator=torch.Generator().manual_seed(5))
+    grads = []
+    for model in (loaded.model, ref):
+        model = copy.deepcopy(model).requires_grad_(True)  # zoo loads for inference (no grad)
+        with torch.enable_grad():
+            (model(**inputs).logits[real] * weights).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if n.endswith("attention.self.query.weight")})
+    assert len(grads[0]) == len(grads[1]) == 2
+    for (a, ga), (b, gb) in zip(sorted(grads[0].items()), sorted(grads[1].items())):
+        torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4, msg=lambda m: f"{a} vs {b}: {m}")
+
+
+def test_no_padding_takes_the_plain_path(models_and_refs):
+    """A mask of ones computes exactly what no mask computes (no gather, no scatter)."""
+    model = models_and_refs[1]["fill-mask"][0].model
+    inputs = padded_inputs(["111111111", "111111111"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, model(inputs["input_ids"], token_type_ids=inputs["token_type_ids"]).logits,
+                                   atol=0, rtol=0)
+
+
 # ----------------------------------------------------------------------------- broken mappings
 
 
-def test_swapped_keys_are_caught_by_parity(tmp_path):
-    config = tiny()
-    pt = pretraining_model(config)
-    folder = write_checkpoint(tmp_path / "ckpt", to_layout(pt.state_dict(), config), config)
+@pytest.mark.parametrize("padding", ["left", "right", "a row of padding only"])
+def test_swapped_keys_are_caught_by_parity_with_padding(models_and_refs, padding):
+    """Comparing real positions only still catches a broken mapping: query and key weights
+    swapped, on padded batches; verify (whose example inputs pad) fails and names the block."""
+    folder, pairs = models_and_refs
     swap = {"encoder.layer.{}.attention.self.query.weight": "encoder.layer.{}.attention.self.key.weight",
             "encoder.layer.{}.attention.self.key.weight": "encoder.layer.{}.attention.self.query.weight"}
     broken = dataclasses.replace(
@@ -236,9 +339,12 @@ def test_swapped_keys_are_caught_by_parity(tmp_path):
         key_map=tuple(dataclasses.replace(m, target=swap.get(m.target, m.target)) for m in hf_bert.KEY_MAP),
     )
     loaded = load_full(folder, task="fill-mask", device="cpu", converter=broken)
-    ref = reference_from(pt, config, "fill-mask")
-    with pytest.raises(AssertionError):
-        assert_parity(loaded, ref, inputs_for(config))
+    inputs = padded_inputs(PADDINGS[padding])
+    assert_parity(pairs["fill-mask"][0], pairs["fill-mask"][1], inputs)  # the intact mapping passes
+    with pytest.raises(AssertionError, match=r"logits|hidden_states\[1\]"):
+        assert_parity(loaded, pairs["fill-mask"][1], inputs)
+    report = verify(str(folder), device="cpu", converter=broken)
+    assert not report.passed and report.first_divergence.startswith("hidden_states[1] (output of block 0)")
 
 
 def test_missing_gamma_rename_raises_naming_the_key(tmp_path):
