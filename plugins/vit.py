@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
+from zoo.ops import Linear
 from zoo.outputs import ModelOutput
 
 TASKS = ("image-classification", "image-feature-extraction")
@@ -116,7 +117,7 @@ class Dense(nn.Module):
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
-        self.dense = nn.Linear(n_in, n_out)
+        self.dense = Linear(n_in, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense(x)
@@ -183,9 +184,9 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.n_head = cfg.num_attention_heads
-        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
-        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
-        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
+        self.query = Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
+        self.key = Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
+        self.value = Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -250,7 +251,7 @@ class ViT(nn.Module):
         self.encoder = Encoder(cfg)
         self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         if task == "image-classification":
-            self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+            self.classifier = Linear(cfg.hidden_size, cfg.num_labels)
         elif cfg.add_pooling_layer:
             self.pooler = Dense(cfg.hidden_size, cfg.pooler_output_size)
 

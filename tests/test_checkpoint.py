@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.checkpoint import read_safetensors
+from zoo.checkpoint import read_safetensors, save_safetensors
 from zoo.errors import CheckpointError
 from zoo.registry import get_catalog
 
@@ -144,3 +144,22 @@ def test_non_finite_weights_warn(folder):
         report = zoo.verify(str(folder), device="cpu")
     assert report.non_finite_weights == ["ln_f.weight"] and "non-finite weights" in report.render()
     assert not report.passed  # NaN logits never pass
+
+
+def test_release_gives_pages_back_and_keeps_values(tmp_path):
+    """release() drops a mapped tensor's resident pages; touching it again reads the file's
+    values. Pages zoo has written (write_in_place) are never released."""
+    from zoo.checkpoint import release, write_in_place
+
+    big = torch.arange(64 * 1024, dtype=torch.float32).view(64, 1024)  # 256 KiB: many pages
+    save_safetensors({"a": big, "b": big + 1}, tmp_path / "model.safetensors")
+    before = digest(tmp_path)
+    tensors = read_safetensors(tmp_path / "model.safetensors")
+    assert torch.equal(tensors["a"], big)
+    assert release(tensors["a"]) > 0
+    assert torch.equal(tensors["a"], big) and torch.equal(tensors["a"].t(), big.t())
+    write_in_place(tensors["b"], torch.zeros(64, 1024))
+    assert release(tensors["b"]) == 0
+    assert torch.equal(tensors["b"], torch.zeros(64, 1024))
+    assert release(big) == 0  # not in a checkpoint map: nothing to give back
+    assert digest(tmp_path) == before

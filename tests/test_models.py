@@ -56,6 +56,35 @@ def test_parity_on_tiny_random_weights(conv, layout, tmp_path):
     assert digest(tmp_path) == before, "verify must not modify its input"
 
 
+@pytest.mark.parametrize("conv", CONVERTERS, ids=lambda c: c.name)
+def test_packed_weights_change_nothing_but_speed(conv, tmp_path, monkeypatch):
+    """On CPU float32 every zoo.ops.Linear is packed for MKL and its plain pages released: the
+    weights still read as the file's values, the outputs match the unpacked model's, and the
+    input files are untouched."""
+    from zoo.ops import Linear
+    from zoo.types import resolve
+
+    write_checkpoint(conv, tmp_path)
+    before = digest(tmp_path)
+    packed = load_full(str(tmp_path), device="cpu")
+    monkeypatch.setenv("ZOO_PACK", "0")
+    plain = load_full(str(tmp_path), device="cpu")
+    linears = [m for m in packed.model.modules() if isinstance(m, Linear)]
+    if torch.backends.mkl.is_available():
+        assert all(m._packed is not None for m in linears)
+    assert all(m._packed is None for m in plain.model.modules() if isinstance(m, Linear))
+    want = plain.model.state_dict()
+    for key, value in packed.model.state_dict().items():
+        assert torch.equal(value, want[key]), key
+    inputs = resolve(packed.architecture.example_inputs)(packed.config, packed.task, 2, 8, torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        got, ref = packed.model(**inputs), plain.model(**inputs)
+    for name in ("logits", "last_hidden_state"):
+        if getattr(ref, name, None) is not None:
+            torch.testing.assert_close(getattr(got, name), getattr(ref, name), atol=1e-5, rtol=1e-5)
+    assert digest(tmp_path) == before
+
+
 def _break(conv, expected):
     """A converter with one plausible bug: a transform dropped on a square weight, else the
     targets of two same-shaped tensors swapped."""

@@ -23,3 +23,85 @@ def test_linear_matches_f_linear(shape, bias):
 def test_linear_module_keeps_nn_linear_keys():
     m = Linear(8, 4)
     assert set(m.state_dict()) == {"weight", "bias"} and isinstance(m, torch.nn.Linear)
+
+
+# --------------------------------------------------------------------------- MKL-packed weights
+
+needs_packing = pytest.mark.skipif(not __import__("zoo.ops", fromlist=["x"]).packing_available(),
+                                   reason="this torch cannot pack weights for MKL")
+
+
+def _packed_linear(n_in=48, n_out=96, bias=True):
+    torch.manual_seed(0)
+    m = Linear(n_in, n_out, bias=bias).eval().requires_grad_(False)
+    assert m.pack()
+    return m
+
+
+@needs_packing
+@pytest.mark.parametrize("shape", [(1, 48), (1, 1, 48), (5, 48), (2, 8, 48), (128, 48), (3, 300, 48)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_matches_f_linear(shape, bias):
+    m = _packed_linear(bias=bias)
+    x = torch.randn(*shape)
+    assert m._use_packed(x)
+    out = m(x)
+    assert out.shape == (*shape[:-1], 96)
+    torch.testing.assert_close(out, F.linear(x, m.weight, m.bias), atol=1e-5, rtol=1e-5)
+    strided = torch.randn(shape[0], 2 * 48)[:, ::2]  # a non-contiguous input
+    torch.testing.assert_close(m(strided), F.linear(strided, m.weight, m.bias), atol=1e-5, rtol=1e-5)
+
+
+@needs_packing
+def test_packed_copy_follows_the_weight():
+    m = _packed_linear()
+    x = torch.randn(4, 48)
+    with torch.no_grad():
+        m.weight.mul_(2)  # an in-place update: the packed copy is stale and must not be used
+    assert not m._use_packed(x) and m._packed is None
+    torch.testing.assert_close(m(x), F.linear(x, m.weight, m.bias))
+
+    m = _packed_linear()
+    m.load_state_dict({"weight": torch.zeros(96, 48), "bias": torch.ones(96)})
+    torch.testing.assert_close(m(x), torch.ones(4, 96))
+
+    m = _packed_linear().double()  # moved to another dtype: plain path
+    torch.testing.assert_close(m(x.double()), F.linear(x.double(), m.weight, m.bias))
+
+
+@needs_packing
+def test_packed_copy_is_not_used_for_training_or_autograd():
+    m = _packed_linear()
+    x = torch.randn(4, 48)
+    m.train()
+    assert not m._use_packed(x)
+    m.eval().requires_grad_(True)
+    assert not m._use_packed(x)  # autograd needs the plain weight
+    m(x).sum().backward()
+    assert m.weight.grad is not None and m.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert m._use_packed(x)
+
+
+@needs_packing
+def test_packed_copy_is_a_cache_not_state(tmp_path):
+    import copy
+
+    from zoo.ops import pack_all, unpack_all
+
+    m = _packed_linear()
+    assert set(m.state_dict()) == {"weight", "bias"}
+    assert copy.deepcopy(m)._packed is None
+    torch.save(m, tmp_path / "m.pt")
+    assert torch.load(tmp_path / "m.pt", weights_only=False)._packed is None
+    seq = torch.nn.Sequential(Linear(4, 4), torch.nn.ReLU(), Linear(4, 2)).eval()
+    assert len(pack_all(seq)) == 2
+    unpack_all(seq)
+    assert all(m._packed is None for m in seq if isinstance(m, Linear))
+
+
+def test_zoo_pack_0_switches_packing_off(monkeypatch):
+    monkeypatch.setenv("ZOO_PACK", "0")
+    from zoo.ops import packing_available
+
+    assert not packing_available() and not Linear(4, 4).pack()

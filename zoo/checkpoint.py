@@ -13,6 +13,7 @@ import json
 import mmap
 import os
 import struct
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -40,6 +41,11 @@ PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.bin")
 LFS_MAGIC = b"version https://git-lfs"
 MAX_HEADER = 100 * 1024 * 1024
+
+# the private maps of the safetensors files read so far (by start address), and the byte ranges
+# zoo itself has written in each: release() gives back only pages nothing has written
+_MAPS: "weakref.WeakValueDictionary[int, mmap.mmap]" = weakref.WeakValueDictionary()
+_WRITTEN: Dict[int, List[tuple]] = {}
 
 
 @dataclass
@@ -157,6 +163,11 @@ def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
         data_start = 8 + header_len
         data_len = size - data_start
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+    if buf is not None:
+        base = torch.frombuffer(buf, dtype=torch.uint8, count=1).data_ptr()
+        _MAPS[base] = buf
+        _WRITTEN[base] = []
+        weakref.finalize(buf, _WRITTEN.pop, base, None)
     tensors: Dict[str, torch.Tensor] = {}
     for name, info in header.items():
         try:
@@ -187,6 +198,59 @@ def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
             flat = torch.frombuffer(buf, dtype=dtype, count=numel, offset=data_start + begin)
             tensors[name] = flat.view(shape)
     return tensors
+
+
+def _span(t: torch.Tensor) -> tuple:
+    """(first byte address, byte length) of the memory a tensor (or a strided view) covers."""
+    elements = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    return t.data_ptr(), elements * t.element_size()
+
+
+def _mapping_of(t: torch.Tensor):
+    """(start address, map) of the checkpoint map holding all of ``t``, or (None, None)."""
+    if t.device.type != "cpu" or t.numel() == 0:
+        return None, None
+    start, length = _span(t)
+    for base, buf in list(_MAPS.items()):
+        if base <= start and start + length <= base + len(buf):
+            return base, buf
+    return None, None
+
+
+def write_in_place(target: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``target.copy_(values)`` for a tensor viewing a checkpoint map (its copy-on-write pages
+    take the values; the file is never written), remembered so :func:`release` keeps them."""
+    base, _ = _mapping_of(target)
+    target.copy_(values)
+    if base is not None:
+        _WRITTEN[base].append(_span(target))
+    return target
+
+
+def release(t: torch.Tensor) -> int:
+    """Give the pages of a tensor that views a checkpoint map back to the page cache; returns
+    the bytes released (0 for a tensor that is not in such a map).
+
+    The tensor stays valid: its pages are re-read from the file if it is touched again, which
+    gives the same values because only pages nothing has written are released (a page that
+    zoo rewrote, see :func:`write_in_place`, or that is shared with a neighbouring tensor,
+    stays). The loader calls this after packing a weight it will not read again.
+    """
+    base, buf = _mapping_of(t)
+    if base is None:
+        return 0
+    start, length = _span(t)
+    page = mmap.PAGESIZE
+    lo = -(-(start - base) // page) * page
+    hi = (start + length - base) // page * page
+    for w_start, w_len in _WRITTEN.get(base, ()):  # keep every page zoo has written
+        w_lo, w_hi = w_start - base, w_start - base + w_len
+        if w_lo < hi and lo < w_hi:
+            return 0
+    if hi <= lo:
+        return 0
+    buf.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    return hi - lo
 
 
 def read_pickle(path: Path) -> Dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@
     build         the architecture on the meta device (no random init)
     load          load_state_dict(assign=True); nothing left on meta
     place         device and dtype; eval mode
+    pack          CPU float32: Linear weights also in MKL's packed layout, plain pages released
 
 Nothing here knows a particular architecture: that lives in plugins and converters.
 """
@@ -21,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 
 from . import checkpoint as ckpt
-from . import hub
+from . import hub, ops
 from .convert import Report, convert
 from .device import pick_device, pick_dtype
 from .errors import CheckpointError, ConversionError, UnknownModelError
@@ -210,8 +211,11 @@ def load_full(
     model = build_model(arch, config, task)
     expected = model.state_dict()
     state, report = convert(tensors, converter, expected)
+    pack = target_device.type == "cpu" and target_dtype == torch.float32 and ops.packing_available()
+    # packed weights are read in their packed copy only, so their plain layout does not matter
+    packed = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, ops.Linear)} if pack else set()
     if files.format == "safetensors":
-        state = _contiguous_in_place(state, tensors, report)
+        state = _contiguous_in_place(state, tensors, report, keep=packed)
     state = {k: _place(v, expected[k], target_device, target_dtype) for k, v in state.items()}
     _warn_non_finite(state, files)
     try:
@@ -226,25 +230,37 @@ def load_full(
     if left:
         raise ConversionError(f"architecture {arch.name!r} left tensors uninitialized after loading: {', '.join(left[:8])}")
     model.eval().requires_grad_(False)
+    if pack:
+        _pack(model)
     return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype, folder, files.paths, report)
 
 
-def _contiguous_in_place(state, source, report):
+def _pack(model: torch.nn.Module) -> None:
+    """Pack each Linear weight for MKL (zoo.ops.Linear.pack), then give the plain weight's
+    pages back to the page cache: forward reads only the packed copy, and the plain weight
+    stays valid (re-read from the file if touched), so memory stays near the file's size."""
+    for module in model.modules():
+        if isinstance(module, ops.Linear) and module.pack():
+            ckpt.release(module.weight)
+
+
+def _contiguous_in_place(state, source, report, keep=frozenset()):
     """Lay transposed weights out contiguously without a second copy of the model in memory.
 
     A converter's transform may return a view (GPT-2's ``[in, out]`` weights as ``.t()``), and
     matrix-vector products over a transposed view run about half as fast. The source tensors
     are views of a private copy-on-write map of the file, so each one is rewritten in its own
     pages: a temporary of one tensor, the file never written, peak memory near the weights.
+    Targets in ``keep`` are left as they are (weights that will be packed).
     """
     out = dict(state)
     for src_key, target in report.consumed.items():
         t, src = out[target], source[src_key]
-        if t.is_contiguous():
+        if t.is_contiguous() or target in keep:
             continue
         if src.is_contiguous() and t.data_ptr() == src.data_ptr() and t.numel() == src.numel():
             tmp = t.contiguous()
-            out[target] = src.view(-1).copy_(tmp.view(-1)).view(tmp.shape)
+            out[target] = ckpt.write_in_place(src.view(-1), tmp.view(-1)).view(tmp.shape)
         else:
             out[target] = t.contiguous()
     return out
