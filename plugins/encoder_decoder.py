@@ -608,7 +608,7 @@ class EncoderDecoder(nn.Module):
         if self.generator.proj is not None:
             return []
         weight = self._embed_tgt().lut.weight
-        self.generator.packed = Packed.of(weight)
+        self.generator.packed = Packed.of([weight])
         return [weight] if self.generator.packed is not None else []
 
     def unpack(self) -> None:

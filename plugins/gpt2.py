@@ -143,7 +143,7 @@ class GPT2(nn.Module):
     def pack_weights(self):
         """Pack the output head (the token embeddings) for MKL; the blocks' Linears pack
         themselves. Embedding lookups still read the plain matrix, a few rows at a time."""
-        self._head = Packed.of(self.wte.weight)
+        self._head = Packed.of([self.wte.weight])
         return [self.wte.weight] if self._head is not None else []
 
     def unpack(self) -> None:

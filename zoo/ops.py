@@ -12,7 +12,7 @@ dict and guarded by the parity tests:
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -39,8 +39,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     large batches keep ``F.linear``. The result is copied back to row-major layout (rows × out
     floats, small next to the weight).
     """
-    if packed is not None and packed.usable(x, weight):
-        return packed.linear(x, weight, bias)
+    if packed is not None and packed.usable(x, [weight], [bias]):
+        return packed.linear(x)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     lo, hi = TRANSPOSED_ROWS
     if lo <= rows <= hi and x.device.type == "cpu" and x.dtype == torch.float32:
@@ -60,41 +60,57 @@ def packing_available() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
+def _stamp(tensors: Sequence[torch.Tensor]) -> tuple:
+    return tuple((t.data_ptr(), t._version, t.device.type, t.dtype) for t in tensors)
+
+
 class Packed:
-    """A copy of a CPU float32 ``[out, in]`` weight in MKL's packed GEMM layout: a cache, used
-    by :func:`linear` only while it still describes the weight (the same tensor at the same
-    version: an in-place update such as ``weight.copy_()`` or ``load_state_dict`` is noticed,
-    ``model.to(...)`` too), for CPU float32 input and without autograd. Edits through
+    """A copy of CPU float32 ``[out, in]`` weights in MKL's packed GEMM layout, with their bias.
+
+    Several weights (q, k and v, say) can be packed as one product: their outputs come out side
+    by side, as from one Linear with the weights stacked. It is a cache, used only while it
+    still describes its sources (:meth:`usable`: the same tensors at the same versions, so an
+    in-place update such as ``weight.copy_()`` or ``load_state_dict`` is noticed, and so is
+    ``model.to(...)``), for CPU float32 input and without autograd. Edits through
     ``weight.data`` bypass version counting: drop the copy (:func:`unpack_all`) after those.
     """
 
-    __slots__ = ("data", "ptr", "version")
+    __slots__ = ("data", "bias", "shape", "stamp")
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor] = ()):
         with torch.no_grad():
-            self.data = torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), PACK_ROWS)
-        self.ptr, self.version = weight.data_ptr(), weight._version
+            w = weights[0].detach() if len(weights) == 1 else torch.cat([t.detach() for t in weights])
+            self.data = torch.ops.mkl._mkl_reorder_linear_weight(w, PACK_ROWS)
+            self.bias = None if not biases else biases[0].detach() if len(biases) == 1 else torch.cat(biases)
+        self.shape = torch.empty(1).expand(w.shape)  # MKL wants the plain weight for its shape only
+        self.stamp = _stamp([*weights, *biases])
 
     @classmethod
-    def of(cls, weight: torch.Tensor) -> Optional["Packed"]:
-        """The packed copy of ``weight``, or None where packing does not apply."""
-        if not packing_available() or weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2:
+    def of(cls, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]] = ()) -> Optional["Packed"]:
+        """The packed copy, or None where packing does not apply (not CPU float32 2-D weights,
+        no MKL, ``ZOO_PACK=0``, or biases on some of the weights only)."""
+        if not packing_available() or any(w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2 for w in weights):
             return None
-        return cls(weight)
+        present = [b for b in biases if b is not None]
+        if present and len(present) != len(weights):
+            return None
+        return cls(weights, present)
 
-    def usable(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
-        if x.device.type != "cpu" or x.dtype != torch.float32 or weight.device.type != "cpu":
+    def usable(self, x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]] = ()) -> bool:
+        """Whether ``x`` times these (current) weights may be computed from this copy."""
+        if x.device.type != "cpu" or x.dtype != torch.float32:
             return False
-        if weight.data_ptr() != self.ptr or weight._version != self.version or weight.dtype != torch.float32:
+        sources = [*weights, *(b for b in biases if b is not None)]
+        if _stamp(sources) != self.stamp:
             return False
-        return not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
+        return not (torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in sources)))
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         flat = x.reshape(rows, x.shape[-1]).contiguous()
-        # the plain weight is passed for its shape only: with batch_size == rows MKL computes
-        # from the packed copy and never reads it
-        y = torch.ops.mkl._mkl_linear(flat, self.data, weight, bias, rows)
+        # with batch_size == rows MKL computes from the packed copy (the plain weight, of which
+        # it only needs the shape, is never read)
+        y = torch.ops.mkl._mkl_linear(flat, self.data, self.shape, self.bias, rows)
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -107,7 +123,7 @@ class Linear(nn.Linear):
     def pack_weights(self) -> List[torch.Tensor]:
         """Make the packed copy; returns the weights now read from packed copies (for the
         loader to release their plain pages)."""
-        self._packed = Packed.of(self.weight)
+        self._packed = Packed.of([self.weight], [self.bias])
         return [self.weight] if self._packed is not None else []
 
     def unpack(self) -> None:
