@@ -60,8 +60,12 @@ def packing_available() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
-def _stamp(tensors: Sequence[torch.Tensor]) -> tuple:
-    return tuple((t.data_ptr(), t._version, t.device.type, t.dtype) for t in tensors)
+def _stamp(tensors) -> tuple:
+    """What identifies the state of some tensors: storage address, version, dtype."""
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors if t is not None)
+
+
+_mkl_linear = torch.ops.mkl._mkl_linear if hasattr(torch.ops.mkl, "_mkl_linear") else None
 
 
 class Packed:
@@ -97,21 +101,20 @@ class Packed:
         return cls(weights, present)
 
     def usable(self, x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]] = ()) -> bool:
-        """Whether ``x`` times these (current) weights may be computed from this copy."""
-        if x.device.type != "cpu" or x.dtype != torch.float32:
+        """Whether ``x`` times these (current) weights may be computed from this copy.
+
+        Called on every product, so kept to a few attribute reads (a decode step makes ~50)."""
+        if not x.is_cpu or x.dtype is not torch.float32 or _stamp((*weights, *biases)) != self.stamp:
             return False
-        sources = [*weights, *(b for b in biases if b is not None)]
-        if _stamp(sources) != self.stamp:
-            return False
-        return not (torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in sources)))
+        return not (torch.is_grad_enabled() and (x.requires_grad or any(
+            t.requires_grad for t in (*weights, *biases) if t is not None)))
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        flat = x.reshape(rows, x.shape[-1]).contiguous()
         # with batch_size == rows MKL computes from the packed copy (the plain weight, of which
-        # it only needs the shape, is never read)
-        y = torch.ops.mkl._mkl_linear(flat, self.data, self.shape, self.bias, rows)
-        return y.view(*x.shape[:-1], y.shape[-1])
+        # it only needs the shape, is never read); it takes [..., in] input as it is
+        if not x.is_contiguous():
+            x = x.contiguous()
+        return _mkl_linear(x, self.data, self.shape, self.bias, x.numel() // x.shape[-1])
 
 
 class Linear(nn.Linear):
