@@ -2,6 +2,7 @@
 without new test code (the style of timm's tests/test_models.py)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -79,9 +80,11 @@ def test_packed_weights_change_nothing_but_speed(conv, tmp_path, monkeypatch):
     inputs = resolve(packed.architecture.example_inputs)(packed.config, packed.task, 2, 8, torch.Generator().manual_seed(0))
     with torch.inference_mode():
         got, ref = packed.model(**inputs), plain.model(**inputs)
+        copied = copy.deepcopy(packed.model)(**inputs)  # packed copies are caches: not copied
     for name in ("logits", "last_hidden_state"):
         if getattr(ref, name, None) is not None:
             torch.testing.assert_close(getattr(got, name), getattr(ref, name), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(getattr(copied, name), getattr(ref, name), atol=1e-5, rtol=1e-5)
     assert digest(tmp_path) == before
 
 

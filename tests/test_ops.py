@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.ops import Linear, linear
+from zoo.ops import Linear, Packed, linear
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 48), (2, 48), (3, 2, 48), (4, 48), (2, 8, 48), (128, 48), (129, 48), (2, 300, 48)])
@@ -34,7 +34,7 @@ needs_packing = pytest.mark.skipif(not __import__("zoo.ops", fromlist=["x"]).pac
 def _packed_linear(n_in=48, n_out=96, bias=True):
     torch.manual_seed(0)
     m = Linear(n_in, n_out, bias=bias).eval().requires_grad_(False)
-    assert m.pack()
+    assert m.pack_weights() == [m.weight]
     return m
 
 
@@ -44,7 +44,7 @@ def _packed_linear(n_in=48, n_out=96, bias=True):
 def test_packed_linear_matches_f_linear(shape, bias):
     m = _packed_linear(bias=bias)
     x = torch.randn(*shape)
-    assert m._use_packed(x)
+    assert m._packed.usable(x, [m.weight], [m.bias])
     out = m(x)
     assert out.shape == (*shape[:-1], 96)
     torch.testing.assert_close(out, F.linear(x, m.weight, m.bias), atol=1e-5, rtol=1e-5)
@@ -58,7 +58,7 @@ def test_packed_copy_follows_the_weight():
     x = torch.randn(4, 48)
     with torch.no_grad():
         m.weight.mul_(2)  # an in-place update: the packed copy is stale and must not be used
-    assert not m._use_packed(x) and m._packed is None
+    assert not m._packed.usable(x, [m.weight], [m.bias])
     torch.testing.assert_close(m(x), F.linear(x, m.weight, m.bias))
 
     m = _packed_linear()
@@ -73,14 +73,19 @@ def test_packed_copy_follows_the_weight():
 def test_packed_copy_is_not_used_for_training_or_autograd():
     m = _packed_linear()
     x = torch.randn(4, 48)
+    with torch.no_grad():
+        m.weight.copy_(torch.zeros(96, 48))  # stale packed copy: its use would show up below
+    m._packed = Packed([m.weight], [m.bias])
+    with torch.no_grad():
+        m.weight.data.fill_(1.0)  # through .data: not version-counted, the copy says zeros
     m.train()
-    assert not m._use_packed(x)
+    torch.testing.assert_close(m(x), F.linear(x, m.weight, m.bias))  # training: plain weight
     m.eval().requires_grad_(True)
-    assert not m._use_packed(x)  # autograd needs the plain weight
+    assert not m._packed.usable(x, [m.weight], [m.bias])  # autograd needs the plain weight
     m(x).sum().backward()
     assert m.weight.grad is not None and m.weight.grad.abs().sum() > 0
     with torch.no_grad():
-        assert m._use_packed(x)
+        assert m._packed.usable(x, [m.weight], [m.bias])
 
 
 @needs_packing
@@ -95,7 +100,7 @@ def test_packed_copy_is_a_cache_not_state(tmp_path):
     torch.save(m, tmp_path / "m.pt")
     assert torch.load(tmp_path / "m.pt", weights_only=False)._packed is None
     seq = torch.nn.Sequential(Linear(4, 4), torch.nn.ReLU(), Linear(4, 2)).eval()
-    assert len(pack_all(seq)) == 2
+    assert len(pack_all(seq)) == 2 and all(m._packed is not None for m in seq if isinstance(m, Linear))
     unpack_all(seq)
     assert all(m._packed is None for m in seq if isinstance(m, Linear))
 
@@ -104,4 +109,22 @@ def test_zoo_pack_0_switches_packing_off(monkeypatch):
     monkeypatch.setenv("ZOO_PACK", "0")
     from zoo.ops import packing_available
 
-    assert not packing_available() and not Linear(4, 4).pack()
+    assert not packing_available() and Linear(4, 4).pack_weights() == []
+
+
+@needs_packing
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_packed_weights_give_the_outputs_side_by_side(bias):
+    """q, k and v packed as one product: the same as three Linears, and stale once any changes."""
+    torch.manual_seed(0)
+    parts = [torch.nn.Linear(48, 48, bias=bias).requires_grad_(False) for _ in range(3)]
+    weights, biases = [p.weight for p in parts], [p.bias for p in parts]
+    packed = Packed.of(weights, biases)
+    x = torch.randn(2, 5, 48)
+    assert packed.usable(x, weights, biases)
+    want = torch.cat([p(x) for p in parts], dim=-1)
+    torch.testing.assert_close(packed.linear(x), want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        (parts[2].bias if bias else parts[2].weight).add_(1)
+    assert not packed.usable(x, weights, biases)
+    assert Packed.of(weights, [biases[0], None, None] if bias else [torch.zeros(48), None, None]) is None

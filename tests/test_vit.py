@@ -107,6 +107,8 @@ def test_parity_every_layout_and_resolution(tmp_path, config_name, kind, layout)
     loaded = load_full(str(folder), device="cpu")
     assert loaded.task == KINDS[kind]
     assert hasattr(loaded.model, "pooler") == (kind == "encoder_pooler")
+    if torch.backends.mkl.is_available():  # parity below runs through q|k|v packed as one product
+        assert all(m._qkv is not None for m in loaded.model.modules() if hasattr(m, "_qkv"))
     size = CONFIGS[config_name]["image_size"]
     patch = CONFIGS[config_name]["patch_size"]
     gen = torch.Generator().manual_seed(1)

@@ -236,12 +236,14 @@ def load_full(
 
 
 def _pack(model: torch.nn.Module) -> None:
-    """Pack each Linear weight for MKL (zoo.ops.Linear.pack), then give the plain weight's
-    pages back to the page cache: forward reads only the packed copy, and the plain weight
-    stays valid (re-read from the file if touched), so memory stays near the file's size."""
+    """Pack weights for MKL (zoo.ops.pack_all), then give the plain weights' pages back to the
+    page cache: forward reads only the packed copies, and the plain weights stay valid
+    (re-read from the file if touched), so memory stays near the file's size."""
     for module in model.modules():
-        if isinstance(module, ops.Linear) and module.pack():
-            ckpt.release(module.weight)
+        fn = getattr(module, "pack_weights", None)
+        if callable(fn):
+            for weight in fn():
+                ckpt.release(weight)
 
 
 def _contiguous_in_place(state, source, report, keep=frozenset()):

@@ -12,7 +12,7 @@ dict and guarded by the parity tests:
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -28,8 +28,10 @@ TRANSPOSED_ROWS = (4, 32)
 PACK_ROWS = 128
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, computed as ``(weight @ xᵀ)ᵀ`` for 4 to 32 rows on CPU.
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           packed: Optional["Packed"] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, from ``packed`` (a :class:`Packed` copy of ``weight``)
+    when it is still usable, else as ``(weight @ xᵀ)ᵀ`` for 4 to 32 rows on CPU.
 
     Batched decoding multiplies a few rows by a large ``[out, in]`` weight. For that shape
     MKL's ``x @ Wᵀ`` runs well below memory bandwidth (measured here: 16 rows × a 58101×512
@@ -37,6 +39,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     large batches keep ``F.linear``. The result is copied back to row-major layout (rows × out
     floats, small next to the weight).
     """
+    if packed is not None and packed.usable(x, [weight], [bias]):
+        return packed.linear(x)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     lo, hi = TRANSPOSED_ROWS
     if lo <= rows <= hi and x.device.type == "cpu" and x.dtype == torch.float32:
@@ -56,65 +60,100 @@ def packing_available() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) computed with :func:`linear`, or with
-    an MKL-packed copy of the weight once :meth:`pack` has made one.
+def _stamp(tensors) -> tuple:
+    """What identifies the state of some tensors: storage address, version, dtype."""
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors if t is not None)
 
-    The packed copy is used only while it still describes the weight: in eval mode, for CPU
-    float32 input, with the same weight tensor at the same version (an in-place update such as
-    ``weight.copy_()`` or ``load_state_dict`` is noticed, ``model.to(...)`` too), and without
-    autograd. Edits through ``weight.data`` bypass version counting: call :meth:`unpack` (or
-    :func:`unpack_all`) after such edits.
+
+_mkl_linear = torch.ops.mkl._mkl_linear if hasattr(torch.ops.mkl, "_mkl_linear") else None
+
+
+class Packed:
+    """A copy of CPU float32 ``[out, in]`` weights in MKL's packed GEMM layout, with their bias.
+
+    Several weights (q, k and v, say) can be packed as one product: their outputs come out side
+    by side, as from one Linear with the weights stacked. It is a cache, used only while it
+    still describes its sources (:meth:`usable`: the same tensors at the same versions, so an
+    in-place update such as ``weight.copy_()`` or ``load_state_dict`` is noticed, and so is
+    ``model.to(...)``), for CPU float32 input and without autograd. Edits through
+    ``weight.data`` bypass version counting: drop the copy (:func:`unpack_all`) after those.
     """
 
-    _packed = None  # (packed weight, weight's data_ptr, weight's version) once packed
+    __slots__ = ("data", "bias", "shape", "stamp")
 
-    def pack(self) -> bool:
-        """Make the packed copy (CPU float32 weights only); returns whether it did."""
-        w = self.weight
-        if not packing_available() or w.device.type != "cpu" or w.dtype != torch.float32 or w.is_meta:
-            return False
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor] = ()):
         with torch.no_grad():
-            packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), PACK_ROWS)
-        self._packed = (packed, w.data_ptr(), w._version)
-        return True
+            w = weights[0].detach() if len(weights) == 1 else torch.cat([t.detach() for t in weights])
+            self.data = torch.ops.mkl._mkl_reorder_linear_weight(w, PACK_ROWS)
+            self.bias = None if not biases else biases[0].detach() if len(biases) == 1 else torch.cat(biases)
+        self.shape = torch.empty(1).expand(w.shape)  # MKL wants the plain weight for its shape only
+        self.stamp = _stamp([*weights, *biases])
+
+    @classmethod
+    def of(cls, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]] = ()) -> Optional["Packed"]:
+        """The packed copy, or None where packing does not apply (not CPU float32 2-D weights,
+        no MKL, ``ZOO_PACK=0``, or biases on some of the weights only)."""
+        if not packing_available() or any(w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2 for w in weights):
+            return None
+        present = [b for b in biases if b is not None]
+        if present and len(present) != len(weights):
+            return None
+        return cls(weights, present)
+
+    def usable(self, x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]] = ()) -> bool:
+        """Whether ``x`` times these (current) weights may be computed from this copy.
+
+        Called on every product, so kept to a few attribute reads (a decode step makes ~50)."""
+        if not x.is_cpu or x.dtype is not torch.float32 or _stamp((*weights, *biases)) != self.stamp:
+            return False
+        return not (torch.is_grad_enabled() and (x.requires_grad or any(
+            t.requires_grad for t in (*weights, *biases) if t is not None)))
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        # with batch_size == rows MKL computes from the packed copy (the plain weight, of which
+        # it only needs the shape, is never read); it takes [..., in] input as it is
+        if not x.is_contiguous():
+            x = x.contiguous()
+        return _mkl_linear(x, self.data, self.shape, self.bias, x.numel() // x.shape[-1])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) computed with :func:`linear`, from a
+    :class:`Packed` copy of the weight in eval mode once :meth:`pack_weights` made one."""
+
+    _packed: Optional[Packed] = None
+
+    def pack_weights(self) -> List[torch.Tensor]:
+        """Make the packed copy; returns the weights now read from packed copies (for the
+        loader to release their plain pages)."""
+        self._packed = Packed.of([self.weight], [self.bias])
+        return [self.weight] if self._packed is not None else []
 
     def unpack(self) -> None:
         self._packed = None
 
-    def _use_packed(self, x: torch.Tensor) -> bool:
-        packed = self._packed
-        if packed is None or self.training or x.device.type != "cpu" or x.dtype != torch.float32:
-            return False
-        w = self.weight
-        if w.data_ptr() != packed[1] or w._version != packed[2] or w.device.type != "cpu" or w.dtype != torch.float32:
-            self._packed = None  # the weight changed under the packed copy: drop it for good
-            return False
-        return not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_packed(x):
-            rows = x.numel() // x.shape[-1]
-            flat = x.reshape(rows, x.shape[-1]).contiguous()
-            # the plain weight is passed for its shape only: with batch_size == rows MKL computes
-            # from the packed copy and never reads it
-            y = torch.ops.mkl._mkl_linear(flat, self._packed[0], self.weight, self.bias, rows)
-            return y.view(*x.shape[:-1], y.shape[-1])
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, None if self.training else self._packed)
 
-    def __getstate__(self):  # pickling / deepcopy: the packed copy is a cache, not state
+    def __getstate__(self):  # pickling / deepcopy: a packed copy is a cache, not state
         state = dict(self.__dict__)
         state.pop("_packed", None)
         return state
 
 
-def pack_all(model: nn.Module) -> list:
-    """Pack every :class:`Linear` of ``model``; returns the modules packed."""
-    return [m for m in model.modules() if isinstance(m, Linear) and m.pack()]
+def pack_all(model: nn.Module) -> List[torch.Tensor]:
+    """Pack the weights of every module of ``model`` that can (``pack_weights()``: zoo's
+    :class:`Linear`, and models with a tied output head); returns the weights packed."""
+    done: List[torch.Tensor] = []
+    for module in model.modules():
+        fn = getattr(module, "pack_weights", None)
+        if callable(fn):
+            done += fn()
+    return done
 
 
 def unpack_all(model: nn.Module) -> None:
     """Drop every packed copy (after editing weights through ``.data``, say)."""
-    for m in model.modules():
-        if isinstance(m, Linear):
-            m.unpack()
+    for module in model.modules():
+        if hasattr(module, "pack_weights") and callable(getattr(module, "unpack", None)):
+            module.unpack()
