@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
-from zoo.ops import Linear, linear
+from zoo.ops import Linear, Packed, linear
 from zoo.outputs import ModelOutput
 
 
@@ -190,24 +190,49 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Bidirectional multi-head attention with separate q, k, v projections."""
+    """Bidirectional multi-head attention with separate q, k, v projections.
+
+    q, k and v keep the checkpoint's three Linears (plain ``nn.Linear``: they are not packed
+    one by one); on CPU float32 the loader packs them as one product (``pack_weights``), one
+    matrix product instead of three."""
+
+    _qkv: Optional[Packed] = None  # q | k | v packed side by side (zoo.ops), a cache
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.n_head = cfg.num_attention_heads
-        self.query = Linear(cfg.hidden_size, cfg.hidden_size)
-        self.key = Linear(cfg.hidden_size, cfg.hidden_size)
-        self.value = Linear(cfg.hidden_size, cfg.hidden_size)
+        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_probs_dropout_prob
 
+    def _parts(self):
+        parts = (self.query, self.key, self.value)
+        return [p.weight for p in parts], [p.bias for p in parts]
+
+    def pack_weights(self):
+        self._qkv = Packed.of(*self._parts())
+        return self._parts()[0] if self._qkv is not None else []
+
+    def unpack(self) -> None:
+        self._qkv = None
+
+    def __getstate__(self):  # the packed copy is a cache, not state
+        return {k: v for k, v in self.__dict__.items() if k != "_qkv"}
+
     def forward(self, x: torch.Tensor, padding: Optional[Padding]) -> torch.Tensor:
-        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, H), or (N, H) unpadded
+        H = x.shape[-1]
+        # (B, T, H) each, or (N, H) unpadded
+        if self._qkv is not None and not self.training and self._qkv.usable(x, *self._parts()):
+            q, k, v = self._qkv.linear(x).split(H, dim=-1)
+        else:
+            q, k, v = self.query(x), self.key(x), self.value(x)
         mask = None  # no padding: no mask at all, as transformers
         if padding is not None:
             # SDPA wants the padded layout: scatter the N tokens back (zeros at padding) and
             # hide the padding keys; padding queries are computed and thrown away below
             q, k, v, mask = *padding.pad_qkv(q, k, v), padding.key_mask
-        B, T, H = q.shape
+        B, T, _ = q.shape
         hs = H // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
@@ -323,8 +348,9 @@ class Predictions(nn.Module):
         self.transform = PredictionTransform(cfg)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
-    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        return linear(self.transform(x), word_embeddings, self.bias)  # (B, T, vocab) or (N, vocab)
+    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor, packed: Optional[Packed] = None) -> torch.Tensor:
+        # (B, T, vocab) or (N, vocab); ``packed``: the decoder weight and bias packed (zoo.ops)
+        return linear(self.transform(x), word_embeddings, self.bias, packed)
 
 
 class MLMHead(nn.Module):
@@ -355,6 +381,23 @@ class Bert(nn.Module):
             self.pooler = Pooler(cfg)
         if cfg.add_mlm_head:
             self.cls = MLMHead(cfg)
+
+    _decoder: Optional[Packed] = None  # packed copy of the tied MLM decoder (zoo.ops), a cache
+
+    def pack_weights(self):
+        """Pack the MLM decoder (the word embeddings, and its bias) for MKL; the Linears pack
+        themselves. Embedding lookups still read the plain matrix, a few rows at a time."""
+        if not self.config.add_mlm_head:
+            return []
+        word = self.embeddings.word_embeddings.weight
+        self._decoder = Packed.of([word], [self.cls.predictions.bias])
+        return [word] if self._decoder is not None else []
+
+    def unpack(self) -> None:
+        self._decoder = None
+
+    def __getstate__(self):  # the packed copy is a cache, not state
+        return {k: v for k, v in self.__dict__.items() if k != "_decoder"}
 
     def _check(self, input_ids, attention_mask, token_type_ids) -> None:
         cfg = self.config
@@ -408,7 +451,8 @@ class Bert(nn.Module):
         if self.config.add_pooling_layer:
             pooled = self.pooler(x[:, 0] if padding is None else x[padding.first])
         if self.config.add_mlm_head:
-            logits = self.cls.predictions(x, self.embeddings.word_embeddings.weight)
+            packed = None if self.training else self._decoder
+            logits = self.cls.predictions(x, self.embeddings.word_embeddings.weight, packed)
         if padding is not None:  # back to the caller's (B, T, ...), zeros at padding
             x = padding.output(x)
             logits = padding.output(logits) if logits is not None else None

@@ -315,6 +315,25 @@ def test_gradients_through_the_unpadded_path_match_transformers(models_and_refs)
         torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4, msg=lambda m: f"{a} vs {b}: {m}")
 
 
+@pytest.mark.parametrize("task", sorted(TASK_CLASS))
+def test_packed_weights_give_what_the_plain_ones_give(models_and_refs, task):
+    """On CPU float32 the loader packs q|k|v as one product and the tied MLM decoder
+    (zoo.ops.Packed); without the packed copies the same outputs come from the plain weights."""
+    from zoo.ops import packing_available, unpack_all
+
+    model = copy.deepcopy(models_and_refs[1][task][0].model)
+    if packing_available():
+        original = models_and_refs[1][task][0].model
+        assert original.encoder.layer[0].attention.self._qkv is not None
+        assert (original._decoder is not None) == (task == "fill-mask")
+    inputs = padded_inputs(PADDINGS["left"])
+    with torch.no_grad():
+        packed = models_and_refs[1][task][0].model(**inputs)
+        unpack_all(model)
+        plain = model(**inputs)
+    testing.assert_outputs_close(plain, packed, inputs, atol=ATOL)
+
+
 def test_no_padding_takes_the_plain_path(models_and_refs):
     """A mask of ones computes exactly what no mask computes (no gather, no scatter)."""
     model = models_and_refs[1]["fill-mask"][0].model
