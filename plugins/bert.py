@@ -348,9 +348,10 @@ class Predictions(nn.Module):
         self.transform = PredictionTransform(cfg)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
-    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor, packed: Optional[Packed] = None) -> torch.Tensor:
-        # (B, T, vocab) or (N, vocab); ``packed``: the decoder weight and bias packed (zoo.ops)
-        return linear(self.transform(x), word_embeddings, self.bias, packed)
+    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        # (B, T, vocab) or (N, vocab); not packed: MKL's packed copy of the word embeddings
+        # would cost their size again in memory
+        return linear(self.transform(x), word_embeddings, self.bias)
 
 
 class MLMHead(nn.Module):
@@ -381,23 +382,6 @@ class Bert(nn.Module):
             self.pooler = Pooler(cfg)
         if cfg.add_mlm_head:
             self.cls = MLMHead(cfg)
-
-    _decoder: Optional[Packed] = None  # packed copy of the tied MLM decoder (zoo.ops), a cache
-
-    def pack_weights(self):
-        """Pack the MLM decoder (the word embeddings, and its bias) for MKL; the Linears pack
-        themselves. Embedding lookups still read the plain matrix, a few rows at a time."""
-        if not self.config.add_mlm_head:
-            return []
-        word = self.embeddings.word_embeddings.weight
-        self._decoder = Packed.of([word], [self.cls.predictions.bias])
-        return [word] if self._decoder is not None else []
-
-    def unpack(self) -> None:
-        self._decoder = None
-
-    def __getstate__(self):  # the packed copy is a cache, not state
-        return {k: v for k, v in self.__dict__.items() if k != "_decoder"}
 
     def _check(self, input_ids, attention_mask, token_type_ids) -> None:
         cfg = self.config
@@ -451,8 +435,7 @@ class Bert(nn.Module):
         if self.config.add_pooling_layer:
             pooled = self.pooler(x[:, 0] if padding is None else x[padding.first])
         if self.config.add_mlm_head:
-            packed = None if self.training else self._decoder
-            logits = self.cls.predictions(x, self.embeddings.word_embeddings.weight, packed)
+            logits = self.cls.predictions(x, self.embeddings.word_embeddings.weight)
         if padding is not None:  # back to the caller's (B, T, ...), zeros at padding
             x = padding.output(x)
             logits = padding.output(logits) if logits is not None else None

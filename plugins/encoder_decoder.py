@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from zoo import kvcache
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
-from zoo.ops import Linear, Packed, linear
+from zoo.ops import Linear, linear
 from zoo.outputs import ModelOutput
 
 NEG = -1.0e9  # "impossible" score used by transformers' beam search bookkeeping (kept identical)
@@ -496,16 +496,8 @@ class Generator(nn.Module):
             self.final_logits_bias = None
         self.log_softmax = cfg.log_softmax_output
 
-    packed: Optional[Packed] = None  # of the tied weight, set by the model (zoo.ops), a cache
-
-    def __getstate__(self):  # the packed copy is a cache, not state
-        return {k: v for k, v in self.__dict__.items() if k != "packed"}
-
     def forward(self, x: torch.Tensor, tied_weight: torch.Tensor) -> torch.Tensor:
-        if self.proj is None:
-            logits = linear(x, tied_weight, packed=None if self.training else self.packed)
-        else:
-            logits = self.proj(x)
+        logits = linear(x, tied_weight) if self.proj is None else self.proj(x)
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias
         return F.log_softmax(logits, dim=-1) if self.log_softmax else logits
@@ -602,17 +594,6 @@ class EncoderDecoder(nn.Module):
         if cache is not None:
             cache.length += tgt_ids.size(1)
         return x
-
-    def pack_weights(self):
-        """Pack a tied output head (the target embeddings) for MKL; Linears pack themselves."""
-        if self.generator.proj is not None:
-            return []
-        weight = self._embed_tgt().lut.weight
-        self.generator.packed = Packed.of([weight])
-        return [weight] if self.generator.packed is not None else []
-
-    def unpack(self) -> None:
-        self.generator.packed = None
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(x, self._embed_tgt().lut.weight)

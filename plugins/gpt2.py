@@ -25,7 +25,7 @@ from zoo import kvcache
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.generation import make_generator, next_token
-from zoo.ops import Linear, Packed, linear
+from zoo.ops import Linear, linear
 from zoo.outputs import ModelOutput
 
 
@@ -138,20 +138,6 @@ class GPT2(nn.Module):
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
 
-    _head: Optional[Packed] = None  # packed copy of the tied output head (zoo.ops), a cache
-
-    def pack_weights(self):
-        """Pack the output head (the token embeddings) for MKL; the blocks' Linears pack
-        themselves. Embedding lookups still read the plain matrix, a few rows at a time."""
-        self._head = Packed.of([self.wte.weight])
-        return [self.wte.weight] if self._head is not None else []
-
-    def unpack(self) -> None:
-        self._head = None
-
-    def __getstate__(self):  # the packed copy is a cache, not state
-        return {k: v for k, v in self.__dict__.items() if k != "_head"}
-
     def _check(self, input_ids: torch.Tensor, past: int = 0) -> None:
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
             raise InputError(f"gpt2 expects token ids of shape [B, T] (int64), got {list(input_ids.shape)} {input_ids.dtype}")
@@ -190,8 +176,9 @@ class GPT2(nn.Module):
             cache.length += T
         if last_token_only:
             x = x[:, -1:]
-        # output head tied to the token embeddings
-        logits = linear(x, self.wte.weight, packed=None if self.training else self._head)
+        # output head tied to the token embeddings (not packed: MKL's packed copy of this
+        # matrix would cost 60-170 MB more memory for a few percent of a prefill)
+        logits = linear(x, self.wte.weight)
         return ModelOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None)
 
     @torch.inference_mode()
