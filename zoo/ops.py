@@ -11,6 +11,7 @@ dict and guarded by the parity tests:
 """
 from __future__ import annotations
 
+import mmap
 import os
 from typing import List, Optional, Sequence
 
@@ -60,6 +61,17 @@ def packing_available() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
+def _scratch(shape, dtype) -> torch.Tensor:
+    """A temporary tensor in its own anonymous memory map, returned to the system as soon as
+    it is dropped. (From the allocator, temporaries of a few MB stay in the process heap after
+    they are freed: packing GPT-2 that way kept ~140 MB more resident, varying run to run.)"""
+    n = 1
+    for d in shape:
+        n *= d
+    buf = mmap.mmap(-1, max(1, n * dtype.itemsize))
+    return torch.frombuffer(buf, dtype=dtype, count=n).view(shape)
+
+
 def _stamp(tensors) -> tuple:
     """What identifies the state of some tensors: storage address, version, dtype."""
     return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors if t is not None)
@@ -83,7 +95,10 @@ class Packed:
 
     def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor] = ()):
         with torch.no_grad():
-            w = weights[0].detach() if len(weights) == 1 else torch.cat([t.detach() for t in weights])
+            w = weights[0].detach()
+            if len(weights) > 1 or not w.is_contiguous():  # MKL packs from a contiguous matrix
+                rows = sum(t.shape[0] for t in weights)
+                w = torch.cat([t.detach() for t in weights], out=_scratch((rows, w.shape[1]), w.dtype))
             self.data = torch.ops.mkl._mkl_reorder_linear_weight(w, PACK_ROWS)
             self.bias = None if not biases else biases[0].detach() if len(biases) == 1 else torch.cat(biases)
         self.shape = torch.empty(1).expand(w.shape)  # MKL wants the plain weight for its shape only
