@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
-from zoo.ops import Linear, Packed, linear
+from zoo.ops import Linear, PackedQKV, linear
 from zoo.outputs import ModelOutput
 
 
@@ -189,14 +189,9 @@ class Embeddings(nn.Module):
 # ----------------------------------------------------------------------------- encoder layer
 
 
-class SelfAttention(nn.Module):
-    """Bidirectional multi-head attention with separate q, k, v projections.
-
-    q, k and v keep the checkpoint's three Linears (plain ``nn.Linear``: they are not packed
-    one by one); on CPU float32 the loader packs them as one product (``pack_weights``), one
-    matrix product instead of three."""
-
-    _qkv: Optional[Packed] = None  # q | k | v packed side by side (zoo.ops), a cache
+class SelfAttention(PackedQKV):
+    """Bidirectional multi-head attention with separate q, k, v projections (plain
+    ``nn.Linear``: zoo.ops.PackedQKV packs the three as one product)."""
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -206,27 +201,10 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_probs_dropout_prob
 
-    def _parts(self):
-        parts = (self.query, self.key, self.value)
-        return [p.weight for p in parts], [p.bias for p in parts]
-
-    def pack_weights(self):
-        self._qkv = Packed.of(*self._parts())
-        return self._parts()[0] if self._qkv is not None else []
-
-    def unpack(self) -> None:
-        self._qkv = None
-
-    def __getstate__(self):  # the packed copy is a cache, not state
-        return {k: v for k, v in self.__dict__.items() if k != "_qkv"}
-
     def forward(self, x: torch.Tensor, padding: Optional[Padding]) -> torch.Tensor:
         H = x.shape[-1]
         # (B, T, H) each, or (N, H) unpadded
-        if self._qkv is not None and not self.training and self._qkv.usable(x, *self._parts()):
-            q, k, v = self._qkv.linear(x).split(H, dim=-1)
-        else:
-            q, k, v = self.query(x), self.key(x), self.value(x)
+        q, k, v = self.project_qkv(x)
         mask = None  # no padding: no mask at all, as transformers
         if padding is not None:
             # SDPA wants the padded layout: scatter the N tokens back (zeros at padding) and

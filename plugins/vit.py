@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
-from zoo.ops import Linear, Packed
+from zoo.ops import Linear, PackedQKV
 from zoo.outputs import ModelOutput
 
 TASKS = ("image-classification", "image-feature-extraction")
@@ -178,13 +178,11 @@ class Embeddings(nn.Module):
         return x + self.positions(H // ph, W // pw, interpolate)
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(PackedQKV):
     """Multi-head self-attention over all tokens (no mask: every patch sees every patch).
 
-    q, k and v keep the checkpoint's three Linears; on CPU float32 the loader packs them as one
-    product (``pack_weights``), one matrix product instead of three (about 20 % faster)."""
-
-    _qkv: Optional[Packed] = None  # q | k | v packed side by side (zoo.ops), a cache
+    q, k and v keep the checkpoint's three Linears (plain ``nn.Linear``: zoo.ops.PackedQKV
+    packs the three as one product)."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -193,27 +191,10 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
 
-    def _parts(self):
-        parts = (self.query, self.key, self.value)
-        return [p.weight for p in parts], [p.bias for p in parts]
-
-    def pack_weights(self):
-        self._qkv = Packed.of(*self._parts())
-        return self._parts()[0] if self._qkv is not None else []
-
-    def unpack(self) -> None:
-        self._qkv = None
-
-    def __getstate__(self):  # the packed copy is a cache, not state
-        return {k: v for k, v in self.__dict__.items() if k != "_qkv"}
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         hs = C // self.n_head
-        if self._qkv is not None and not self.training and self._qkv.usable(x, *self._parts()):
-            q, k, v = self._qkv.linear(x).split(C, dim=-1)
-        else:
-            q, k, v = self.query(x), self.key(x), self.value(x)
+        q, k, v = self.project_qkv(x)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)

@@ -239,11 +239,7 @@ def _pack(model: torch.nn.Module) -> None:
     """Pack weights for MKL (zoo.ops.pack_all), then give the plain weights' pages back to the
     page cache: forward reads only the packed copies, and the plain weights stay valid
     (re-read from the file if touched), so memory stays near the file's size."""
-    for module in model.modules():
-        fn = getattr(module, "pack_weights", None)
-        if callable(fn):
-            for weight in fn():
-                ckpt.release(weight)
+    ops.pack_all(model, on_packed=ckpt.release)
 
 
 def _contiguous_in_place(state, source, report, keep=frozenset()):
