@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.activations import ACTIVATIONS
+from zoo.activations import ACTIVATIONS, activate_
 from zoo.errors import ConfigError, InputError
 from zoo.ops import Linear, PackedQKV, linear
 from zoo.outputs import ModelOutput
@@ -233,7 +233,7 @@ class SelfOutput(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(y)) + residual)
+        return self.LayerNorm(self.dropout(self.dense(y)).add_(residual))  # into the fresh output
 
 
 class Attention(nn.Module):
@@ -255,7 +255,7 @@ class Intermediate(nn.Module):
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.dense(x))
+        return activate_(self.act, self.dense(x))  # over the fresh output
 
 
 class Output(nn.Module):
@@ -268,7 +268,7 @@ class Output(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+        return self.LayerNorm(self.dropout(self.dense(h)).add_(residual))  # into the fresh output
 
 
 class Layer(nn.Module):

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zoo import kvcache
-from zoo.activations import ACTIVATIONS
+from zoo.activations import ACTIVATIONS, activate_
 from zoo.errors import ConfigError, InputError
 from zoo.ops import Linear, linear
 from zoo.outputs import ModelOutput
@@ -385,7 +385,7 @@ class PositionwiseFeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_2(self.dropout(self.act(self.w_1(x))))
+        return self.w_2(self.dropout(activate_(self.act, self.w_1(x))))  # over w_1's fresh output
 
 
 class SublayerConnection(nn.Module):
@@ -403,8 +403,8 @@ class SublayerConnection(nn.Module):
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         if self.pre:
-            return x + self.dropout(sublayer(self.norm(x)))
-        return self.norm(x + self.dropout(sublayer(x)))
+            return self.dropout(sublayer(self.norm(x))).add_(x)  # into the fresh output
+        return self.norm(self.dropout(sublayer(x)).add_(x))
 
 
 # ---------------------------------------------------------------------------------- stacks

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zoo import kvcache
-from zoo.activations import ACTIVATIONS
+from zoo.activations import ACTIVATIONS, activate_
 from zoo.errors import ConfigError, InputError
 from zoo.generation import make_generator, next_token
 from zoo.ops import Linear, linear
@@ -83,15 +83,15 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        # (B, T, 3C) -> (3, B, nh, T, hs): q, k and v with their heads apart, as one view
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         if cache is None:
+            q, k, v = qkv.unbind(0)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             past = cache.length
-            k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
+            q = qkv[0]
+            k, v = cache.update_kv(layer, qkv[1:])  # each (B, nh, past + T, hs)
             if T == 1:  # one new token sees every cached position: no mask needed
                 y = F.scaled_dot_product_attention(q, k, v)
             else:  # new token t (at position past + t) sees positions <= past + t
@@ -111,7 +111,7 @@ class MLP(nn.Module):
         self.act = ACTIVATIONS[cfg.activation_function]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.act(self.c_fc(x)))
+        return self.c_proj(activate_(self.act, self.c_fc(x)))
 
 
 class Block(nn.Module):
@@ -123,8 +123,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
-        return x + self.mlp(self.ln_2(x))
+        # residuals are added into the sublayers' fresh outputs (y + x equals x + y bit for bit)
+        x = self.attn(self.ln_1(x), cache, layer).add_(x)
+        return self.mlp(self.ln_2(x)).add_(x)
 
 
 class GPT2(nn.Module):
@@ -159,8 +160,11 @@ class GPT2(nn.Module):
         output_hidden_states: bool = False,
         last_token_only: bool = False,
     ) -> ModelOutput:
+        self._check(input_ids, cache.length if cache is not None else 0)
+        return self._forward(input_ids, cache, output_hidden_states, last_token_only)
+
+    def _forward(self, input_ids, cache, output_hidden_states, last_token_only) -> ModelOutput:
         past = cache.length if cache is not None else 0
-        self._check(input_ids, past)
         T = input_ids.size(1)
         pos = torch.arange(past, past + T, device=input_ids.device)
         x = self.wte(input_ids) + self.wpe(pos)  # (B, T, C)
@@ -211,7 +215,8 @@ class GPT2(nn.Module):
         tokens, n = input_ids, T
         done = torch.zeros(B, dtype=torch.bool, device=param.device)
         for _ in range(max_new_tokens):
-            logits = self(tokens, cache=cache, last_token_only=True).logits[:, -1]
+            # the ids were checked above; later ones come from the vocabulary itself
+            logits = self._forward(tokens, cache, False, True).logits[:, -1]
             nxt = next_token(logits, temperature, top_k, gen)
             out[:, n] = nxt
             n += 1

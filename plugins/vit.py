@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.activations import ACTIVATIONS
+from zoo.activations import ACTIVATIONS, activate_
 from zoo.errors import ConfigError, InputError
 from zoo.ops import Linear, PackedQKV
 from zoo.outputs import ModelOutput
@@ -227,8 +227,11 @@ class Layer(nn.Module):
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.layernorm_before(x))
-        return x + self.output(self.act(self.intermediate(self.layernorm_after(x))))
+        # residuals are added into the sublayers' fresh outputs (y + x equals x + y bit for bit),
+        # and the activation overwrites its input: fewer large buffers per block
+        x = self.attention(self.layernorm_before(x)).add_(x)
+        h = activate_(self.act, self.intermediate(self.layernorm_after(x)))
+        return self.output(h).add_(x)
 
 
 class Encoder(nn.Module):

@@ -1,10 +1,12 @@
-"""zoo.ops.linear computes F.linear, in either orientation, for every row count."""
+"""zoo.ops.linear computes F.linear, in either orientation, for every row count; in-place
+activations compute the activations."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from zoo.activations import ACTIVATIONS, activate_
 from zoo.ops import Linear, Packed, linear
 
 
@@ -128,3 +130,25 @@ def test_fused_packed_weights_give_the_outputs_side_by_side(bias):
         (parts[2].bias if bias else parts[2].weight).add_(1)
     assert not packed.usable(x, weights, biases)
     assert Packed.of(weights, [biases[0], None, None] if bias else [torch.zeros(48), None, None]) is None
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_in_place_activation_equals_the_activation(name):
+    act = ACTIVATIONS[name]
+    x = torch.randn(4, 33, generator=torch.Generator().manual_seed(0)) * 4
+    expected = act(x)
+    with torch.inference_mode():
+        y = x.clone()
+        out = activate_(act, y)
+    assert torch.equal(out, expected)  # the same kernel: equal bit for bit
+
+
+def test_in_place_activation_leaves_autograd_its_input():
+    x = torch.randn(8, requires_grad=True)
+    h = x * 2
+    y = activate_(ACTIVATIONS["gelu"], h)
+    assert y is not h  # gelu's backward reads h: it must not be overwritten
+    y.sum().backward()
+    ref = x.detach().clone().requires_grad_()
+    F.gelu(ref * 2).sum().backward()
+    assert torch.equal(x.grad, ref.grad)

@@ -32,3 +32,23 @@ ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "swish": F.silu,
     "tanh": torch.tanh,
 }
+
+
+# in-place forms of the activations that have one (same kernels, so the same values bit for bit)
+_IN_PLACE: Dict[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] = {
+    F.gelu: lambda x: torch.ops.aten.gelu_(x),
+    _gelu_tanh: lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+    F.relu: F.relu_,
+    F.silu: lambda x: F.silu(x, inplace=True),
+    torch.tanh: torch.tanh_,
+}
+
+
+def activate_(act: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``act(x)`` written over ``x`` when autograd does not need ``x`` (inference) and ``act``
+    has an in-place form; else ``act(x)``. For a fresh intermediate that nothing else reads,
+    such as a linear layer's output: one large buffer less to allocate and fault in per layer."""
+    fn = _IN_PLACE.get(act)
+    if fn is None or (x.requires_grad and torch.is_grad_enabled()):
+        return act(x)
+    return fn(x)

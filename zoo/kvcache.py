@@ -1,12 +1,15 @@
 """A preallocated key/value cache for incremental decoding, shared by the architectures.
 
-Keys and values of every layer live in two tensors of shape ``(n_layer, B, nh, max_len, hs)``,
-allocated once; ``length`` positions are filled. Each decoding step writes its new positions in
-place and attends over views of the filled part: no recomputation, no reallocation per step.
+Keys and values of every layer live in one tensor ``kv`` of shape
+``(n_layer, 2, B, nh, max_len, hs)`` (``k`` and ``v`` are its two halves), allocated once;
+``length`` positions are filled. Each decoding step writes its new positions in place and
+attends over views of the filled part: no recomputation, no reallocation per step. A step's
+keys and values go in with one copy (:meth:`KVCache.update_kv`) when the model computes them
+side by side, as GPT-2's fused q|k|v projection does.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -15,30 +18,55 @@ from .errors import InputError
 
 class KVCache:
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_size: int, device, dtype):
-        shape = (n_layer, batch, n_head, max_len, head_size)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.kv = torch.empty((n_layer, 2, batch, n_head, max_len, head_size), device=device, dtype=dtype)
         self.length = 0
-        self._spare: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self._spare: Optional[torch.Tensor] = None
+        self._views()
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+    def _views(self) -> None:
+        # per-layer views made once: a decoding step pays for a few tensor ops per layer, so
+        # indexing the 6-D tensor afresh at every step would be a measurable share of it
+        self._layer: List[torch.Tensor] = list(self.kv.unbind(0))  # each (2, B, nh, max_len, hs)
+
+    @property
+    def k(self) -> torch.Tensor:
+        """Keys of every layer, (n_layer, B, nh, max_len, hs) (a view)."""
+        return self.kv[:, 0]
+
+    @property
+    def v(self) -> torch.Tensor:
+        """Values of every layer, (n_layer, B, nh, max_len, hs) (a view)."""
+        return self.kv[:, 1]
+
+    def _check(self, steps: int) -> int:
+        end = self.length + steps
+        if end > self.kv.size(4):
+            raise InputError(f"KV cache holds {self.kv.size(4)} positions; {end} needed")
+        return end
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Store this step's keys/values (B, nh, T, hs); return all so far (views, no copy).
 
         ``length`` is advanced by the model once every layer has written its step."""
-        end = self.length + k.size(2)
-        if end > self.k.size(3):
-            raise InputError(f"KV cache holds {self.k.size(3)} positions; {end} needed")
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        end = self._check(k.size(2))
+        keys, values = self._layer[layer].unbind(0)
+        keys.narrow(2, self.length, k.size(2)).copy_(k)
+        values.narrow(2, self.length, v.size(2)).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+
+    def update_kv(self, layer: int, kv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`update` with keys and values stacked, (2, B, nh, T, hs): one copy."""
+        end = self._check(kv.size(3))
+        cached = self._layer[layer]
+        cached.narrow(3, self.length, kv.size(3)).copy_(kv)
+        keys, values = cached.narrow(3, 0, end).unbind(0)
+        return keys, values
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Row i of the cache becomes old row ``rows[i]`` (beam search): gathered into a second
         preallocated buffer, then the two are swapped."""
         if self._spare is None:
-            self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
-        k2, v2 = self._spare
-        torch.index_select(self.k, 1, rows, out=k2)
-        torch.index_select(self.v, 1, rows, out=v2)
-        self._spare = (self.k, self.v)
-        self.k, self.v = k2, v2
+            self._spare = torch.empty_like(self.kv)
+        torch.index_select(self.kv, 2, rows, out=self._spare)
+        self.kv, self._spare = self._spare, self.kv
+        self._views()

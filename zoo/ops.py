@@ -72,12 +72,13 @@ def _scratch(shape, dtype) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=dtype, count=n).view(shape)
 
 
-def _stamp(tensors) -> tuple:
+def _stamp(tensors) -> list:
     """What identifies the state of some tensors: storage address, version, dtype."""
-    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors if t is not None)
+    return [(t.data_ptr(), t._version, t.dtype) for t in tensors if t is not None]
 
 
-_mkl_linear = torch.ops.mkl._mkl_linear if hasattr(torch.ops.mkl, "_mkl_linear") else None
+# the operator itself rather than its overload packet: a decode step calls it ~50 times
+_mkl_linear = torch.ops.mkl._mkl_linear.default if hasattr(torch.ops.mkl, "_mkl_linear") else None
 
 
 class Packed:
@@ -119,17 +120,20 @@ class Packed:
         """Whether ``x`` times these (current) weights may be computed from this copy.
 
         Called on every product, so kept to a few attribute reads (a decode step makes ~50)."""
-        if not x.is_cpu or x.dtype is not torch.float32 or _stamp((*weights, *biases)) != self.stamp:
+        if x.dtype is not torch.float32 or not x.is_cpu:
             return False
-        return not (torch.is_grad_enabled() and (x.requires_grad or any(
-            t.requires_grad for t in (*weights, *biases) if t is not None)))
+        if torch.is_grad_enabled() and (x.requires_grad or any(
+                t.requires_grad for t in (*weights, *biases) if t is not None)):
+            return False
+        # _stamp inlined: a function call is a measurable share of a one-row product
+        return [(t.data_ptr(), t._version, t.dtype) for t in (*weights, *biases) if t is not None] == self.stamp
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         # with batch_size == rows MKL computes from the packed copy (the plain weight, of which
         # it only needs the shape, is never read); it takes [..., in] input as it is
         if not x.is_contiguous():
             x = x.contiguous()
-        return _mkl_linear(x, self.data, self.shape, self.bias, x.numel() // x.shape[-1])
+        return _mkl_linear(x, self.data, self.shape, self.bias, x.numel() // x.size(-1))
 
 
 class Linear(nn.Linear):
@@ -148,7 +152,11 @@ class Linear(nn.Linear):
         self._packed = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, None if self.training else self._packed)
+        params = self._parameters  # read directly: nn.Module.__getattr__ costs µs per call
+        packed, weight, bias = self._packed, params["weight"], params["bias"]
+        if packed is not None and not self.training and packed.usable(x, (weight,), (bias,)):
+            return packed.linear(x)
+        return linear(x, weight, bias)
 
     def __getstate__(self):  # pickling / deepcopy: a packed copy is a cache, not state
         state = dict(self.__dict__)
