@@ -124,6 +124,38 @@ def test_bad_config_json(folder, content, message):
         zoo.load(str(folder), device="cpu")
 
 
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[4]", "must hold a JSON object, got list"),
+        ('{"num_beams": "4"}', 'field num_beams must be an integer >= 1, got "4"'),
+        ('{"max_length": true}', "field max_length must be an integer >= 1, got true"),
+        ('{"eos_token_id": -1}', "field eos_token_id must be a token id (an integer >= 0) or a list of token ids, got -1"),
+        ('{"bad_words_ids": [58100]}', "field bad_words_ids must be a list of token-id lists, e.g. [[58100]], got [58100]"),
+        ('{"early_stopping": "sometimes"}', 'field early_stopping must be true, false or "never", got "sometimes"'),
+        ('{"renormalize_logits": 1}', "field renormalize_logits must be true or false, got 1"),
+    ],
+)
+def test_bad_generation_config_json(folder, content, message):
+    path = folder / "generation_config.json"
+    path.write_text(content)
+    before = digest(folder)
+    with pytest.raises(CheckpointError) as err:
+        zoo.load(str(folder), device="cpu")
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert digest(folder) == before
+
+
+def test_generation_config_nulls_and_other_entries_are_ignored(folder):
+    from zoo.checkpoint import read_generation_config
+
+    (folder / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": None, "num_beams": 2, "use_cache": True, "transformers_version": "5.0.0"})
+    )
+    assert read_generation_config(folder) == {"num_beams": 2}
+
+
 def test_unsupported_config_value_is_named(folder):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "activation_function": "mish"}))

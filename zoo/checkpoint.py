@@ -79,6 +79,72 @@ def read_config(folder: Path) -> dict:
     return config
 
 
+def _is_int(v, least: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _is_ids(v) -> bool:
+    return _is_int(v, 0) or (isinstance(v, list) and bool(v) and all(_is_int(t, 0) for t in v))
+
+
+_TOKEN_IDS = (_is_ids, "a token id (an integer >= 0) or a list of token ids")
+_COUNT = (lambda v: _is_int(v, 1), "an integer >= 1")
+_NUMBER = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
+_FLAG = (lambda v: isinstance(v, bool), "true or false")
+
+# The decoding defaults zoo takes from generation_config.json, with what each value must be.
+# Other entries of the file (transformers' output switches, its version) are not model settings.
+GENERATION_FIELDS = {
+    "bos_token_id": _TOKEN_IDS,
+    "eos_token_id": _TOKEN_IDS,
+    "pad_token_id": (lambda v: _is_int(v, 0), "a token id (an integer >= 0)"),
+    "decoder_start_token_id": _TOKEN_IDS,
+    "forced_bos_token_id": _TOKEN_IDS,
+    "forced_eos_token_id": _TOKEN_IDS,
+    "bad_words_ids": (
+        lambda v: isinstance(v, list) and all(isinstance(w, list) and w and all(_is_int(t, 0) for t in w) for w in v),
+        "a list of token-id lists, e.g. [[58100]]",
+    ),
+    "max_length": _COUNT,
+    "max_new_tokens": _COUNT,
+    "num_beams": _COUNT,
+    "length_penalty": _NUMBER,
+    "early_stopping": (lambda v: isinstance(v, bool) or v == "never", 'true, false or "never"'),
+    "renormalize_logits": _FLAG,
+    "do_sample": _FLAG,
+    "temperature": _NUMBER,
+    "top_k": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "top_p": _NUMBER,
+}
+
+
+def read_generation_config(folder: Path) -> dict:
+    """The decoding defaults in a checkpoint folder's ``generation_config.json`` ({} without one).
+
+    Only the fields of :data:`GENERATION_FIELDS` are returned, each type-checked; ``null`` means
+    unset and is left out. A malformed file raises :class:`CheckpointError` naming the file and
+    the field.
+    """
+    path = Path(folder) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    out = {}
+    for key, (valid, what) in GENERATION_FIELDS.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        if not valid(value):
+            raise CheckpointError(f"{path}: field {key} must be {what}, got {json.dumps(value)}")
+        out[key] = value
+    return out
+
+
 def find_weights(folder: Path, allow_pickle: bool = False) -> WeightFiles:
     """Locate the weights in a folder: sharded or single safetensors, else (opt-in) pickles."""
     folder = Path(folder)

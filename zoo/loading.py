@@ -2,6 +2,7 @@
 
     resolve       registry entry, alias, or local checkpoint folder/file -> ModelEntry
     locate        local folder | Hugging Face cache | Hub download
+    configure     the entry's config < config.json < generation_config.json < overrides
     read          safetensors, memory-mapped (pickle only when opted in)
     convert       the converter's key map, strict accounting
     build         the architecture on the meta device (no random init)
@@ -195,6 +196,9 @@ def load_full(
     config = dict(entry.config)
     if folder is not None and (folder / "config.json").is_file():
         config.update(ckpt.read_config(folder))
+        # transformers reads decoding defaults from generation_config.json; config.json's copies
+        # of them are legacy, so the file's values take precedence
+        config.update(ckpt.read_generation_config(folder))
     config.update(config_overrides or {})
 
     if files is None:  # an entry without weights: fresh initialization, for training
