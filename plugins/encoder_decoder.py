@@ -29,7 +29,10 @@ time over a preallocated key/value cache: self-attention keys/values are written
 the cross-attention keys/values of the encoder output are computed once per layer. Greedy and
 beam search reproduce transformers' ``generate`` for Marian (its logits processors:
 ``bad_words_ids``, ``forced_eos_token_id``, ``renormalize_logits``; beam search with its length
-penalty and ``early_stopping`` heuristic), so the token ids are identical.
+penalty and ``early_stopping`` heuristic), so the token ids are identical. Like transformers'
+``generate``, it defaults to the checkpoint's ``num_beams`` and ``max_length`` (which counts the
+decoder start token; 20 when the checkpoint sets none), read from the config the loader gives,
+where generation_config.json's values take precedence over config.json's.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 from zoo import kvcache
 from zoo.activations import ACTIVATIONS, activate_
 from zoo.errors import ConfigError, InputError
+from zoo.generation import default_new_tokens
 from zoo.ops import Linear, linear
 from zoo.outputs import ModelOutput
 
@@ -92,7 +96,8 @@ class EncoderDecoderConfig:
     renormalize_logits: bool = False
     length_penalty: float = 1.0
     early_stopping: Any = False  # False | True | "never", as transformers
-    max_new_tokens: int = 64
+    num_beams: int = 1  # generate()'s default: 1 is greedy
+    max_new_tokens: int = 64  # generate()'s default length
 
     CHOICES = {
         "norm_placement": ("pre", "post"),
@@ -199,6 +204,9 @@ class EncoderDecoderConfig:
             renormalize_logits=bool(c.get("renormalize_logits", False)),
             length_penalty=float(c.get("length_penalty", 1.0)),
             early_stopping=c.get("early_stopping", False),
+            num_beams=int(c.get("num_beams", 1)),
+            # transformers' default max_length is 20, counting the decoder start token
+            max_new_tokens=default_new_tokens(c, start_length=1, fallback=19),
         )._check()
 
     def _check(self) -> "EncoderDecoderConfig":
@@ -645,15 +653,17 @@ class EncoderDecoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         max_new_tokens: Optional[int] = None,
-        num_beams: int = 1,
+        num_beams: Optional[int] = None,
         length_penalty: Optional[float] = None,
         early_stopping: Any = None,
     ) -> torch.Tensor:
         """Translate ``input_ids`` [B, S]; returns [B, 1 + n] target ids as transformers'
         ``generate`` does: starting with ``decoder_start_token_id``, rows that finished early
-        padded with ``pad_token_id``. Greedy when ``num_beams`` is 1, else beam search."""
+        padded with ``pad_token_id``. Greedy when ``num_beams`` is 1, else beam search.
+        Arguments left at ``None`` take the checkpoint's defaults (its generation config)."""
         cfg = self.config
         n = cfg.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        num_beams = cfg.num_beams if num_beams is None else num_beams
         if n < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {n}")
         if int(num_beams) < 1:

@@ -170,6 +170,29 @@ def test_generation_check_is_not_vacuous(marian):
     assert (greedy[:, 0] == PAD).all() and (beam[:, 0] == PAD).all()  # decoder start token first
 
 
+# ---------------------------------------------------------------------------------- generation_config.json
+
+
+@pytest.fixture(scope="module")
+def marian_generation_config(tmp_path_factory):
+    """(reference, folder): the opus-like model saved with a generation_config.json that
+    disagrees with its config.json (eos 1, not 0) and sets num_beams and max_length, as the
+    opus-mt repos keep their decoding defaults there."""
+    ref, config = marian_reference("opus-like")
+    ref.generation_config.update(eos_token_id=1, forced_eos_token_id=1, num_beams=3, max_length=10)
+    folder = write_layout(ref, config, tmp_path_factory.mktemp("generation-config"), "save_pretrained")
+    return ref, folder
+
+
+def test_generation_config_takes_precedence_over_config_json(marian_generation_config):
+    _, folder = marian_generation_config
+    assert json.loads((folder / "config.json").read_text())["eos_token_id"] == 0
+    loaded = load_full(folder, device="cpu")
+    cfg = loaded.model.config
+    assert (cfg.eos_token_id, cfg.forced_eos_token_id, cfg.num_beams, cfg.max_new_tokens) == (1, 1, 3, 9)
+    assert loaded.config["eos_token_id"] == 1 and "_from_model_config" not in loaded.config  # decoding defaults only
+
+
 # ---------------------------------------------------------------------------------- broken mappings
 
 

@@ -1,7 +1,8 @@
-"""Token selection shared by generative architectures: greedy, temperature, top-k."""
+"""Token selection shared by generative architectures (greedy, temperature, top-k), and the
+default length of a generation."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -31,3 +32,14 @@ def next_token(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def default_new_tokens(config: Mapping[str, Any], start_length: int, fallback: int) -> int:
+    """How many tokens transformers' ``generate`` adds when not told: the config's
+    ``max_new_tokens``, else its ``max_length`` less the ``start_length`` tokens the output
+    starts with (the prompt; an encoder-decoder's decoder start token), else ``fallback``."""
+    if config.get("max_new_tokens") is not None:
+        return int(config["max_new_tokens"])
+    if config.get("max_length") is not None:
+        return max(int(config["max_length"]) - start_length, 0)
+    return fallback

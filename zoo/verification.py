@@ -347,9 +347,12 @@ def verify(
 
 def generate_kwargs(loaded, new_tokens: int, num_beams: int = 1):
     """Keyword arguments for zoo's ``generate`` and transformers' ``generate`` that make the two
-    decode the same way: same length, same beams, zoo stopping where transformers stops."""
+    decode the same way: same length, same beams, zoo stopping where transformers stops.
+
+    Both sides are told every setting the comparison depends on, so neither falls back to the
+    checkpoint's defaults (a generation_config.json with ``num_beams=4``, say)."""
     ours: Dict[str, Any] = {"max_new_tokens": new_tokens}
-    if num_beams > 1:
+    if loaded.task == "translation" or num_beams > 1:
         ours["num_beams"] = num_beams
     if loaded.task == "text-generation":
         ours["eos_token_id"] = loaded.config.get("eos_token_id")
