@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +105,8 @@ def test_run_without_tokenizer_says_to_use_ids(tiny):
     assert result.exit_code == 2 and "--ids" in result.output
 
 
-def test_run_with_a_tokenizer_prints_text(tiny, tmp_path):
+def _with_tokenizer(checkpoint, folder):
+    """A copy of ``checkpoint`` in ``folder`` with a tiny byte-level BPE tokenizer.json."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -112,16 +114,54 @@ def test_run_with_a_tokenizer_prints_text(tiny, tmp_path):
     trainer = trainers.BpeTrainer(vocab_size=96, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:60])
     tok.train_from_iterator(["hello world, the zoo says hello"] * 20, trainer)
-    folder = tmp_path / "with-tok"
     folder.mkdir()
-    for f in tiny.iterdir():
+    for f in checkpoint.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    return folder
+
+
+def test_run_with_a_tokenizer_prints_text(tiny, tmp_path):
+    folder = _with_tokenizer(tiny, tmp_path / "with-tok")
     result = invoke("run", str(folder), "hello world", "--max-new-tokens", "4", "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert len(data["generated_ids"]) <= 4 and isinstance(data["text"], str)
+
+
+def test_run_takes_eos_and_length_from_generation_config(tiny, tmp_path):
+    """gpt2 keeps its eos_token_id in generation_config.json: that one wins over config.json's,
+    and the file's max_new_tokens is the default length, as in transformers' generate()."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, GPT2LMHeadModel
+
+    folder = _with_tokenizer(tiny, tmp_path / "gen")
+    prompt = torch.tensor([AutoTokenizer.from_pretrained(str(folder))("hello world")["input_ids"]])
+    mask = torch.ones_like(prompt)
+    first = GPT2LMHeadModel.from_pretrained(str(folder)).generate(prompt, attention_mask=mask, max_new_tokens=1)
+    eos = int(first[0, -1])  # an eos that stops the generation after its first token
+    assert json.loads((folder / "config.json").read_text())["eos_token_id"] != eos
+    GenerationConfig(eos_token_id=eos, max_new_tokens=6).save_pretrained(str(folder))
+    result = invoke("run", str(folder), "hello world", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    ref = GPT2LMHeadModel.from_pretrained(str(folder)).eval()  # with the generation config now
+    want = ref.generate(prompt, attention_mask=mask)[0, prompt.shape[1]:].tolist()
+    assert json.loads(result.stdout)["generated_ids"] == want == [eos]
+    result = invoke("run", str(folder), "--ids", "1,2,3", "--device", "cpu", "--json")  # --ids: no eos
+    assert len(json.loads(result.stdout)["generated_ids"]) == 6
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"num_beams": "4"}'])
+def test_malformed_generation_config_is_one_line(tiny, tmp_path, content):
+    folder = tmp_path / "bad"
+    shutil.copytree(tiny, folder)
+    (folder / "generation_config.json").write_text(content)
+    before = digest(folder)
+    result = invoke("run", str(folder), "--ids", "1,2", "--device", "cpu")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith(f"zoo: error: {folder / 'generation_config.json'}: ")
+    assert result.output.count("\n") == 1 and digest(folder) == before
 
 
 def _subprocess(args, **env):

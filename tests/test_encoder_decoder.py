@@ -193,6 +193,26 @@ def test_generation_config_takes_precedence_over_config_json(marian_generation_c
     assert loaded.config["eos_token_id"] == 1 and "_from_model_config" not in loaded.config  # decoding defaults only
 
 
+def test_zoo_run_decodes_with_the_checkpoint_defaults(marian_generation_config):
+    """No --beams, no --max-new-tokens: the ids transformers' generate() gives with the
+    checkpoint's defaults (3 beams, max_length 10, eos 1), and not the greedy ones."""
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    ref, folder = marian_generation_config
+    ids = [29, 22, 10, 1]
+    result = CliRunner().invoke(cli, ["run", str(folder), "--ids", ",".join(map(str, ids)), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    want = ref.generate(torch.tensor([ids]))[0].tolist()
+    assert data["output_ids"] == want and data["beams"] == 3 and len(want) == 10
+    assert want != ref.generate(torch.tensor([ids]), num_beams=1)[0].tolist()
+    # verify tells both sides every setting (greedy here), so it still compares like with like
+    result = CliRunner().invoke(cli, ["verify", str(folder), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+
+
 # ---------------------------------------------------------------------------------- broken mappings
 
 

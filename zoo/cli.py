@@ -215,12 +215,16 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
 @click.argument("inputs", nargs=-1)
 @click.option("--checkpoint", type=click.Path(exists=True), help="Local checkpoint folder or file to use.")
 @_device_options
-@click.option("--max-new-tokens", default=32, show_default=True, help="Tokens to generate.")
+@click.option("--max-new-tokens", type=int, default=None,
+              help="Tokens to generate. Default: the checkpoint's (max_new_tokens or max_length in its "
+                   "generation_config.json), else 32.")
 @click.option("--temperature", type=float, default=None, help="Sampling temperature (0 or unset: greedy).")
 @click.option("--top-k", type=int, default=None, help="Sample only among the K most likely tokens.")
 @click.option("--seed", type=int, default=None, help="Seed for sampling.")
 @click.option("--ids", default=None, help="Token ids, comma-separated, instead of text.")
-@click.option("--beams", default=1, show_default=True, help="Beam search width (translation).")
+@click.option("--beams", type=int, default=None,
+              help="Beam search width (translation). Default: the checkpoint's num_beams "
+                   "(generation_config.json), else 1.")
 @click.option("--embed", is_flag=True, help="Print a sentence embedding instead (encoders).")
 @click.option("--top", default=5, show_default=True, help="How many candidates/labels to show.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")

@@ -17,17 +17,19 @@ from typing import Callable, List, Optional
 
 from ..errors import InputError
 
+DEFAULT_NEW_TOKENS = 32  # --max-new-tokens when the checkpoint sets no length (gpt2's does not)
+
 
 @dataclass
 class RunOptions:
     """Every ``zoo run`` option; a runner reads the ones that mean something for its task."""
 
-    max_new_tokens: int = 32
+    max_new_tokens: Optional[int] = None  # None: the checkpoint's default
     temperature: Optional[float] = None
     top_k: Optional[int] = None
     seed: Optional[int] = None
     ids: Optional[List[int]] = None  # token ids given directly (no tokenizer needed)
-    beams: int = 1
+    beams: Optional[int] = None  # None: the checkpoint's num_beams
     embed: bool = False
     top: int = 5
     json: bool = False

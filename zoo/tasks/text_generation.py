@@ -1,9 +1,15 @@
-"""``zoo run`` for language models: stream a continuation of the prompt."""
+"""``zoo run`` for language models: stream a continuation of the prompt.
+
+Without ``--max-new-tokens`` the length is the checkpoint's (``max_new_tokens``, or
+``max_length`` counting the prompt, from its generation_config.json), else 32 tokens. Text
+input stops at the checkpoint's ``eos_token_id``; ``--ids`` input runs the full length.
+"""
 from __future__ import annotations
 
 import torch
 
-from . import prompt_ids
+from ..generation import default_new_tokens
+from . import DEFAULT_NEW_TOKENS, prompt_ids
 
 
 def run(loaded, inputs, opts, emit):
@@ -30,9 +36,12 @@ def run(loaded, inputs, opts, emit):
                 shown = text
 
     eos = loaded.config.get("eos_token_id") if tok is not None else None  # --ids: exactly N tokens
+    n = opts.max_new_tokens
+    if n is None:
+        n = default_new_tokens(loaded.config, len(ids), DEFAULT_NEW_TOKENS)
     model.generate(
         input_ids,
-        max_new_tokens=opts.max_new_tokens,
+        max_new_tokens=n,
         temperature=opts.temperature,
         top_k=opts.top_k,
         seed=opts.seed,
