@@ -233,7 +233,7 @@ class SelfOutput(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(y)).add_(residual))  # into the fresh output
+        return self.LayerNorm(self.dropout(self.dense(y)) + residual)
 
 
 class Attention(nn.Module):
@@ -255,7 +255,7 @@ class Intermediate(nn.Module):
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return activate_(self.act, self.dense(x))  # over the fresh output
+        return activate_(self.act, self.dense(x), self.dense)  # over the fresh output
 
 
 class Output(nn.Module):
@@ -268,7 +268,7 @@ class Output(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(h)).add_(residual))  # into the fresh output
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
 
 
 class Layer(nn.Module):

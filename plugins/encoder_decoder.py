@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from zoo import kvcache
 from zoo.activations import ACTIVATIONS, activate_
+from zoo.checkpoint import GENERATION_FIELDS
 from zoo.errors import ConfigError, InputError
 from zoo.generation import default_new_tokens
 from zoo.ops import Linear, linear
@@ -55,6 +56,20 @@ NEG = -1.0e9  # "impossible" score used by transformers' beam search bookkeeping
 
 
 # ---------------------------------------------------------------------------------- config
+
+
+def _single_tokens(bad_words_ids) -> List[int]:
+    """``bad_words_ids`` as token ids: entries are ids or one-token lists (transformers' form,
+    ``[[58100]]``); a sequence of several tokens is refused."""
+    out = []
+    for ids in bad_words_ids:
+        if isinstance(ids, int):
+            out.append(ids)
+        elif isinstance(ids, (list, tuple)) and len(ids) == 1:
+            out.append(int(ids[0]))
+        else:
+            raise ConfigError(f"config field bad_words_ids entry {ids!r}: only single tokens are supported")
+    return out
 
 
 @dataclass
@@ -122,6 +137,11 @@ class EncoderDecoderConfig:
         for key, value in config.items():
             if key in cls.IGNORED:
                 continue
+            if key == "max_length" and "max_new_tokens" not in config:
+                values["max_new_tokens"] = default_new_tokens(config, start_length=1, fallback=cls.max_new_tokens)
+                continue
+            if key in GENERATION_FIELDS and key not in known:
+                continue  # a decoding setting of generation_config.json this model does not use
             if key in cls.MAKE_MODEL_NAMES:  # one make_model value sets both stacks
                 name = cls.MAKE_MODEL_NAMES[key]
                 if name.endswith("_size"):
@@ -135,8 +155,8 @@ class EncoderDecoderConfig:
         if "dropout" in config:  # make_model uses one dropout rate everywhere
             for k in ("attention_dropout", "activation_dropout"):
                 values.setdefault(k, config["dropout"])
-        if "bad_words_ids" in values:
-            values["bad_words_ids"] = tuple(values["bad_words_ids"])
+        if "bad_words_ids" in values:  # single token ids, or generation_config.json's [[id], ...]
+            values["bad_words_ids"] = tuple(_single_tokens(values["bad_words_ids"]))
         return cls(**values)._check()
 
     @classmethod
@@ -160,11 +180,7 @@ class EncoderDecoderConfig:
                 f"marian: config field decoder_vocab_size={c['decoder_vocab_size']!r} differs from "
                 f"vocab_size={vocab} (separate target vocabulary) — not supported"
             )
-        bad_words = []
-        for ids in c.get("bad_words_ids") or ():
-            if len(ids) != 1:
-                raise ConfigError(f"marian: config field bad_words_ids entry {ids!r}: only single tokens are supported")
-            bad_words.append(int(ids[0]))
+        bad_words = _single_tokens(c.get("bad_words_ids") or ())
         pad = int(c.get("pad_token_id", 58100))
         eos = c.get("eos_token_id", 0)
         if isinstance(eos, list):
@@ -393,7 +409,7 @@ class PositionwiseFeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_2(self.dropout(activate_(self.act, self.w_1(x))))  # over w_1's fresh output
+        return self.w_2(self.dropout(activate_(self.act, self.w_1(x), self.w_1)))  # over w_1's fresh output
 
 
 class SublayerConnection(nn.Module):
@@ -411,8 +427,8 @@ class SublayerConnection(nn.Module):
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         if self.pre:
-            return self.dropout(sublayer(self.norm(x))).add_(x)  # into the fresh output
-        return self.norm(self.dropout(sublayer(x)).add_(x))
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
 
 
 # ---------------------------------------------------------------------------------- stacks

@@ -15,7 +15,7 @@ reallocation per step.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,7 @@ class GPT2Config:
     n_inner: Optional[int] = None  # MLP width; None means 4 * n_embd
     activation_function: str = "gelu_new"
     layer_norm_epsilon: float = 1e-5
-    eos_token_id: Optional[int] = 50256
+    eos_token_id: Union[int, List[int], None] = 50256  # one id or several (generation_config.json)
 
     @classmethod
     def from_hf(cls, config: Dict[str, Any]) -> "GPT2Config":
@@ -111,7 +111,7 @@ class MLP(nn.Module):
         self.act = ACTIVATIONS[cfg.activation_function]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(activate_(self.act, self.c_fc(x)))
+        return self.c_proj(activate_(self.act, self.c_fc(x), self.c_fc))
 
 
 class Block(nn.Module):
@@ -123,9 +123,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int) -> torch.Tensor:
-        # residuals are added into the sublayers' fresh outputs (y + x equals x + y bit for bit)
-        x = self.attn(self.ln_1(x), cache, layer).add_(x)
-        return self.mlp(self.ln_2(x)).add_(x)
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT2(nn.Module):
@@ -193,7 +192,7 @@ class GPT2(nn.Module):
         temperature: Optional[float] = None,
         top_k: Optional[int] = None,
         seed: Optional[int] = None,
-        eos_token_id: Optional[int] = None,
+        eos_token_id: Union[int, Sequence[int], None] = None,
         callback: Optional[Callable[[torch.Tensor], None]] = None,
     ) -> torch.Tensor:
         """Continue ``input_ids`` [B, T] by ``max_new_tokens``; returns [B, T + N] ids.
@@ -201,7 +200,7 @@ class GPT2(nn.Module):
         Greedy when ``temperature`` is 0 or unset (the same tokens as transformers'
         ``generate(do_sample=False)``), else sampled with ``top_k``/``seed``. ``callback``
         receives each new column of ids [B] as it is produced (for streaming). Stops early
-        only when every row has produced ``eos_token_id`` (if given).
+        only when every row has produced ``eos_token_id`` (if given: one id or several).
         """
         if max_new_tokens < 0:
             raise InputError("max_new_tokens must be >= 0")
@@ -214,6 +213,7 @@ class GPT2(nn.Module):
         out[:, :T] = input_ids
         tokens, n = input_ids, T
         done = torch.zeros(B, dtype=torch.bool, device=param.device)
+        stop = None if eos_token_id is None else torch.tensor(eos_token_id, device=param.device).view(-1)
         for _ in range(max_new_tokens):
             # the ids were checked above; later ones come from the vocabulary itself
             logits = self._forward(tokens, cache, False, True).logits[:, -1]
@@ -223,8 +223,8 @@ class GPT2(nn.Module):
             if callback is not None:
                 callback(nxt)
             tokens = out[:, n - 1 : n]
-            if eos_token_id is not None:
-                done |= nxt == eos_token_id
+            if stop is not None:
+                done |= torch.isin(nxt, stop)
                 if bool(done.all()):
                     break
         return out[:, :n]

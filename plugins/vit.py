@@ -227,11 +227,10 @@ class Layer(nn.Module):
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # residuals are added into the sublayers' fresh outputs (y + x equals x + y bit for bit),
-        # and the activation overwrites its input: fewer large buffers per block
-        x = self.attention(self.layernorm_before(x)).add_(x)
-        h = activate_(self.act, self.intermediate(self.layernorm_after(x)))
-        return self.output(h).add_(x)
+        x = x + self.attention(self.layernorm_before(x))
+        # the activation overwrites the MLP's first output: one large buffer less per block
+        h = activate_(self.act, self.intermediate(self.layernorm_after(x)), self.intermediate, self.intermediate.dense)
+        return x + self.output(h)
 
 
 class Encoder(nn.Module):

@@ -135,6 +135,7 @@ def test_bad_config_json(folder, content, message):
         ('{"bad_words_ids": [58100]}', "field bad_words_ids must be a list of token-id lists, e.g. [[58100]], got [58100]"),
         ('{"early_stopping": "sometimes"}', 'field early_stopping must be true, false or "never", got "sometimes"'),
         ('{"renormalize_logits": 1}', "field renormalize_logits must be true or false, got 1"),
+        ('{"decoder_start_token_id": [5]}', "field decoder_start_token_id must be a token id (an integer >= 0), got [5]"),
     ],
 )
 def test_bad_generation_config_json(folder, content, message):

@@ -289,6 +289,17 @@ BAD_CONFIGS = {
 }
 
 
+def test_annotated_config_takes_generation_config_fields():
+    """The loader merges generation_config.json into every config: an Annotated Transformer
+    config uses the decoding defaults it has (max_length, bad words) and skips the others."""
+    cfg = EncoderDecoderConfig.from_hf({
+        "model_type": "annotated-transformer", "src_vocab": 10, "tgt_vocab": 10, "N": 1, "d_model": 8, "h": 2,
+        "d_ff": 16, "max_length": 12, "bad_words_ids": [[3]], "bos_token_id": 1, "do_sample": False, "top_p": 0.9,
+    })
+    assert cfg.max_new_tokens == 11  # max_length counts the decoder start token
+    assert cfg.bad_words_ids == (3,)
+
+
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))
 def test_unsupported_config_raises_config_error(case):
     with pytest.raises(ConfigError) as err:

@@ -30,6 +30,18 @@ def test_greedy_generate_matches_transformers(tiny):
     assert torch.equal(ours, theirs)
 
 
+def test_generation_stops_at_any_of_several_eos_ids(tiny):
+    ref, model = tiny
+    ids = torch.randint(0, 96, (1, 4), generator=torch.Generator().manual_seed(5))
+    free = model.generate(ids, max_new_tokens=12)[0, 4:].tolist()
+    stop_at = free[3]  # the fourth new token, not seen before it
+    first = free.index(stop_at)
+    ours = model.generate(ids, max_new_tokens=12, eos_token_id=[95 if stop_at != 95 else 94, stop_at])
+    theirs = ref.generate(ids, do_sample=False, max_new_tokens=12, pad_token_id=0, eos_token_id=[95 if stop_at != 95 else 94, stop_at])
+    assert ours.shape[1] == 4 + first + 1 and ours[0, -1] == stop_at
+    assert torch.equal(ours, theirs)
+
+
 def test_kv_cache_matches_full_forward(tiny):
     _, model = tiny
     ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(2))
@@ -94,3 +106,13 @@ def test_full_size_gpt2_verifies_on_random_weights():
     assert report.top1_agreement == 1.0
     assert report.generation["identical"]
     assert report.accounting["loaded"] == 148 and len(report.accounting["dropped"]) == 12
+
+
+def test_a_checkpoint_max_length_without_room_is_an_input_error():
+    from zoo.generation import default_new_tokens
+
+    assert default_new_tokens({"max_length": 10}, 4, 32) == 6
+    assert default_new_tokens({"max_new_tokens": 3, "max_length": 4}, 4, 32) == 3
+    assert default_new_tokens({}, 4, 32) == 32
+    with pytest.raises(InputError, match="max_length=4 leaves no room for new tokens after 4 input tokens"):
+        default_new_tokens({"max_length": 4}, 4, 32)

@@ -141,6 +141,29 @@ def test_in_place_activation_equals_the_activation(name):
         y = x.clone()
         out = activate_(act, y)
     assert torch.equal(out, expected)  # the same kernel: equal bit for bit
+    if name != "quick_gelu":  # every other activation has an in-place form, and it is used
+        assert out is y
+
+
+def test_in_place_activation_spares_what_a_forward_hook_holds():
+    producer = Linear(6, 5)
+    seen = []
+    producer.register_forward_hook(lambda module, args, out: seen.append(out))
+    with torch.inference_mode():
+        y = producer(torch.randn(3, 6))
+        before = y.clone()
+        out = activate_(ACTIVATIONS["gelu"], y, producer)
+    assert out is not y and torch.equal(seen[0], before)
+    assert torch.equal(out, F.gelu(before))
+
+
+def test_pruned_linear_computes_with_the_pruned_weight():
+    from torch.nn.utils import prune
+
+    m = Linear(8, 4)
+    prune.l1_unstructured(m, "weight", amount=0.5)  # weight becomes weight_orig * weight_mask
+    x = torch.randn(2, 8)
+    assert torch.equal(m(x), F.linear(x, m.weight, m.bias))
 
 
 def test_in_place_activation_leaves_autograd_its_input():

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.module import _global_forward_hooks
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -44,11 +46,17 @@ _IN_PLACE: Dict[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor],
 }
 
 
-def activate_(act: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``act(x)`` written over ``x`` when autograd does not need ``x`` (inference) and ``act``
-    has an in-place form; else ``act(x)``. For a fresh intermediate that nothing else reads,
-    such as a linear layer's output: one large buffer less to allocate and fault in per layer."""
+def activate_(act: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *producers: nn.Module) -> torch.Tensor:
+    """``act(x)``, written over ``x`` where that is safe; else ``act(x)``.
+
+    For a fresh intermediate, such as a linear layer's output, overwriting it saves allocating
+    and faulting in one large buffer per layer. ``producers`` are the modules whose forward
+    returned ``x``. ``x`` is left alone when autograd needs it, when ``act`` has no in-place
+    form, or when a forward hook on a producer (or a global one) may be holding it.
+    """
     fn = _IN_PLACE.get(act)
     if fn is None or (x.requires_grad and torch.is_grad_enabled()):
+        return act(x)
+    if _global_forward_hooks or any(m._forward_hooks for m in producers):
         return act(x)
     return fn(x)

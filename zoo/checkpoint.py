@@ -87,6 +87,7 @@ def _is_ids(v) -> bool:
     return _is_int(v, 0) or (isinstance(v, list) and bool(v) and all(_is_int(t, 0) for t in v))
 
 
+_TOKEN_ID = (lambda v: _is_int(v, 0), "a token id (an integer >= 0)")
 _TOKEN_IDS = (_is_ids, "a token id (an integer >= 0) or a list of token ids")
 _COUNT = (lambda v: _is_int(v, 1), "an integer >= 1")
 _NUMBER = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
@@ -97,10 +98,10 @@ _FLAG = (lambda v: isinstance(v, bool), "true or false")
 GENERATION_FIELDS = {
     "bos_token_id": _TOKEN_IDS,
     "eos_token_id": _TOKEN_IDS,
-    "pad_token_id": (lambda v: _is_int(v, 0), "a token id (an integer >= 0)"),
-    "decoder_start_token_id": _TOKEN_IDS,
-    "forced_bos_token_id": _TOKEN_IDS,
-    "forced_eos_token_id": _TOKEN_IDS,
+    "pad_token_id": _TOKEN_ID,
+    "decoder_start_token_id": _TOKEN_ID,
+    "forced_bos_token_id": _TOKEN_ID,
+    "forced_eos_token_id": _TOKEN_ID,
     "bad_words_ids": (
         lambda v: isinstance(v, list) and all(isinstance(w, list) and w and all(_is_int(t, 0) for t in w) for w in v),
         "a list of token-id lists, e.g. [[58100]]",

@@ -6,6 +6,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from .errors import InputError
+
 
 def make_generator(seed: Optional[int], device: torch.device) -> Optional[torch.Generator]:
     if seed is None:
@@ -41,5 +43,11 @@ def default_new_tokens(config: Mapping[str, Any], start_length: int, fallback: i
     if config.get("max_new_tokens") is not None:
         return int(config["max_new_tokens"])
     if config.get("max_length") is not None:
-        return max(int(config["max_length"]) - start_length, 0)
+        room = int(config["max_length"]) - start_length
+        if room <= 0:
+            raise InputError(
+                f"the checkpoint's max_length={config['max_length']} leaves no room for new tokens after "
+                f"{start_length} input tokens; pass --max-new-tokens"
+            )
+        return room
     return fallback

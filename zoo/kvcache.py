@@ -63,10 +63,12 @@ class KVCache:
         return keys, values
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Row i of the cache becomes old row ``rows[i]`` (beam search): gathered into a second
-        preallocated buffer, then the two are swapped."""
+        """Row i of the cache becomes old row ``rows[i]`` (beam search): the filled positions
+        are gathered into a second preallocated buffer, then the two are swapped (a step costs
+        the positions filled so far, not the capacity)."""
         if self._spare is None:
             self._spare = torch.empty_like(self.kv)
-        torch.index_select(self.kv, 2, rows, out=self._spare)
+        filled = self.length
+        torch.index_select(self.kv.narrow(4, 0, filled), 2, rows, out=self._spare.narrow(4, 0, filled))
         self.kv, self._spare = self._spare, self.kv
         self._views()

@@ -153,6 +153,8 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = self._parameters  # read directly: nn.Module.__getattr__ costs µs per call
+        if "weight" not in params:  # pruned or parametrized: weight is computed, not stored
+            return linear(x, self.weight, self.bias)
         packed, weight, bias = self._packed, params["weight"], params["bias"]
         if packed is not None and not self.training and packed.usable(x, (weight,), (bias,)):
             return packed.linear(x)
