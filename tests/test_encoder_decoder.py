@@ -193,6 +193,22 @@ def test_generation_config_takes_precedence_over_config_json(marian_generation_c
     assert loaded.config["eos_token_id"] == 1 and "_from_model_config" not in loaded.config  # decoding defaults only
 
 
+def test_export_keeps_the_decoding_defaults(marian_generation_config, tmp_path):
+    """``zoo convert --to hf`` writes generation_config.json: the export decodes as its source,
+    in zoo and in transformers."""
+    from transformers import GenerationConfig
+
+    from zoo.export import convert_checkpoint
+
+    ref, folder = marian_generation_config
+    convert_checkpoint(str(folder), "hf", tmp_path / "out")
+    theirs = GenerationConfig.from_pretrained(str(tmp_path / "out"))
+    assert (theirs.num_beams, theirs.max_length, theirs.eos_token_id, theirs.bad_words_ids) == (
+        3, 10, 1, ref.generation_config.bad_words_ids)
+    cfg = load_full(tmp_path / "out", device="cpu").model.config
+    assert (cfg.eos_token_id, cfg.forced_eos_token_id, cfg.num_beams, cfg.max_new_tokens) == (1, 1, 3, 9)
+
+
 def test_zoo_run_decodes_with_the_checkpoint_defaults(marian_generation_config):
     """No --beams, no --max-new-tokens: the ids transformers' generate() gives with the
     checkpoint's defaults (3 beams, max_length 10, eos 1), and not the greedy ones."""

@@ -90,6 +90,14 @@ def test_zoo_native_records_provenance(tmp_path):
     assert read_source(str(tmp_path / "native")).converter.name == "hf_gpt2"
 
 
+def test_loading_a_zoo_native_export_says_how_to_get_a_loadable_folder(tmp_path):
+    conv = get_catalog().converter("hf_gpt2")
+    write_checkpoint(conv, tmp_path / "hf")
+    convert_checkpoint(str(tmp_path / "hf"), "zoo", tmp_path / "native")
+    with pytest.raises(ZooError, match="zoo-native export .*--to hf"):
+        zoo.load(str(tmp_path / "native"), device="cpu")
+
+
 def test_registry_entry_provenance_names_repo_and_revision(tmp_path):
     conv = get_catalog().converter("hf_gpt2")
     write_checkpoint(conv, tmp_path / "hf", config=dict(get_catalog().get("distilgpt2").config, n_layer=1,

@@ -125,7 +125,7 @@ def read_source(
     """Read a registry name / alias / checkpoint folder (or a zoo-native folder) and convert
     its tensors to zoo's names exactly (no dtype change, no model built but on the meta
     device), with the same key accounting as loading."""
-    from .loading import _weights, build_model, resolve
+    from .loading import _weights, build_model, configure, resolve
 
     path = Path(str(name_or_path)).expanduser()
     if checkpoint is None and path.is_dir() and (path / ZOO_META).is_file():
@@ -138,9 +138,7 @@ def read_source(
     folder, files = _weights(entry, checkpoint, allow_pickle, revision)
     if files is None:
         raise ExportError(f"{entry.name}: the catalog entry names no weights to convert")
-    config = dict(entry.config)
-    if folder is not None and (folder / "config.json").is_file():
-        config.update(ckpt.read_config(folder))
+    config = configure(entry, folder)
     tensors = ckpt.read_weights(files)
     if converter.config_from_weights is not None:
         config = dict(resolve_ref(converter.config_from_weights)(config, list(tensors)))
@@ -148,7 +146,7 @@ def read_source(
     state, report = convert(tensors, converter, expected)
     sources = list(files.paths)
     if folder is not None and (folder / "config.json").is_file():
-        sources.append(folder / "config.json")
+        sources += [folder / name for name in ("config.json", "generation_config.json") if (folder / name).is_file()]
     provenance = {
         "source": entry.repo if entry.path is None and checkpoint is None else str(folder),
         "repo": entry.repo,
@@ -273,15 +271,26 @@ def _contiguous(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
+# tasks whose checkpoints carry decoding defaults (transformers writes generation_config.json
+# for the models that can generate)
+GENERATIVE_TASKS = ("text-generation", "translation")
+
+
 def export_hf(source: Source, out, *, force: bool = False) -> Exported:
     """Write ``source`` as a Hugging Face checkpoint folder: config.json + model.safetensors in
-    the Hub layout, loadable with transformers' ``from_pretrained``."""
+    the Hub layout, loadable with transformers' ``from_pretrained``, plus generation_config.json
+    with the decoding defaults the source has (beams, length, special tokens, banned words)."""
     tensors, skipped, filled = to_hub_layout(source.state, source.converter, source.config, source.task)
     config = hf_config(source.converter, source.config, source.task)
+    generation = {}
+    if source.task in GENERATIVE_TASKS:
+        generation = {k: source.config[k] for k in ckpt.GENERATION_FIELDS if source.config.get(k) is not None}
 
     def write(folder: Path) -> None:
         ckpt.save_safetensors(_contiguous(tensors), folder / "model.safetensors", metadata={"format": "pt"})
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if generation:
+            (folder / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
 
     files = _atomic_folder(Path(out), write, force)
     return Exported(Path(out), "hf", files, len(tensors), skipped, filled)

@@ -93,6 +93,11 @@ def _sniff(path: Path, catalog: Catalog, overrides: Mapping[str, Any]):
     from .convert import _compile
     from .types import resolve as resolve_ref
 
+    if path.is_dir() and (path / "zoo.json").is_file():  # written by `zoo convert --to zoo`
+        raise CheckpointError(
+            f"{path}: is a zoo-native export (zoo.json); `zoo convert {path} --to hf --out DIR` "
+            f"turns it back into a checkpoint folder that loads"
+        )
     files = ckpt.WeightFiles([path], "safetensors") if path.is_file() else ckpt.find_weights(path)
     tensors = ckpt.read_weights(files)
     keys = list(tensors)
@@ -164,6 +169,17 @@ def build_model(arch: Architecture, config: Mapping[str, Any], task: str, meta: 
     return arch.build(config, task)
 
 
+def configure(entry: ModelEntry, folder: Optional[Path]) -> Dict[str, Any]:
+    """The config an architecture gets: the catalog entry's, then the checkpoint folder's
+    config.json over it, then its generation_config.json over that (transformers reads decoding
+    defaults from there; config.json's copies of them are legacy)."""
+    config = dict(entry.config)
+    if folder is not None and (folder / "config.json").is_file():
+        config.update(ckpt.read_config(folder))
+        config.update(ckpt.read_generation_config(folder))
+    return config
+
+
 def load_full(
     name_or_path: Union[str, Path],
     *,
@@ -193,12 +209,7 @@ def load_full(
         raise UnknownModelError(f"architecture {arch.name!r} has no task {task!r} (tasks: {', '.join(arch.tasks)})")
 
     folder, files = _weights(entry, checkpoint, allow_pickle, revision)
-    config = dict(entry.config)
-    if folder is not None and (folder / "config.json").is_file():
-        config.update(ckpt.read_config(folder))
-        # transformers reads decoding defaults from generation_config.json; config.json's copies
-        # of them are legacy, so the file's values take precedence
-        config.update(ckpt.read_generation_config(folder))
+    config = configure(entry, folder)
     config.update(config_overrides or {})
 
     if files is None:  # an entry without weights: fresh initialization, for training
