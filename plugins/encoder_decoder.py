@@ -326,9 +326,9 @@ class Embeddings(nn.Module):
 
 
 class KVCache(kvcache.KVCache):
-    """Decoder keys/values for incremental decoding, allocated once per ``generate`` call.
+    """Decoder keys/values for incremental decoding, allocated per ``generate`` call and grown as needed (zoo.kvcache).
 
-    Self-attention: ``k``/``v`` are (n_layer, B, nh, max_len, hs); ``length`` positions are
+    Self-attention: ``k``/``v`` are (n_layer, B, nh, capacity, hs); ``length`` positions are
     filled and each step writes its one new position in place. Cross-attention: the encoder
     output's keys/values never change while decoding, so each layer computes them on its first
     step and keeps them in ``cross`` (n_layer entries of (B, nh, S, hs)).

@@ -116,3 +116,22 @@ def test_a_checkpoint_max_length_without_room_is_an_input_error():
     assert default_new_tokens({}, 4, 32) == 32
     with pytest.raises(InputError, match="max_length=4 leaves no room for new tokens after 4 input tokens"):
         default_new_tokens({"max_length": 4}, 4, 32)
+
+
+def test_kv_cache_grows_to_what_is_used_and_keeps_its_contents():
+    from zoo.kvcache import INITIAL_POSITIONS, KVCache
+
+    cache = KVCache(2, 1, 2, 500, 4, "cpu", torch.float32)
+    assert cache.kv.size(4) == INITIAL_POSITIONS  # not 500
+    written = []
+    for step in range(3 * INITIAL_POSITIONS // 2):  # past the first capacity
+        kv = torch.full((2, 1, 2, 1, 4), float(step))
+        keys, values = cache.update_kv(1, kv)
+        cache.length += 1
+        written.append(float(step))
+    assert INITIAL_POSITIONS < cache.kv.size(4) <= 2 * INITIAL_POSITIONS
+    assert keys[0, 0, :, 0].tolist() == written and values[0, 1, :, 3].tolist() == written
+    small = KVCache(1, 1, 1, 3, 2, "cpu", torch.float32)
+    small.length = 2
+    with pytest.raises(InputError, match="KV cache holds 3 positions; 4 needed"):
+        small.update(0, torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
