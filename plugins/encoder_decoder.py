@@ -326,7 +326,8 @@ class Embeddings(nn.Module):
 
 
 class KVCache(kvcache.KVCache):
-    """Decoder keys/values for incremental decoding, allocated per ``generate`` call and grown as needed (zoo.kvcache).
+    """Decoder keys/values for incremental decoding, allocated per ``generate`` call and grown
+    as needed (zoo.kvcache).
 
     Self-attention: ``k``/``v`` are (n_layer, B, nh, capacity, hs); ``length`` positions are
     filled and each step writes its one new position in place. Cross-attention: the encoder
