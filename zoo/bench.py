@@ -21,6 +21,7 @@ import torch
 from .loading import load_full, resolve
 from .registry import get_catalog
 from .types import resolve as resolve_ref
+from .errors import InputError
 from .verification import generate_kwargs, prepare_weights
 
 
@@ -110,6 +111,7 @@ def bench(
     seq: int = 128,
     new_tokens: int = 64,
     prompt: int = 16,
+    num_beams: int = 1,
     repeats: int = 5,
     compare: bool = False,
     cold: bool = False,
@@ -117,7 +119,11 @@ def bench(
     checkpoint=None,
     seed: int = 0,
 ) -> BenchReport:
-    """Measure load, forward and (for generative models) decode; see the module docstring."""
+    """Measure load, forward and (for generative models) decode; see the module docstring.
+
+    ``num_beams`` > 1 decodes with beam search on both sides (the same beams, identical ids)."""
+    if num_beams < 1:
+        raise InputError(f"--beams must be >= 1, got {num_beams}")
     catalog = get_catalog()
     entry = resolve(str(name_or_path), catalog)
     converter = catalog.converter(entry.converter)
@@ -146,7 +152,7 @@ def bench(
         z, r, ratios = _ab(lambda: model(**inputs), (lambda: ref(**inputs)) if ref is not None else None, repeats)
         report.stats.append(_stat(f"forward [{shape}]", "ms", z * 1e3, r * 1e3 if r else None, ratios))
         if hasattr(model, "generate") and loaded.task in ("text-generation", "translation"):
-            _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, prompt)
+            _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, prompt, num_beams)
         if scaling:
             _bench_scaling(report, model, loaded, make_inputs)
     if cold:
@@ -161,11 +167,11 @@ def _to(inputs, loaded):
     return out
 
 
-def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, prompt):
+def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, prompt, num_beams):
     kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
     if loaded.task == "text-generation":  # a short prompt: measure decoding, not prefill
         kwargs["input_ids"] = kwargs["input_ids"][:, :prompt]
-    ours_kwargs, gen_kwargs = generate_kwargs(loaded, new_tokens)
+    ours_kwargs, gen_kwargs = generate_kwargs(loaded, new_tokens, num_beams)
     ours = model.generate(**kwargs, **ours_kwargs)
     n_new = ours.shape[1] - (kwargs["input_ids"].shape[1] if loaded.task == "text-generation" else 1)
     zoo_fn = lambda: model.generate(**kwargs, **ours_kwargs)
@@ -179,9 +185,10 @@ def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, promp
     rows = kwargs["input_ids"].shape[0]
     tps = rows * n_new / z
     note = "" if identical is None else ("identical tokens" if identical else "TOKENS DIFFER")
-    report.stats.append(_stat(f"greedy decode {n_new} tokens x{rows}", "tokens/s", tps,
+    mode = "greedy" if num_beams == 1 else f"{num_beams}-beam"
+    report.stats.append(_stat(f"{mode} decode {n_new} tokens x{rows}", "tokens/s", tps,
                               rows * n_new / r if r else None, ratios, note))
-    if loaded.device.type == "cpu" and rows == 1 and loaded.task == "text-generation":
+    if loaded.device.type == "cpu" and rows == 1 and num_beams == 1 and loaded.task == "text-generation":
         # every weight is read once per generated token: the step time (generate N tokens minus
         # generate 1, over N - 1) against the machine's read bandwidth bounds tokens/s
         one = dict(ours_kwargs, max_new_tokens=1)

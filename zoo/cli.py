@@ -257,18 +257,20 @@ def run(name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, tempera
 @click.option("--seq", default=128, show_default=True, help="Sequence length (tokens) of the forward pass.")
 @click.option("--new-tokens", default=64, show_default=True, help="Tokens to decode (generative models).")
 @click.option("--prompt", default=16, show_default=True, help="Prompt tokens before decoding (decoder-only models).")
+@click.option("--beams", default=1, show_default=True, help="Decode with beam search of N beams (1: greedy).")
 @click.option("--repeats", default=5, show_default=True, help="Timed repeats (A/B interleaved).")
 @click.option("--compare", is_flag=True, help="Run transformers side by side on the same weights.")
 @click.option("--cold", is_flag=True, help="Also time a fresh process: import, load, first output; peak RSS.")
 @click.option("--scaling", is_flag=True, help="Also show how time grows with sequence, batch and context.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, prompt, repeats, compare, cold, scaling,
-          as_json):
+def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, prompt, beams, repeats, compare, cold,
+          scaling, as_json):
     """Measure load, forward and decode speed (and with --compare, ratios to transformers)."""
     from .bench import bench as run_bench
 
     report = run_bench(name_or_path, checkpoint=checkpoint, device=device, dtype=dtype, batch=batch, seq=seq,
-                       new_tokens=new_tokens, prompt=prompt, repeats=repeats, compare=compare, cold=cold, scaling=scaling)
+                       new_tokens=new_tokens, prompt=prompt, num_beams=beams, repeats=repeats, compare=compare,
+                       cold=cold, scaling=scaling)
     click.echo(report.to_json() if as_json else report.render())
 
 

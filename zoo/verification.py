@@ -7,6 +7,7 @@ folder through its normal path — so the whole pipeline is exercised either way
 """
 from __future__ import annotations
 
+import inspect
 import json
 import platform
 import tempfile
@@ -19,7 +20,7 @@ import torch
 
 from . import __version__
 from . import checkpoint as ckpt
-from .errors import DownloadError, ZooError
+from .errors import DownloadError, InputError, ZooError
 from .loading import _weights, load_full, resolve
 from .loading import non_finite as find_non_finite
 from .registry import get_catalog
@@ -351,6 +352,8 @@ def generate_kwargs(loaded, new_tokens: int, num_beams: int = 1):
 
     Both sides are told every setting the comparison depends on, so neither falls back to the
     checkpoint's defaults (a generation_config.json with ``num_beams=4``, say)."""
+    if num_beams > 1 and "num_beams" not in inspect.signature(loaded.model.generate).parameters:
+        raise InputError(f"{loaded.entry.name}: its generate() has no beam search; --beams applies to translation models")
     ours: Dict[str, Any] = {"max_new_tokens": new_tokens}
     if loaded.task == "translation" or num_beams > 1:
         ours["num_beams"] = num_beams
