@@ -194,11 +194,13 @@ class GPT2(nn.Module):
         seed: Optional[int] = None,
         eos_token_id: Union[int, Sequence[int], None] = None,
         callback: Optional[Callable[[torch.Tensor], None]] = None,
+        top_p: Optional[float] = None,
     ) -> torch.Tensor:
         """Continue ``input_ids`` [B, T] by ``max_new_tokens``; returns [B, T + N] ids.
 
         Greedy when ``temperature`` is 0 or unset (the same tokens as transformers'
-        ``generate(do_sample=False)``), else sampled with ``top_k``/``seed``. ``callback``
+        ``generate(do_sample=False)``), else sampled with ``top_k``/``top_p``/``seed``
+        (zoo.generation.sampling_logits). ``callback``
         receives each new column of ids [B] as it is produced (for streaming). Stops early
         only when every row has produced ``eos_token_id`` (if given: one id or several).
         """
@@ -217,7 +219,7 @@ class GPT2(nn.Module):
         for _ in range(max_new_tokens):
             # the ids were checked above; later ones come from the vocabulary itself
             logits = self._forward(tokens, cache, False, True).logits[:, -1]
-            nxt = next_token(logits, temperature, top_k, gen)
+            nxt = next_token(logits, temperature, top_k, gen, top_p)
             out[:, n] = nxt
             n += 1
             if callback is not None:

@@ -152,6 +152,26 @@ def test_run_takes_eos_and_length_from_generation_config(tiny, tmp_path):
     assert len(json.loads(result.stdout)["generated_ids"]) == 6
 
 
+def test_run_samples_when_the_checkpoint_says_so(tiny, tmp_path):
+    """do_sample in generation_config.json: zoo run samples with the file's temperature, top_k
+    and top_p (seeded: reproducible); --temperature 0 is greedy whatever the file says."""
+    import torch
+
+    import zoo
+
+    folder = tmp_path / "sampling"
+    shutil.copytree(tiny, folder)
+    args = ("run", str(folder), "--ids", "1,2,3", "--max-new-tokens", "12", "--device", "cpu", "--json")
+    greedy = json.loads(invoke(*args).stdout)["generated_ids"]
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 1.5, "top_k": 40, "top_p": 0.95}))
+    sampled = [json.loads(invoke(*args, "--seed", str(seed)).stdout)["generated_ids"] for seed in (0, 0, 1)]
+    model = zoo.load(str(folder), device="cpu")
+    want = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=12, temperature=1.5, top_k=40, top_p=0.95, seed=0)
+    assert sampled[0] == sampled[1] == want[0, 3:].tolist()
+    assert sampled[0] != greedy or sampled[2] != greedy
+    assert json.loads(invoke(*args, "--temperature", "0").stdout)["generated_ids"] == greedy
+
+
 @pytest.mark.parametrize("content", ["{not json", '{"num_beams": "4"}'])
 def test_malformed_generation_config_is_one_line(tiny, tmp_path, content):
     folder = tmp_path / "bad"

@@ -135,3 +135,20 @@ def test_kv_cache_grows_to_what_is_used_and_keeps_its_contents():
     small.length = 2
     with pytest.raises(InputError, match="KV cache holds 3 positions; 4 needed"):
         small.update(0, torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, 0.9), (0.7, 20, None), (1.3, 50, 0.5), (1.0, None, 0.0)])
+def test_sampling_filters_as_transformers_does(temperature, top_k, top_p):
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from zoo.generation import sampling_logits
+
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)) * 3
+    theirs = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k:
+        theirs = TopKLogitsWarper(top_k)(None, theirs)
+    if top_p is not None:
+        theirs = TopPLogitsWarper(top_p)(None, theirs)
+    ours = sampling_logits(logits, temperature, top_k, top_p)
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    torch.testing.assert_close(ours[~torch.isinf(ours)], theirs[~torch.isinf(theirs)])

@@ -218,8 +218,12 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
 @click.option("--max-new-tokens", type=int, default=None,
               help="Tokens to generate. Default: the checkpoint's (max_new_tokens or max_length in its "
                    "generation_config.json), else 32.")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature (0 or unset: greedy).")
+@click.option("--temperature", type=float, default=None,
+              help="Sampling temperature; 0: greedy. Unset: the checkpoint's (do_sample and temperature "
+                   "in its generation_config.json), else greedy.")
 @click.option("--top-k", type=int, default=None, help="Sample only among the K most likely tokens.")
+@click.option("--top-p", type=float, default=None,
+              help="Sample only among the most likely tokens whose probabilities sum to P (nucleus).")
 @click.option("--seed", type=int, default=None, help="Seed for sampling.")
 @click.option("--ids", default=None, help="Token ids, comma-separated, instead of text.")
 @click.option("--beams", type=int, default=None,
@@ -229,14 +233,14 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
 @click.option("--top", default=5, show_default=True, help="How many candidates/labels to show.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def run(name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, temperature, top_k, seed, ids,
+def run(name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, temperature, top_k, top_p, seed, ids,
         beams, embed, top, allow_pickle, as_json):
     """Run a model on INPUTS (a prompt, a sentence, an image file ...)."""
     from .loading import load_full
     from .tasks import RunOptions, get_runner, parse_ids
 
     opts = RunOptions(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
         ids=parse_ids(ids) if ids is not None else None, beams=beams, embed=embed, top=top, json=as_json,
     )
     task = "feature-extraction" if embed else None

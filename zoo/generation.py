@@ -17,22 +17,38 @@ def make_generator(seed: Optional[int], device: torch.device) -> Optional[torch.
     return gen
 
 
-def next_token(
-    logits: torch.Tensor,
-    temperature: Optional[float] = None,
-    top_k: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
+def sampling_logits(
+    logits: torch.Tensor, temperature: float, top_k: Optional[int] = None, top_p: Optional[float] = None
 ) -> torch.Tensor:
-    """Pick one token per row of ``logits`` [B, V]: argmax when ``temperature`` is 0/None,
-    else a sample from ``softmax(logits / temperature)`` restricted to the ``top_k`` best."""
-    if not temperature:
-        return logits.argmax(dim=-1)
+    """``logits`` [B, V] as sampling sees them, in transformers' order: divided by
+    ``temperature``, then all but the ``top_k`` best set to -inf, then all but the smallest set
+    of best tokens whose probabilities sum past ``top_p`` (nucleus; at least one token kept)."""
     logits = logits.float() / float(temperature)
     if top_k:
         k = min(int(top_k), logits.size(-1))
         kth = torch.topk(logits, k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        ascending, order = torch.sort(logits, dim=-1)
+        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= 1 - float(top_p)
+        drop[..., -1] = False  # the best token always stays
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def next_token(
+    logits: torch.Tensor,
+    temperature: Optional[float] = None,
+    top_k: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    top_p: Optional[float] = None,
+) -> torch.Tensor:
+    """Pick one token per row of ``logits`` [B, V]: argmax when ``temperature`` is 0/None,
+    else a sample from the softmax of :func:`sampling_logits`."""
+    if not temperature:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(sampling_logits(logits, temperature, top_k, top_p), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -27,6 +27,7 @@ class RunOptions:
     max_new_tokens: Optional[int] = None  # None: the checkpoint's default
     temperature: Optional[float] = None
     top_k: Optional[int] = None
+    top_p: Optional[float] = None
     seed: Optional[int] = None
     ids: Optional[List[int]] = None  # token ids given directly (no tokenizer needed)
     beams: Optional[int] = None  # None: the checkpoint's num_beams

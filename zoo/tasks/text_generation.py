@@ -3,6 +3,8 @@
 Without ``--max-new-tokens`` the length is the checkpoint's (``max_new_tokens``, or
 ``max_length`` counting the prompt, from its generation_config.json), else 32 tokens. Text
 input stops at the checkpoint's ``eos_token_id``; ``--ids`` input runs the full length.
+Greedy unless ``--temperature`` is given or the checkpoint's ``do_sample`` is true (then its
+``temperature``, ``top_k`` and ``top_p``, each overridable by its option).
 """
 from __future__ import annotations
 
@@ -10,6 +12,19 @@ import torch
 
 from ..generation import default_new_tokens
 from . import DEFAULT_NEW_TOKENS, prompt_ids
+
+
+def sampling(config, opts) -> dict:
+    """temperature / top_k / top_p for ``generate``: the options given, else, when the
+    checkpoint samples (``do_sample``), its values with transformers' defaults (temperature 1,
+    top_k 50, top_p 1); else greedy. ``--temperature 0`` is greedy whatever the checkpoint says."""
+    if opts.temperature is not None or not config.get("do_sample"):
+        return {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p}
+    def pick(given, key, default):
+        return given if given is not None else config.get(key, default)
+
+    return {"temperature": pick(None, "temperature", 1.0), "top_k": pick(opts.top_k, "top_k", 50),
+            "top_p": pick(opts.top_p, "top_p", 1.0)}
 
 
 def run(loaded, inputs, opts, emit):
@@ -42,11 +57,10 @@ def run(loaded, inputs, opts, emit):
     model.generate(
         input_ids,
         max_new_tokens=n,
-        temperature=opts.temperature,
-        top_k=opts.top_k,
         seed=opts.seed,
         eos_token_id=eos,
         callback=on_token,
+        **sampling(loaded.config, opts),
     )
     emit("\n")
     result = {"model": loaded.entry.name, "input_ids": ids, "generated_ids": generated}
