@@ -4,7 +4,7 @@
 dict and guarded by the parity tests:
 
 - a few rows times a wide weight is computed as ``(W @ xᵀ)ᵀ`` (:func:`linear`);
-- at load time, zoo also holds the weight in MKL's packed GEMM layout (:meth:`Linear.pack`),
+- at load time, zoo also holds the weight in MKL's packed GEMM layout (:meth:`Linear.pack_weights`),
   which runs prefill-sized products 15-30 % faster and batched decoding up to twice as fast,
   at the speed of the plain weight for one row. The loader then gives the plain weight's pages
   back to the page cache (:func:`zoo.checkpoint.release`), so memory stays near the file size.
@@ -29,10 +29,8 @@ TRANSPOSED_ROWS = (4, 32)
 PACK_ROWS = 128
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-           packed: Optional["Packed"] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, from ``packed`` (a :class:`Packed` copy of ``weight``)
-    when it is still usable, else as ``(weight @ xᵀ)ᵀ`` for 4 to 32 rows on CPU.
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, computed as ``(weight @ xᵀ)ᵀ`` for 4 to 32 rows on CPU.
 
     Batched decoding multiplies a few rows by a large ``[out, in]`` weight. For that shape
     MKL's ``x @ Wᵀ`` runs well below memory bandwidth (measured here: 16 rows × a 58101×512
@@ -40,8 +38,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     large batches keep ``F.linear``. The result is copied back to row-major layout (rows × out
     floats, small next to the weight).
     """
-    if packed is not None and packed.usable(x, [weight], [bias]):
-        return packed.linear(x)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     lo, hi = TRANSPOSED_ROWS
     if lo <= rows <= hi and x.device.type == "cpu" and x.dtype == torch.float32:
@@ -125,8 +121,7 @@ class Packed:
         if torch.is_grad_enabled() and (x.requires_grad or any(
                 t.requires_grad for t in (*weights, *biases) if t is not None)):
             return False
-        # _stamp inlined: a function call is a measurable share of a one-row product
-        return [(t.data_ptr(), t._version, t.dtype) for t in (*weights, *biases) if t is not None] == self.stamp
+        return _stamp((*weights, *biases)) == self.stamp
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         # with batch_size == rows MKL computes from the packed copy (the plain weight, of which
@@ -137,8 +132,9 @@ class Packed:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) computed with :func:`linear`, from a
-    :class:`Packed` copy of the weight in eval mode once :meth:`pack_weights` made one."""
+    """``nn.Linear`` (same parameters and state-dict keys): from a :class:`Packed` copy of the
+    weight in eval mode once :meth:`pack_weights` made one and while it is usable, else with
+    :func:`linear`."""
 
     _packed: Optional[Packed] = None
 
