@@ -22,10 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zoo import kvcache
-from zoo.activations import ACTIVATIONS, activate_
+from zoo.activations import ACTIVATIONS, activate_, in_place
+from zoo.argmax import screened
 from zoo.errors import ConfigError, InputError
 from zoo.generation import make_generator, next_token
-from zoo.ops import Linear, linear
+from zoo.ops import Linear, hooks_set, linear
 from zoo.outputs import ModelOutput
 
 
@@ -163,6 +164,16 @@ class GPT2(nn.Module):
         return self._forward(input_ids, cache, output_hidden_states, last_token_only)
 
     def _forward(self, input_ids, cache, output_hidden_states, last_token_only) -> ModelOutput:
+        x, hidden = self._hidden(input_ids, cache, output_hidden_states)
+        if last_token_only:
+            x = x[:, -1:]
+        # output head tied to the token embeddings (not packed: MKL's packed copy of this
+        # matrix would cost 60-170 MB more memory for a few percent of a prefill)
+        logits = linear(x, self.wte.weight)
+        return ModelOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None)
+
+    def _hidden(self, input_ids, cache, output_hidden_states=False):
+        """The blocks and the final LayerNorm: (B, T, C), and the hidden states if asked."""
         past = cache.length if cache is not None else 0
         T = input_ids.size(1)
         pos = torch.arange(past, past + T, device=input_ids.device)
@@ -177,12 +188,44 @@ class GPT2(nn.Module):
             hidden.append(x)
         if cache is not None:
             cache.length += T
-        if last_token_only:
-            x = x[:, -1:]
-        # output head tied to the token embeddings (not packed: MKL's packed copy of this
-        # matrix would cost 60-170 MB more memory for a few percent of a prefill)
-        logits = linear(x, self.wte.weight)
-        return ModelOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None)
+        return x, hidden
+
+    # -- decoding -------------------------------------------------------------------------
+    # A decoding step runs the blocks on one token per row. Its matrix products are
+    # matrix-vector products bound by memory bandwidth; the rest is ~300 small operations, and
+    # at batch 1 calling them through ~150 modules (each Linear re-checking its packed copy)
+    # cost ~10 % of the step here. So generate() binds the weights once (_decode_plan) and
+    # runs Block.forward's arithmetic for T = 1 as plain operations (_decode_step). A test
+    # checks that the two give the same hidden states bit for bit.
+
+    def _decode_plan(self) -> Optional[List[tuple]]:
+        """Per block, what a decoding step reads; None where the step must run through the
+        modules: in training mode, under autograd, with hooks set (the plain step would bypass
+        them), or when a submodule has been replaced by another kind."""
+        if self.training or torch.is_grad_enabled() or hooks_set(self):
+            return None
+        plan = []
+        for b in self.h:
+            parts = (b.ln_1, b.ln_2, b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
+            if type(b) is not Block or any(type(p) is not t for p, t in zip(parts, (nn.LayerNorm,) * 2 + (Linear,) * 4)):
+                return None
+            plan.append(((b.ln_1.weight, b.ln_1.bias), b.attn.c_attn.product(), b.attn.c_proj.product(),
+                         (b.ln_2.weight, b.ln_2.bias), b.mlp.c_fc.product(), b.mlp.c_proj.product()))
+        return plan
+
+    def _decode_step(self, plan: List[tuple], tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """``_hidden(tokens, cache)[0][:, -1]`` for ``tokens`` [B, 1], through a ``plan``."""
+        B, C, nh, eps = tokens.size(0), self.config.n_embd, self.config.n_head, self.config.layer_norm_epsilon
+        act = in_place(self.h[0].mlp.act)  # the MLP's hidden layer is fresh and unhooked
+        x = F.embedding(tokens, self.wte.weight) + self.wpe.weight[cache.length]  # (B, 1, C)
+        for layer, (ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj) in enumerate(plan):
+            qkv = c_attn(F.layer_norm(x, (C,), *ln_1, eps)).view(B, 1, 3, nh, C // nh).permute(2, 0, 3, 1, 4)
+            k, v = cache.update_kv(layer, qkv[1:])
+            y = F.scaled_dot_product_attention(qkv[0], k, v)  # one new token: no mask
+            x = x + attn_proj(y.transpose(1, 2).reshape(B, 1, C))
+            x = x + mlp_proj(act(c_fc(F.layer_norm(x, (C,), *ln_2, eps))))
+        cache.length += 1
+        return F.layer_norm(x[:, 0], (C,), self.ln_f.weight, self.ln_f.bias, eps)
 
     @torch.inference_mode()
     def generate(
@@ -203,23 +246,30 @@ class GPT2(nn.Module):
         (zoo.generation.sampling_logits). ``callback``
         receives each new column of ids [B] as it is produced (for streaming). Stops early
         only when every row has produced ``eos_token_id`` (if given: one id or several).
+        The weights must not change during the call.
         """
         if max_new_tokens < 0:
             raise InputError("max_new_tokens must be >= 0")
         self._check(input_ids, max_new_tokens)
         B, T = input_ids.shape
-        param = self.wte.weight
-        cache = KVCache(self.config, B, T + max_new_tokens, param.device, param.dtype)
-        gen = make_generator(seed, param.device)
-        out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=param.device)
+        head = self.wte.weight
+        cache = KVCache(self.config, B, T + max_new_tokens, head.device, head.dtype)
+        gen = make_generator(seed, head.device)
+        out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=head.device)
         out[:, :T] = input_ids
         tokens, n = input_ids, T
-        done = torch.zeros(B, dtype=torch.bool, device=param.device)
-        stop = None if eos_token_id is None else torch.tensor(eos_token_id, device=param.device).view(-1)
+        done = torch.zeros(B, dtype=torch.bool, device=head.device)
+        stop = None if eos_token_id is None else torch.tensor(eos_token_id, device=head.device).view(-1)
+        plan = self._decode_plan()
+        # greedy at batch 1: the best token from a bfloat16 screen of the head (zoo.argmax)
+        best = screened(self, head, B) if not temperature and max_new_tokens > 1 else None
         for _ in range(max_new_tokens):
             # the ids were checked above; later ones come from the vocabulary itself
-            logits = self._forward(tokens, cache, False, True).logits[:, -1]
-            nxt = next_token(logits, temperature, top_k, gen, top_p)
+            if plan is not None and n > T:
+                x = self._decode_step(plan, tokens, cache)
+            else:
+                x = self._hidden(tokens, cache)[0][:, -1]
+            nxt = best(x) if best is not None else next_token(linear(x, head), temperature, top_k, gen, top_p)
             out[:, n] = nxt
             n += 1
             if callback is not None:

@@ -21,13 +21,47 @@ def tiny(tmp_path_factory):
     return ref, zoo.load(str(folder), device="cpu")
 
 
-def test_greedy_generate_matches_transformers(tiny):
+@pytest.mark.parametrize("rows", [1, 3])  # 1: the token comes from zoo.argmax's screen
+def test_greedy_generate_matches_transformers(tiny, rows):
     ref, model = tiny
-    ids = torch.randint(0, 96, (3, 5), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 96, (rows, 5), generator=torch.Generator().manual_seed(1))
     ours = model.generate(ids, max_new_tokens=20)
     theirs = ref.generate(ids, do_sample=False, max_new_tokens=20, pad_token_id=0, eos_token_id=None)
-    assert ours.shape == (3, 25)
+    assert ours.shape == (rows, 25)
     assert torch.equal(ours, theirs)
+
+
+def test_the_decode_step_is_the_blocks_arithmetic_bit_for_bit(tiny):
+    _, model = tiny
+    from zoo.plugins.gpt2 import KVCache
+
+    ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(4))
+    caches = [KVCache(model.config, 2, 8, "cpu", torch.float32) for _ in range(2)]
+    with torch.inference_mode():
+        for cache in caches:
+            model._hidden(ids, cache)
+        plan = model._decode_plan()
+        assert plan is not None
+        token = torch.tensor([[3], [90]])
+        plain = model._decode_step(plan, token, caches[0])
+        through_modules = model._hidden(token, caches[1])[0][:, -1]
+    assert torch.equal(plain, through_modules)
+    assert torch.equal(caches[0].kv[:, :, :, :, :8], caches[1].kv[:, :, :, :, :8])
+
+
+def test_generate_runs_through_the_modules_when_hooks_are_set(tiny):
+    _, model = tiny
+    seen = []
+    handle = model.h[0].mlp.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        with torch.inference_mode():
+            assert model._decode_plan() is None
+        ids = torch.tensor([[1, 2, 3]])
+        hooked = model.generate(ids, max_new_tokens=4)
+    finally:
+        handle.remove()
+    assert len(seen) == 4  # the prompt and each of the three later steps
+    assert torch.equal(hooked, model.generate(ids, max_new_tokens=4))
 
 
 def test_generation_stops_at_any_of_several_eos_ids(tiny):

@@ -60,3 +60,9 @@ def activate_(act: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *pro
     if _global_forward_hooks or any(m._forward_hooks for m in producers):
         return act(x)
     return fn(x)
+
+
+def in_place(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The in-place form of ``act`` (``act`` itself where it has none), for a caller that knows
+    its input is a fresh intermediate that nothing else holds (no hooks, no autograd)."""
+    return _IN_PLACE.get(act, act)

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .argmax import SCREEN_ATTRIBUTE
 from .loading import load_full, resolve
 from .registry import get_catalog
 from .types import resolve as resolve_ref
@@ -195,6 +196,9 @@ def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, promp
         t1 = statistics.median(_time(lambda: model.generate(**kwargs, **one)) for _ in range(3))
         step = (z - t1) / max(1, n_new - 1)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        screen = getattr(model, SCREEN_ATTRIBUTE, None)  # greedy reads a bfloat16 copy of the head
+        if screen is not None:
+            weight_bytes -= screen.bytes_saved
         bw = read_bandwidth_gbs()
         limit = bw * 1e9 / weight_bytes
         report.extra["bandwidth"] = (

@@ -11,6 +11,7 @@ dict and guarded by the parity tests:
 """
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 from typing import Any, Callable, List, Optional, Sequence
@@ -156,6 +157,21 @@ class Linear(nn.Linear):
             return packed.linear(x)
         return linear(x, weight, bias)
 
+    def product(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This layer as a plain function of ``x``, for inference at the current weights.
+
+        For a loop that calls the layer thousands of times (a decoding loop): the checks that
+        :meth:`forward` makes at every call are made once, here. The weights must not change
+        while the function is in use."""
+        params = self._parameters
+        if "weight" not in params or self.training or torch.is_grad_enabled():
+            return self.forward
+        packed, weight, bias = self._packed, params["weight"], params["bias"]
+        probe = weight.new_empty(0)  # the model's own dtype and device stand for the input's
+        if packed is not None and packed.usable(probe, (weight,), (bias,)):
+            return packed.linear
+        return functools.partial(linear, weight=weight, bias=bias)
+
     def __getstate__(self):  # pickling / deepcopy: a packed copy is a cache, not state
         state = dict(self.__dict__)
         state.pop("_packed", None)
@@ -206,7 +222,23 @@ def pack_all(model: nn.Module, on_packed: Optional[Callable[[torch.Tensor], Any]
 
 
 def unpack_all(model: nn.Module) -> None:
-    """Drop every packed copy (after editing weights through ``.data``, say)."""
+    """Drop every packed copy, and greedy decoding's bfloat16 screen of the output head
+    (zoo.argmax), after editing weights through ``.data``, say."""
+    from .argmax import SCREEN_ATTRIBUTE
+
     for module in model.modules():
         if hasattr(module, "pack_weights") and callable(getattr(module, "unpack", None)):
             module.unpack()
+        module.__dict__.pop(SCREEN_ATTRIBUTE, None)
+
+
+def hooks_set(model: nn.Module) -> bool:
+    """Whether any forward or backward hook is set, on ``model``'s modules or globally: code
+    that computes a model's arithmetic without calling its modules must not bypass them."""
+    from torch.nn.modules import module as nn_module
+
+    if (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+            or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in model.modules())

@@ -1,0 +1,86 @@
+"""zoo.argmax: greedy's best token from a bfloat16 screen of the head, exact against float32."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoo.argmax import SCREEN_ATTRIBUTE, ScreenedArgmax, screened
+from zoo.ops import unpack_all
+
+
+def _head(vocab=4000, width=256, seed=0):
+    return torch.randn(vocab, width, generator=torch.Generator().manual_seed(seed)) * 0.1
+
+
+def _hidden(width, seed, massive=True):
+    """A hidden state like a trained transformer's: a few dimensions far larger than the rest."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(1, width, generator=g)
+    if massive:
+        h[0, torch.randint(0, width, (3,), generator=g)] *= 40
+    return h
+
+
+def test_the_screen_kernel_sums_in_float32():
+    # 1 + 600 * 2^-9: summed in bfloat16, each 2^-9 would vanish next to 1 (its ulp is 2^-7)
+    row = torch.full((1, 601), 2.0 ** -9)
+    row[0, 0] = 1.0
+    screen = ScreenedArgmax(row).screen
+    out = torch.mv(screen, torch.ones(601, dtype=torch.bfloat16))
+    assert abs(float(out[0]) - (1 + 600 * 2.0 ** -9)) <= 2.0 ** -8 * 2.2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_bound_holds_and_the_choice_is_the_float32_argmax(seed):
+    weight = _head(seed=seed)
+    screen = ScreenedArgmax(weight)
+    for trial in range(10):
+        h = _hidden(weight.shape[1], 100 * seed + trial, massive=trial % 2 == 0)
+        exact = (h.double() @ weight.double().t())[0]
+        s = torch.mv(screen.screen, h[0].bfloat16()).double()
+        h_norm, round_norm = float(h.norm()), float((h - h.bfloat16().float()).norm())
+        bound = ((round_norm + screen.gamma * (h_norm + round_norm)) * screen.screen_norm.double()
+                 + h_norm * screen.residual_norm.double() + s.abs() * 2.0 ** -8 / (1 - 2.0 ** -8))
+        assert bool(((s - exact).abs() <= bound).all())  # the docstring's bound, checked
+        assert torch.equal(screen(h), F.linear(h, weight).argmax(dim=1))
+
+
+def test_near_ties_the_screen_cannot_see_are_decided_in_float32():
+    weight = _head(vocab=512, width=64)
+    h = _hidden(64, 3)
+    best = int(F.linear(h, weight).argmax())
+    # rows a hair above and below the best one, and the best one moved behind them
+    weight[7], weight[300], weight[best] = weight[best] * (1 + 1e-5), weight[best] * (1 - 1e-5), weight[0]
+    screen = ScreenedArgmax(weight)
+    s = torch.mv(screen.screen, h[0].bfloat16())
+    assert s[7] == s[300]  # to bfloat16 the two are one logit
+    assert torch.equal(screen(h), torch.tensor([7]))
+    assert torch.equal(screen(-h), F.linear(-h, weight).argmax(dim=1))
+
+
+def test_non_finite_hidden_states_fall_back_to_float32():
+    weight = _head(vocab=300, width=32)
+    h = _hidden(32, 1)
+    h[0, 5] = float("nan")
+    assert torch.equal(ScreenedArgmax(weight)(h), F.linear(h, weight).argmax(dim=1))
+    h[0, 5] = float("inf")
+    assert torch.equal(ScreenedArgmax(weight)(h), F.linear(h, weight).argmax(dim=1))
+
+
+def test_the_screen_follows_the_weight_and_applies_to_one_row_of_float32_only():
+    class Owner:
+        pass
+
+    owner, weight = Owner(), _head(vocab=200, width=16)
+    first = screened(owner, weight, 1)
+    assert screened(owner, weight, 1) is first
+    with torch.no_grad():
+        weight[0] += 1  # an in-place edit: the copy no longer describes the weight
+    assert screened(owner, weight, 1) is not first
+    assert screened(owner, weight, 2) is None
+    assert screened(owner, weight.double(), 1) is None
+    model = torch.nn.Linear(2, 2)
+    screened(model, weight, 1)
+    unpack_all(model)  # after edits through .data, as for packed copies
+    assert SCREEN_ATTRIBUTE not in model.__dict__
