@@ -262,7 +262,7 @@ class GPT2(nn.Module):
         stop = None if eos_token_id is None else torch.tensor(eos_token_id, device=head.device).view(-1)
         plan = self._decode_plan()
         # greedy at batch 1: the best token from a bfloat16 screen of the head (zoo.argmax)
-        best = screened(self, head, B) if not temperature and max_new_tokens > 1 else None
+        best = screened(self, head, B, max_new_tokens) if not temperature else None
         for _ in range(max_new_tokens):
             # the ids were checked above; later ones come from the vocabulary itself
             if plan is not None and n > T:

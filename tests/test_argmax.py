@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.argmax import SCREEN_ATTRIBUTE, ScreenedArgmax, screened
+from zoo.argmax import BUILD_AT_TOKENS, SCREEN_ATTRIBUTE, ScreenedArgmax, screened
 from zoo.ops import unpack_all
 
 
@@ -73,14 +73,16 @@ def test_the_screen_follows_the_weight_and_applies_to_one_row_of_float32_only():
         pass
 
     owner, weight = Owner(), _head(vocab=200, width=16)
-    first = screened(owner, weight, 1)
-    assert screened(owner, weight, 1) is first
+    assert screened(owner, weight, 1, BUILD_AT_TOKENS - 1) is None  # too short to pay for it
+    first = screened(owner, weight, 1, BUILD_AT_TOKENS)
+    assert first is not None and screened(owner, weight, 1, 2) is first  # made: used from then on
     with torch.no_grad():
         weight[0] += 1  # an in-place edit: the copy no longer describes the weight
-    assert screened(owner, weight, 1) is not first
-    assert screened(owner, weight, 2) is None
-    assert screened(owner, weight.double(), 1) is None
+    assert screened(owner, weight, 1, 2) is None and getattr(owner, SCREEN_ATTRIBUTE) is None
+    assert screened(owner, weight, 1, BUILD_AT_TOKENS) is not first
+    assert screened(owner, weight, 2, BUILD_AT_TOKENS) is None
+    assert screened(owner, weight.double(), 1, BUILD_AT_TOKENS) is None
     model = torch.nn.Linear(2, 2)
-    screened(model, weight, 1)
+    screened(model, weight, 1, BUILD_AT_TOKENS)
     unpack_all(model)  # after edits through .data, as for packed copies
     assert SCREEN_ATTRIBUTE not in model.__dict__

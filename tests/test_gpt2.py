@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import zoo
+from zoo import argmax
 from zoo.errors import ConfigError, InputError
 from zoo.registry import get_catalog
 from zoo.verification import verify
@@ -21,14 +22,19 @@ def tiny(tmp_path_factory):
     return ref, zoo.load(str(folder), device="cpu")
 
 
-@pytest.mark.parametrize("rows", [1, 3])  # 1: the token comes from zoo.argmax's screen
-def test_greedy_generate_matches_transformers(tiny, rows):
+@pytest.mark.parametrize("rows,screen", [(1, False), (1, True), (3, False)])
+def test_greedy_generate_matches_transformers(tiny, rows, screen, monkeypatch):
     ref, model = tiny
+    # screen: the tokens come through zoo.argmax's bfloat16 screen of the head (at batch 1,
+    # for calls of BUILD_AT_TOKENS tokens or more; fewer here, to fit the tiny context)
+    monkeypatch.setattr(argmax, "BUILD_AT_TOKENS", 20 if screen else 1000)
+    monkeypatch.delattr(model, argmax.SCREEN_ATTRIBUTE, raising=False)
     ids = torch.randint(0, 96, (rows, 5), generator=torch.Generator().manual_seed(1))
     ours = model.generate(ids, max_new_tokens=20)
     theirs = ref.generate(ids, do_sample=False, max_new_tokens=20, pad_token_id=0, eos_token_id=None)
     assert ours.shape == (rows, 25)
     assert torch.equal(ours, theirs)
+    assert (getattr(model, argmax.SCREEN_ATTRIBUTE, None) is not None) == screen
 
 
 def test_the_decode_step_is_the_blocks_arithmetic_bit_for_bit(tiny):

@@ -41,6 +41,8 @@ _FP32_UNIT = 2.0 ** -24
 SCREEN_ATTRIBUTE = "_screened_argmax"  # where screened() keeps a screen on its owner
 # tokens rescored above this share of the vocabulary: the float32 product is cheaper
 RESCORE_SHARE = 1 / 16
+_CHUNK_ROWS = 2048
+BUILD_AT_TOKENS = 64
 
 
 class ScreenedArgmax:
@@ -54,20 +56,22 @@ class ScreenedArgmax:
     :meth:`matches` says whether it still describes a weight (same tensor, same version)."""
 
     def __init__(self, weight: torch.Tensor):
+        w = weight.detach()
+        V, n = w.shape
+        self.gamma = n * _FP32_UNIT / (1 - n * _FP32_UNIT)
+        self.screen = torch.empty((V, n), dtype=torch.bfloat16)
+        self.screen_norm = torch.empty(V)  # ||W~_j||
+        self.residual_norm = torch.empty(V)  # ||R_j|| + γ ||W_j||: the terms that scale with ||h||
         with torch.no_grad():
-            w = weight.detach()
-            self.screen = w.to(torch.bfloat16)
-            rounded = self.screen.float()
-            n = w.shape[1]
-            self.gamma = n * _FP32_UNIT / (1 - n * _FP32_UNIT)
-            self.screen_norm = torch.linalg.vector_norm(rounded, dim=1)  # ||W~_j||
-            # ||R_j|| + γ ||W_j||: the terms that scale with ||h||
-            self.residual_norm = torch.linalg.vector_norm(w - rounded, dim=1).add_(
-                torch.linalg.vector_norm(w, dim=1), alpha=self.gamma)
-            del rounded
+            for lo in range(0, V, _CHUNK_ROWS):  # in slices: no float32 temporaries of the head's size
+                part, screen = w[lo:lo + _CHUNK_ROWS], self.screen[lo:lo + _CHUNK_ROWS]
+                rounded = screen.copy_(part).float()
+                torch.linalg.vector_norm(rounded, dim=1, out=self.screen_norm[lo:lo + _CHUNK_ROWS])
+                residual = torch.linalg.vector_norm(rounded.sub_(part), dim=1)
+                residual.add_(torch.linalg.vector_norm(part, dim=1), alpha=self.gamma)
+                self.residual_norm[lo:lo + _CHUNK_ROWS] = residual
         self.weight = weight
         self.stamp = _stamp([weight])
-        V = w.shape[0]
         self._screened16 = torch.empty(V, dtype=torch.bfloat16)
         self._screened = torch.empty(V)
         self._bound = torch.empty(V)
@@ -114,14 +118,19 @@ class ScreenedArgmax:
         return torch.mv(self.weight, h).argmax().view(1)
 
 
-def screened(owner: object, weight: torch.Tensor, rows: int) -> Optional[ScreenedArgmax]:
-    """The :class:`ScreenedArgmax` of ``weight`` kept on ``owner`` (made on first use, remade
-    when the weight changed), or None where it does not apply to ``rows`` rows."""
+def screened(owner: object, weight: torch.Tensor, rows: int, tokens: int) -> Optional[ScreenedArgmax]:
+    """The :class:`ScreenedArgmax` of ``weight`` kept on ``owner``, or None where it does not
+    apply to ``rows`` rows. It is made on first use (and remade when the weight changed) by a
+    call for at least :data:`BUILD_AT_TOKENS` ``tokens``: building costs about what it saves
+    over 50 tokens."""
     if not ScreenedArgmax.applies(weight, rows):
         return None
     cached = getattr(owner, SCREEN_ATTRIBUTE, None)
-    if cached is None or not cached.matches(weight):
-        setattr(owner, SCREEN_ATTRIBUTE, None)  # the old copy goes before the new one is made
-        cached = ScreenedArgmax(weight)
-        setattr(owner, SCREEN_ATTRIBUTE, cached)
+    if cached is not None and cached.matches(weight):
+        return cached
+    setattr(owner, SCREEN_ATTRIBUTE, None)  # the old copy goes before a new one is made
+    if tokens < BUILD_AT_TOKENS:
+        return None
+    cached = ScreenedArgmax(weight)
+    setattr(owner, SCREEN_ATTRIBUTE, cached)
     return cached
