@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from zoo import kvcache
 from zoo.activations import ACTIVATIONS, activate_, in_place
-from zoo.argmax import screened
+from zoo.argmax import SCREEN_ATTRIBUTE, screened
 from zoo.errors import ConfigError, InputError
 from zoo.generation import make_generator, next_token
 from zoo.ops import Linear, hooks_set, linear
@@ -200,32 +200,35 @@ class GPT2(nn.Module):
 
     def _decode_plan(self) -> Optional[List[tuple]]:
         """Per block, what a decoding step reads; None where the step must run through the
-        modules: in training mode, under autograd, with hooks set (the plain step would bypass
-        them), or when a submodule has been replaced by another kind."""
+        modules: in training mode, under autograd, with hooks set or a ``forward`` set on a
+        module (the plain step would bypass them), or when a module is of another kind than
+        this file builds (a subclass or a replacement may compute something else)."""
         if self.training or torch.is_grad_enabled() or hooks_set(self):
             return None
-        plan = []
-        for b in self.h:
-            parts = (b.ln_1, b.ln_2, b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
-            if type(b) is not Block or any(type(p) is not t for p, t in zip(parts, (nn.LayerNorm,) * 2 + (Linear,) * 4)):
-                return None
-            plan.append(((b.ln_1.weight, b.ln_1.bias), b.attn.c_attn.product(), b.attn.c_proj.product(),
-                         (b.ln_2.weight, b.ln_2.bias), b.mlp.c_fc.product(), b.mlp.c_proj.product()))
-        return plan
+        if any(type(m) not in _PLAIN_MODULES or "forward" in m.__dict__ for m in self.modules()):
+            return None
+        return [((b.ln_1.weight, b.ln_1.bias, b.ln_1.eps), b.attn.n_head, b.attn.c_attn.product(),
+                 b.attn.c_proj.product(), (b.ln_2.weight, b.ln_2.bias, b.ln_2.eps), b.mlp.c_fc.product(),
+                 in_place(b.mlp.act), b.mlp.c_proj.product()) for b in self.h]
 
     def _decode_step(self, plan: List[tuple], tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """``_hidden(tokens, cache)[0][:, -1]`` for ``tokens`` [B, 1], through a ``plan``."""
-        B, C, nh, eps = tokens.size(0), self.config.n_embd, self.config.n_head, self.config.layer_norm_epsilon
-        act = in_place(self.h[0].mlp.act)  # the MLP's hidden layer is fresh and unhooked
+        B, C = tokens.size(0), self.config.n_embd
         x = F.embedding(tokens, self.wte.weight) + self.wpe.weight[cache.length]  # (B, 1, C)
-        for layer, (ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj) in enumerate(plan):
-            qkv = c_attn(F.layer_norm(x, (C,), *ln_1, eps)).view(B, 1, 3, nh, C // nh).permute(2, 0, 3, 1, 4)
+        for layer, ((w1, b1, eps1), nh, c_attn, attn_proj, (w2, b2, eps2), c_fc, act_, mlp_proj) in enumerate(plan):
+            qkv = c_attn(F.layer_norm(x, (C,), w1, b1, eps1)).view(B, 1, 3, nh, C // nh).permute(2, 0, 3, 1, 4)
             k, v = cache.update_kv(layer, qkv[1:])
             y = F.scaled_dot_product_attention(qkv[0], k, v)  # one new token: no mask
             x = x + attn_proj(y.transpose(1, 2).reshape(B, 1, C))
-            x = x + mlp_proj(act(c_fc(F.layer_norm(x, (C,), *ln_2, eps))))
+            # the MLP's hidden layer is fresh and unhooked: activated in place
+            x = x + mlp_proj(act_(c_fc(F.layer_norm(x, (C,), w2, b2, eps2))))
         cache.length += 1
-        return F.layer_norm(x[:, 0], (C,), self.ln_f.weight, self.ln_f.bias, eps)
+        return F.layer_norm(x[:, 0], (C,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+
+    def __getstate__(self):  # pickling / deepcopy: greedy's bfloat16 screen is a cache, not state
+        state = dict(self.__dict__)
+        state.pop(SCREEN_ATTRIBUTE, None)
+        return state
 
     @torch.inference_mode()
     def generate(
@@ -280,6 +283,10 @@ class GPT2(nn.Module):
                 if bool(done.all()):
                     break
         return out[:, :n]
+
+
+# the kinds of module GPT2 is built of: a model holding only these runs _decode_step
+_PLAIN_MODULES = (GPT2, nn.ModuleList, Block, Attention, MLP, Linear, nn.LayerNorm, nn.Embedding)
 
 
 def from_config(config: Dict[str, Any], task: Optional[str] = None) -> GPT2:

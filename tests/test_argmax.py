@@ -22,16 +22,26 @@ def _hidden(width, seed, massive=True):
     return h
 
 
-def test_the_screen_kernel_sums_in_float32():
-    # 1 + 600 * 2^-9: summed in bfloat16, each 2^-9 would vanish next to 1 (its ulp is 2^-7)
-    row = torch.full((1, 601), 2.0 ** -9)
+@pytest.mark.parametrize("n", [601, 768, 1600])
+def test_the_screen_kernel_sums_in_float32(n):
+    # 1 + (n - 1) * 2^-9: summed in bfloat16, each 2^-9 would vanish next to 1 (its ulp is 2^-7)
+    row = torch.full((1, n), 2.0 ** -9)
     row[0, 0] = 1.0
     screen = ScreenedArgmax(row).screen
-    out = torch.mv(screen, torch.ones(601, dtype=torch.bfloat16))
-    assert abs(float(out[0]) - (1 + 600 * 2.0 ** -9)) <= 2.0 ** -8 * 2.2
+    out = torch.mv(screen, torch.ones(n, dtype=torch.bfloat16))
+    expected = 1 + (n - 1) * 2.0 ** -9
+    assert abs(float(out[0]) - expected) <= expected * 2.0 ** -8
 
 
-@pytest.mark.parametrize("seed", range(6))
+def _bound(screen, h, s):
+    """The module docstring's bound, term by term, in float64."""
+    h64, h16 = h[0].double(), h[0].bfloat16().double()
+    h_norm, round_norm = float(h64.norm()), float((h64 - h16).norm())
+    return ((round_norm + screen.gamma * (h_norm + round_norm)) * screen.screen_norm
+            + h_norm * screen.residual_norm + s.abs() * 2.0 ** -8 / (1 - 2.0 ** -8) + screen.absolute)
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_the_bound_holds_and_the_choice_is_the_float32_argmax(seed):
     weight = _head(seed=seed)
     screen = ScreenedArgmax(weight)
@@ -39,11 +49,33 @@ def test_the_bound_holds_and_the_choice_is_the_float32_argmax(seed):
         h = _hidden(weight.shape[1], 100 * seed + trial, massive=trial % 2 == 0)
         exact = (h.double() @ weight.double().t())[0]
         s = torch.mv(screen.screen, h[0].bfloat16()).double()
-        h_norm, round_norm = float(h.norm()), float((h - h.bfloat16().float()).norm())
-        bound = ((round_norm + screen.gamma * (h_norm + round_norm)) * screen.screen_norm.double()
-                 + h_norm * screen.residual_norm.double() + s.abs() * 2.0 ** -8 / (1 - 2.0 ** -8))
-        assert bool(((s - exact).abs() <= bound).all())  # the docstring's bound, checked
+        assert bool(((s - exact).abs() <= _bound(screen, h, s)).all())
         assert torch.equal(screen(h), F.linear(h, weight).argmax(dim=1))
+
+
+@pytest.mark.parametrize("h_scale,w_scale", [(1e-25, 1.0), (1.0, 1e-25), (1e-20, 1e-20), (1e-30, 1e-10),
+                                             (1e15, 1.0), (1.0, 1e19), (1e-3, 1e3)])
+def test_the_choice_holds_at_every_magnitude(h_scale, w_scale):
+    weight = _head(vocab=1000, width=64, seed=2) * w_scale
+    screen = ScreenedArgmax(weight)
+    for trial in range(8):
+        h = _hidden(64, trial) * h_scale
+        exact = (h.double() @ weight.double().t())[0]
+        s = torch.mv(screen.screen, h[0].bfloat16()).double()
+        assert bool(((s - exact).abs() <= _bound(screen, h, s)).all())
+        assert torch.equal(screen(h), F.linear(h, weight).argmax(dim=1))
+
+
+def test_weights_beyond_bfloat16s_range_and_non_finite_ones():
+    weight = _head(vocab=64, width=8, seed=5)
+    weight[5] = torch.tensor([3.399e38, -1e30, 0, 0, 0, 0, 0, 0])  # rounds to inf in bfloat16
+    h = torch.tensor([[1.0, 1e-9, 0, 0, 0, 0, 0, 0]])
+    assert torch.equal(ScreenedArgmax(weight)(h), F.linear(h, weight).argmax(dim=1))
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        weight = _head(vocab=64, width=8, seed=6)
+        weight[9, 3] = bad
+        h = _hidden(8, 1, massive=False)
+        assert torch.equal(ScreenedArgmax(weight)(h), F.linear(h, weight).argmax(dim=1))
 
 
 def test_near_ties_the_screen_cannot_see_are_decided_in_float32():

@@ -37,37 +37,105 @@ def test_greedy_generate_matches_transformers(tiny, rows, screen, monkeypatch):
     assert (getattr(model, argmax.SCREEN_ATTRIBUTE, None) is not None) == screen
 
 
-def test_the_decode_step_is_the_blocks_arithmetic_bit_for_bit(tiny):
+@pytest.mark.parametrize("rows", [1, 2, 5])  # 5: zoo.ops.linear's transposed few-row product
+def test_the_decode_step_is_the_blocks_arithmetic_bit_for_bit(tiny, rows):
     _, model = tiny
     from zoo.plugins.gpt2 import KVCache
 
-    ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(4))
-    caches = [KVCache(model.config, 2, 8, "cpu", torch.float32) for _ in range(2)]
+    ids = torch.randint(0, 96, (rows, 7), generator=torch.Generator().manual_seed(4))
+    caches = [KVCache(model.config, rows, 12, "cpu", torch.float32) for _ in range(2)]
     with torch.inference_mode():
         for cache in caches:
             model._hidden(ids, cache)
         plan = model._decode_plan()
         assert plan is not None
-        token = torch.tensor([[3], [90]])
-        plain = model._decode_step(plan, token, caches[0])
-        through_modules = model._hidden(token, caches[1])[0][:, -1]
-    assert torch.equal(plain, through_modules)
-    assert torch.equal(caches[0].kv[:, :, :, :, :8], caches[1].kv[:, :, :, :, :8])
+        for step in range(3):
+            token = torch.randint(0, 96, (rows, 1), generator=torch.Generator().manual_seed(step))
+            plain = model._decode_step(plan, token, caches[0])
+            through_modules = model._hidden(token, caches[1])[0][:, -1]
+            assert torch.equal(plain, through_modules)
+    assert caches[0].length == caches[1].length == 10
+    assert torch.equal(caches[0].kv[:, :, :, :, :10], caches[1].kv[:, :, :, :, :10])
 
 
-def test_generate_runs_through_the_modules_when_hooks_are_set(tiny):
+def _hook_ways(model):
+    """Ways to make code that bypasses the modules wrong: each returns its undo."""
+    from torch.nn.modules import module as nn_module
+
+    yield lambda: model.h[0].mlp.register_forward_hook(lambda mod, args, out: None).remove
+    yield lambda: model.h[1].ln_1.register_forward_pre_hook(lambda mod, args: None).remove
+    yield lambda: nn_module.register_module_forward_hook(lambda mod, args, out: None).remove
+    yield lambda: model.h[0].attn.register_full_backward_hook(lambda *a: None).remove
+
+    def instance_forward():  # what accelerate's dispatch hooks do
+        model.h[1].mlp.forward = model.h[1].mlp.forward
+        return lambda: model.h[1].mlp.__dict__.pop("forward")
+
+    yield instance_forward
+
+    def subclassed():
+        from zoo.plugins.gpt2 import MLP
+
+        block, original = model.h[0], model.h[0].mlp
+        block.mlp = type("MyMLP", (MLP,), {})(model.config)
+        block.mlp.load_state_dict(original.state_dict())
+
+        def undo():
+            block.mlp = original
+        return undo
+
+    yield subclassed
+
+
+@pytest.mark.parametrize("way", range(6))
+def test_generate_runs_through_the_modules_when_bypassing_them_could_be_wrong(tiny, way):
     _, model = tiny
-    seen = []
-    handle = model.h[0].mlp.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    undo = list(_hook_ways(model))[way]()
     try:
         with torch.inference_mode():
             assert model._decode_plan() is None
         ids = torch.tensor([[1, 2, 3]])
         hooked = model.generate(ids, max_new_tokens=4)
     finally:
+        undo()
+    with torch.inference_mode():
+        assert model._decode_plan() is not None
+    assert torch.equal(hooked, model.generate(ids, max_new_tokens=4))
+
+
+def test_a_forward_hook_sees_every_decoding_step(tiny):
+    _, model = tiny
+    seen = []
+    handle = model.h[0].mlp.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4)
+    finally:
         handle.remove()
     assert len(seen) == 4  # the prompt and each of the three later steps
-    assert torch.equal(hooked, model.generate(ids, max_new_tokens=4))
+
+
+def test_a_model_built_under_inference_mode_generates(tmp_path, monkeypatch):
+    write_checkpoint(CONV, tmp_path, config={**CONV.tiny_config, "eos_token_id": None})
+    monkeypatch.setattr(argmax, "BUILD_AT_TOKENS", 8)
+    with torch.inference_mode():  # weights that are inference tensors: no packed copy, no screen
+        model = zoo.load(str(tmp_path), device="cpu")
+        out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=10)
+    assert getattr(model, argmax.SCREEN_ATTRIBUTE, None) is None
+    assert torch.equal(out, zoo.load(str(tmp_path), device="cpu").generate(torch.tensor([[1, 2, 3]]), max_new_tokens=10))
+
+
+def test_the_screen_is_dropped_when_the_head_changes_dtype_and_is_not_pickled(tmp_path, monkeypatch):
+    import copy
+
+    write_checkpoint(CONV, tmp_path, config={**CONV.tiny_config, "eos_token_id": None})
+    model = zoo.load(str(tmp_path), device="cpu")
+    monkeypatch.setattr(argmax, "BUILD_AT_TOKENS", 8)
+    model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=10)
+    assert getattr(model, argmax.SCREEN_ATTRIBUTE) is not None
+    assert argmax.SCREEN_ATTRIBUTE not in copy.deepcopy(model).__dict__
+    model.double()
+    model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=10)
+    assert getattr(model, argmax.SCREEN_ATTRIBUTE) is None
 
 
 def test_generation_stops_at_any_of_several_eos_ids(tiny):

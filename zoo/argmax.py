@@ -22,10 +22,15 @@ rounded to bfloat16 and ``R_j = W_j - W~_j``::
                  + ||h|| ||R_j||             (rounding of the head)
                  + γ (||h~|| ||W~_j|| + ||h|| ||W_j||)   (float32 sums, both products)
                  + 2^-8 |s_j| / (1 - 2^-8)   (the result rounded to bfloat16)
+                 + (2n + 2) 2^-126           (underflow: subnormal or flushed products, result)
 
 by Cauchy-Schwarz, with γ = n 2^-24 / (1 - n 2^-24) for sums of n terms. The products of two
-bfloat16 numbers are exact in float32, and the kernels sum in float32 (checked by the tests,
-which also check the bound on random data). The row norms are computed once with the copy.
+bfloat16 numbers are exact in float32 above its underflow, and the kernels sum in float32
+(checked by the tests, which also check the bound on random data of every magnitude). The
+norms and the bound are computed in float64, so that nothing in them underflows, and
+inflated by 1 % for their own rounding. Weights beyond bfloat16's range are clamped to it
+(the residual ``R_j`` accounts for that); a non-finite screened logit is always rescored, and
+a non-finite best one sends the decision to the float32 product.
 """
 from __future__ import annotations
 
@@ -33,10 +38,12 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .ops import _stamp
 
 _BF16_UNIT = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits)
+_BF16_MAX = float(torch.finfo(torch.bfloat16).max)
 _FP32_UNIT = 2.0 ** -24
 SCREEN_ATTRIBUTE = "_screened_argmax"  # where screened() keeps a screen on its owner
 # tokens rescored above this share of the vocabulary: the float32 product is cheaper
@@ -59,29 +66,33 @@ class ScreenedArgmax:
         w = weight.detach()
         V, n = w.shape
         self.gamma = n * _FP32_UNIT / (1 - n * _FP32_UNIT)
+        self.absolute = (2 * n + 2) * 2.0 ** -126
         self.screen = torch.empty((V, n), dtype=torch.bfloat16)
-        self.screen_norm = torch.empty(V)  # ||W~_j||
-        self.residual_norm = torch.empty(V)  # ||R_j|| + γ ||W_j||: the terms that scale with ||h||
+        self.screen_norm = torch.empty(V, dtype=torch.float64)  # ||W~_j||
+        self.residual_norm = torch.empty(V, dtype=torch.float64)  # ||R_j|| + γ ||W_j||: scale with ||h||
         with torch.no_grad():
-            for lo in range(0, V, _CHUNK_ROWS):  # in slices: no float32 temporaries of the head's size
+            for lo in range(0, V, _CHUNK_ROWS):  # in slices: no temporaries of the head's size
                 part, screen = w[lo:lo + _CHUNK_ROWS], self.screen[lo:lo + _CHUNK_ROWS]
-                rounded = screen.copy_(part).float()
+                rounded = screen.copy_(part.clamp(-_BF16_MAX, _BF16_MAX)).double()
                 torch.linalg.vector_norm(rounded, dim=1, out=self.screen_norm[lo:lo + _CHUNK_ROWS])
-                residual = torch.linalg.vector_norm(rounded.sub_(part), dim=1)
-                residual.add_(torch.linalg.vector_norm(part, dim=1), alpha=self.gamma)
+                exact = part.double()
+                residual = torch.linalg.vector_norm(rounded.sub_(exact), dim=1)
+                residual.add_(torch.linalg.vector_norm(exact, dim=1), alpha=self.gamma)
                 self.residual_norm[lo:lo + _CHUNK_ROWS] = residual
         self.weight = weight
         self.stamp = _stamp([weight])
         self._screened16 = torch.empty(V, dtype=torch.bfloat16)
-        self._screened = torch.empty(V)
-        self._bound = torch.empty(V)
-        self._work = torch.empty(V)
+        self._screened = torch.empty(V, dtype=torch.float64)
+        self._bound = torch.empty(V, dtype=torch.float64)
+        self._work = torch.empty(V, dtype=torch.float64)
         self._mask = torch.empty(V, dtype=torch.bool)
 
     @staticmethod
     def applies(weight: torch.Tensor, rows: int) -> bool:
-        """Whether screening applies: one row times a float32 CPU matrix."""
-        return rows == 1 and weight.dim() == 2 and weight.dtype == torch.float32 and weight.device.type == "cpu"
+        """Whether screening applies: one row times a float32 CPU matrix (not an inference
+        tensor, whose changes cannot be noticed), outside CPU autocast."""
+        return (rows == 1 and weight.dim() == 2 and weight.dtype == torch.float32 and weight.device.type == "cpu"
+                and not weight.is_inference() and not torch.is_autocast_enabled("cpu"))
 
     @property
     def bytes_saved(self) -> int:
@@ -96,26 +107,26 @@ class ScreenedArgmax:
         h = h.reshape(-1)
         h16 = h.to(torch.bfloat16)
         s = self._screened.copy_(torch.mv(self.screen, h16, out=self._screened16))
-        h_norm = float(torch.linalg.vector_norm(h))
-        round_norm = float(torch.linalg.vector_norm(h - h16.float()))
-        if not math.isfinite(h_norm):
-            return self._full(h)
+        h_norm = float(torch.linalg.vector_norm(h, dtype=torch.float64))
+        round_norm = float(torch.linalg.vector_norm(h.double() - h16.double()))
         # the bound b, inflated by 1 % for the rounding of its own arithmetic
         alpha = 1.01 * (round_norm + self.gamma * (h_norm + round_norm))
         bound = torch.mul(self.screen_norm, alpha, out=self._bound)
         bound.add_(self.residual_norm, alpha=1.01 * h_norm)
         bound.add_(torch.abs(s, out=self._work), alpha=1.01 * _BF16_UNIT / (1 - _BF16_UNIT))
-        floor = torch.sub(s, bound, out=self._work).max()  # the best logit is at least this
-        if not math.isfinite(floor):  # NaN or overflow in the screen: decide in float32
+        bound.add_(1.01 * self.absolute)
+        floor = float(torch.sub(s, bound, out=self._work).max())  # the best logit is at least this
+        if not math.isfinite(floor):  # NaN or overflow: decide in float32
             return self._full(h)
-        candidates = torch.ge(s.add_(bound), floor, out=self._mask).nonzero().view(-1)
+        # rescored: every token not below the floor by more than its bound; NaN ones too
+        candidates = torch.lt(s.add_(bound), floor, out=self._mask).logical_not_().nonzero().view(-1)
         if candidates.numel() > RESCORE_SHARE * s.numel():
             return self._full(h)
-        exact = self.weight.index_select(0, candidates) @ h
+        exact = torch.mv(self.weight.index_select(0, candidates), h)
         return candidates[exact.argmax()].view(1)
 
     def _full(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.mv(self.weight, h).argmax().view(1)
+        return F.linear(h[None], self.weight).argmax(dim=1)  # as the unscreened path computes it
 
 
 def screened(owner: object, weight: torch.Tensor, rows: int, tokens: int) -> Optional[ScreenedArgmax]:
@@ -123,14 +134,13 @@ def screened(owner: object, weight: torch.Tensor, rows: int, tokens: int) -> Opt
     apply to ``rows`` rows. It is made on first use (and remade when the weight changed) by a
     call for at least :data:`BUILD_AT_TOKENS` ``tokens``: building costs about what it saves
     over 50 tokens."""
+    cached = getattr(owner, SCREEN_ATTRIBUTE, None)
+    if cached is not None and not cached.matches(weight):
+        setattr(owner, SCREEN_ATTRIBUTE, None)  # stale (the weight changed, moved or was cast)
+        cached = None
     if not ScreenedArgmax.applies(weight, rows):
         return None
-    cached = getattr(owner, SCREEN_ATTRIBUTE, None)
-    if cached is not None and cached.matches(weight):
-        return cached
-    setattr(owner, SCREEN_ATTRIBUTE, None)  # the old copy goes before a new one is made
-    if tokens < BUILD_AT_TOKENS:
-        return None
-    cached = ScreenedArgmax(weight)
-    setattr(owner, SCREEN_ATTRIBUTE, cached)
+    if cached is None and tokens >= BUILD_AT_TOKENS:
+        cached = ScreenedArgmax(weight)
+        setattr(owner, SCREEN_ATTRIBUTE, cached)
     return cached

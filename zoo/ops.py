@@ -105,10 +105,13 @@ class Packed:
     @classmethod
     def of(cls, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]] = ()) -> Optional["Packed"]:
         """The packed copy, or None where packing does not apply (not CPU float32 2-D weights,
-        no MKL, ``ZOO_PACK=0``, or biases on some of the weights only)."""
-        if not packing_available() or any(w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2 for w in weights):
-            return None
+        inference tensors, no MKL, ``ZOO_PACK=0``, or biases on some of the weights only)."""
         present = [b for b in biases if b is not None]
+        if not packing_available() or any(w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2
+                                           for w in weights):
+            return None
+        if any(t.is_inference() for t in (*weights, *present)):
+            return None  # an inference tensor has no version counter to notice changes by
         if present and len(present) != len(weights):
             return None
         return cls(weights, present)
