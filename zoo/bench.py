@@ -182,7 +182,8 @@ def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, promp
         theirs = ref.generate(**kwargs, **gen_kwargs)
         identical = ours.shape == theirs.shape and bool((ours == theirs).all())
         ref_fn = lambda: ref.generate(**kwargs, **gen_kwargs)
-    z, r, ratios = _ab(zoo_fn, ref_fn, max(2, repeats // 2), higher_is_better=True)
+    # a decode run is long: half the repeats, but at least 3 (a median of 2 is their mean)
+    z, r, ratios = _ab(zoo_fn, ref_fn, max(3, (repeats + 1) // 2), higher_is_better=True)
     rows = kwargs["input_ids"].shape[0]
     tps = rows * n_new / z
     note = "" if identical is None else ("identical tokens" if identical else "TOKENS DIFFER")

@@ -262,7 +262,7 @@ def run(name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, tempera
 @click.option("--new-tokens", default=64, show_default=True, help="Tokens to decode (generative models).")
 @click.option("--prompt", default=16, show_default=True, help="Prompt tokens before decoding (decoder-only models).")
 @click.option("--beams", default=1, show_default=True, help="Decode with beam search of N beams (1: greedy).")
-@click.option("--repeats", default=5, show_default=True, help="Timed repeats (A/B interleaved).")
+@click.option("--repeats", default=5, show_default=True, help="Timed repeats (A/B interleaved); decoding takes half as many, at least 3.")
 @click.option("--compare", is_flag=True, help="Run transformers side by side on the same weights.")
 @click.option("--cold", is_flag=True, help="Also time a fresh process: import, load, first output; peak RSS.")
 @click.option("--scaling", is_flag=True, help="Also show how time grows with sequence, batch and context.")
