@@ -10,7 +10,9 @@ stores weights as ``[in, out]`` while ``nn.Linear`` wants ``[out, in]``.
 
 Generation uses a preallocated key/value cache: each new token runs the blocks on that token
 alone, writes its keys/values in place, and attends over the cache — no recomputation and no
-reallocation per step.
+reallocation per step. Decoding steps run the blocks' arithmetic without module calls where
+that is safe (see "decoding" below), and greedy decoding at batch 1 takes each token from a
+bfloat16 screen of the tied head, exact against float32 (zoo.argmax).
 """
 from __future__ import annotations
 
