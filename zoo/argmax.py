@@ -56,7 +56,7 @@ class ScreenedArgmax:
     """Exact ``argmax(h @ weightᵀ)`` for one row ``h`` and a float32 CPU ``weight`` [V, n],
     from a bfloat16 screen.
 
-    Holds a bfloat16 copy of ``weight`` (half its size), two float32 numbers per row of it, and
+    Holds a bfloat16 copy of ``weight`` (half its size), two float64 norms per row of it, and
     work buffers, so that a decoding step allocates nothing large (a fresh buffer of a few
     hundred KB costs page faults at every step). One row only: at 2 or more rows the bfloat16
     product ran no faster here than the float32 one (no bfloat16 instructions on this CPU).

@@ -91,11 +91,12 @@ def _sniff(path: Path, catalog: Catalog, overrides: Mapping[str, Any]):
     """A checkpoint without config.json: the converter whose key map accounts for every key,
     and the config it infers from the tensors."""
     from .convert import _compile
+    from .export import ZOO_META
     from .types import resolve as resolve_ref
 
-    if path.is_dir() and (path / "zoo.json").is_file():  # written by `zoo convert --to zoo`
+    if path.is_dir() and (path / ZOO_META).is_file():  # written by `zoo convert --to zoo`
         raise CheckpointError(
-            f"{path}: is a zoo-native export (zoo.json); `zoo convert {path} --to hf --out DIR` "
+            f"{path}: is a zoo-native export ({ZOO_META}); `zoo convert {path} --to hf --out DIR` "
             f"turns it back into a checkpoint folder that loads"
         )
     files = ckpt.WeightFiles([path], "safetensors") if path.is_file() else ckpt.find_weights(path)

@@ -20,11 +20,11 @@ def sampling(config, opts) -> dict:
     top_k 50, top_p 1); else greedy. ``--temperature 0`` is greedy whatever the checkpoint says."""
     if opts.temperature is not None or not config.get("do_sample"):
         return {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p}
-    def pick(given, key, default):
-        return given if given is not None else config.get(key, default)
-
-    return {"temperature": pick(None, "temperature", 1.0), "top_k": pick(opts.top_k, "top_k", 50),
-            "top_p": pick(opts.top_p, "top_p", 1.0)}
+    return {
+        "temperature": config.get("temperature", 1.0),
+        "top_k": opts.top_k if opts.top_k is not None else config.get("top_k", 50),
+        "top_p": opts.top_p if opts.top_p is not None else config.get("top_p", 1.0),
+    }
 
 
 def run(loaded, inputs, opts, emit):
