@@ -28,7 +28,7 @@ from zoo.activations import ACTIVATIONS, activate_, in_place
 from zoo.argmax import SCREEN_ATTRIBUTE, screened
 from zoo.errors import ConfigError, InputError
 from zoo.generation import make_generator, next_token
-from zoo.ops import Linear, hooks_set, linear
+from zoo.ops import CachesNotState, Linear, hooks_set, linear
 from zoo.outputs import ModelOutput
 
 
@@ -130,8 +130,10 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT2(nn.Module):
+class GPT2(CachesNotState, nn.Module):
     """GPT-2 language model: ``model(input_ids)`` -> output with ``.logits`` [B, T, vocab]."""
+
+    _caches = (SCREEN_ATTRIBUTE,)  # greedy's bfloat16 screen of the head (zoo.argmax)
 
     def __init__(self, cfg: GPT2Config):
         super().__init__()
@@ -226,11 +228,6 @@ class GPT2(nn.Module):
             x = x + mlp_proj(act_(c_fc(F.layer_norm(x, (C,), w2, b2, eps2))))
         cache.length += 1
         return F.layer_norm(x[:, 0], (C,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
-
-    def __getstate__(self):  # pickling / deepcopy: greedy's bfloat16 screen is a cache, not state
-        state = dict(self.__dict__)
-        state.pop(SCREEN_ATTRIBUTE, None)
-        return state
 
     @torch.inference_mode()
     def generate(

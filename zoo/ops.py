@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import mmap
 import os
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -135,12 +135,23 @@ class Packed:
         return _mkl_linear(x, self.data, self.shape, self.bias, x.numel() // x.size(-1))
 
 
-class Linear(nn.Linear):
+class CachesNotState:
+    """Mixin for a module that keeps caches in attributes (a packed copy, greedy's bfloat16
+    screen): pickling and ``copy.deepcopy`` leave the attributes named in ``_caches`` out."""
+
+    _caches: Tuple[str, ...] = ()
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in self._caches}
+
+
+class Linear(CachesNotState, nn.Linear):
     """``nn.Linear`` (same parameters and state-dict keys): from a :class:`Packed` copy of the
     weight in eval mode once :meth:`pack_weights` made one and while it is usable, else with
     :func:`linear`."""
 
     _packed: Optional[Packed] = None
+    _caches = ("_packed",)
 
     def pack_weights(self) -> List[torch.Tensor]:
         """Make the packed copy; returns the weights now read from packed copies (for the
@@ -175,18 +186,15 @@ class Linear(nn.Linear):
             return packed.linear
         return functools.partial(linear, weight=weight, bias=bias)
 
-    def __getstate__(self):  # pickling / deepcopy: a packed copy is a cache, not state
-        state = dict(self.__dict__)
-        state.pop("_packed", None)
-        return state
 
 
-class PackedQKV(nn.Module):
+class PackedQKV(CachesNotState, nn.Module):
     """Base of an attention module with the checkpoint's three projections ``query``, ``key``
     and ``value`` (plain ``nn.Linear``, set by the subclass): on CPU float32 the loader packs
     them as one product, one matrix product instead of three (20-30 % faster here)."""
 
     _qkv: Optional[Packed] = None  # q | k | v packed side by side, a cache
+    _caches = ("_qkv",)
 
     def _parts(self):
         parts = (self.query, self.key, self.value)
@@ -198,9 +206,6 @@ class PackedQKV(nn.Module):
 
     def unpack(self) -> None:
         self._qkv = None
-
-    def __getstate__(self):  # the packed copy is a cache, not state
-        return {k: v for k, v in self.__dict__.items() if k != "_qkv"}
 
     def project_qkv(self, x: torch.Tensor):
         """``(query(x), key(x), value(x))``, from the packed product when it is usable."""
