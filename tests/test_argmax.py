@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.argmax import BUILD_AT_TOKENS, SCREEN_ATTRIBUTE, ScreenedArgmax, screened
+from zoo.argmax import (BUILD_AT_TOKENS, SCREEN_ATTRIBUTE, ScreenedArgmax, _bfloat16_at_most, screened,
+                         sums_in_float32)
 from zoo.ops import unpack_all
 
 
@@ -22,34 +23,53 @@ def _hidden(width, seed, massive=True):
     return h
 
 
+def _screened(screen, h):
+    """The screen's bfloat16 logits for ``h`` [1, n], as float64 [V]."""
+    return torch.mm(h.bfloat16(), screen.screen)[0].double()
+
+
 @pytest.mark.parametrize("n", [601, 768, 1600])
 def test_the_screen_kernel_sums_in_float32(n):
+    assert sums_in_float32(n)  # the probe that screened() makes before a screen is used
     # 1 + (n - 1) * 2^-9: summed in bfloat16, each 2^-9 would vanish next to 1 (its ulp is 2^-7)
     row = torch.full((1, n), 2.0 ** -9)
     row[0, 0] = 1.0
-    screen = ScreenedArgmax(row).screen
-    out = torch.mv(screen, torch.ones(n, dtype=torch.bfloat16))
+    out = _screened(ScreenedArgmax(row), torch.ones(1, n))
     expected = 1 + (n - 1) * 2.0 ** -9
     assert abs(float(out[0]) - expected) <= expected * 2.0 ** -8
 
 
-def _bound(screen, h, s):
-    """The module docstring's bound, term by term, in float64."""
+def _bound(weight, h):
+    """The module docstring's ``A``, term by term, from the largest row norms of the head."""
+    n = weight.shape[1]
+    w64, w16 = weight.double(), weight.bfloat16().double()
+    screen_norm = float(w16.norm(dim=1).max())
+    gamma = n * 2.0 ** -23 / (1 - n * 2.0 ** -23)
+    residual_norm = float(((w64 - w16).norm(dim=1) + gamma * w64.norm(dim=1)).max())
     h64, h16 = h[0].double(), h[0].bfloat16().double()
-    h_norm, round_norm = float(h64.norm()), float((h64 - h16).norm())
-    return ((round_norm + screen.gamma * (h_norm + round_norm)) * screen.screen_norm
-            + h_norm * screen.residual_norm + s.abs() * 2.0 ** -8 / (1 - 2.0 ** -8) + screen.absolute)
+    h_norm, round_norm, h16_norm = float(h64.norm()), float((h64 - h16).norm()), float(h16.norm())
+    return (round_norm * screen_norm + h_norm * residual_norm + gamma * h16_norm * screen_norm
+            + 2.0 ** -126 * n ** 0.5 * (h16_norm + screen_norm) + (2 * n + 2) * 2.0 ** -126)
+
+
+def _check_bound(screen, weight, h):
+    """The screened logits are within the bound of the exact ones, and the bound is tight."""
+    exact = (h.double() @ weight.double().t())[0]
+    s = _screened(screen, h)
+    A = screen.bound(h)
+    assert _bound(weight, h) <= A <= 1.02 * _bound(weight, h)
+    assert bool(((s - exact).abs() <= A + s.abs() * 2.0 ** -8 / (1 - 2.0 ** -8)).all())
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_the_bound_holds_and_the_choice_is_the_float32_argmax(seed):
+def test_the_bound_holds_and_the_choice_is_the_float32_argmax(seed, monkeypatch):
     weight = _head(seed=seed)
     screen = ScreenedArgmax(weight)
+    # on hidden states like a trained model's, the screen decides: never the full product
+    monkeypatch.setattr(screen, "_full", lambda h: pytest.fail("fell back to the float32 product"))
     for trial in range(10):
         h = _hidden(weight.shape[1], 100 * seed + trial, massive=trial % 2 == 0)
-        exact = (h.double() @ weight.double().t())[0]
-        s = torch.mv(screen.screen, h[0].bfloat16()).double()
-        assert bool(((s - exact).abs() <= _bound(screen, h, s)).all())
+        _check_bound(screen, weight, h)
         assert torch.equal(screen(h), F.linear(h, weight).argmax(dim=1))
 
 
@@ -60,10 +80,18 @@ def test_the_choice_holds_at_every_magnitude(h_scale, w_scale):
     screen = ScreenedArgmax(weight)
     for trial in range(8):
         h = _hidden(64, trial) * h_scale
-        exact = (h.double() @ weight.double().t())[0]
-        s = torch.mv(screen.screen, h[0].bfloat16()).double()
-        assert bool(((s - exact).abs() <= _bound(screen, h, s)).all())
+        _check_bound(screen, weight, h)
         assert torch.equal(screen(h), F.linear(h, weight).argmax(dim=1))
+
+
+def test_the_threshold_is_rounded_down_to_bfloat16():
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.randn(200, generator=g) * 10.0 ** e for e in (-30, -3, 0, 5, 30)]).double()
+    values = torch.cat([values, torch.tensor([0.0, 1.0, -1.0, 3.3e38, -3.3e38, 3.4e38, -3.4e38]).double()])
+    for x in values.tolist():
+        t = _bfloat16_at_most(x)
+        above = torch.nextafter(t, torch.tensor(float("inf"), dtype=torch.bfloat16))
+        assert t.dtype == torch.bfloat16 and float(t) <= x < float(above), x
 
 
 def test_weights_beyond_bfloat16s_range_and_non_finite_ones():
@@ -85,7 +113,7 @@ def test_near_ties_the_screen_cannot_see_are_decided_in_float32():
     # rows a hair above and below the best one, and the best one moved behind them
     weight[7], weight[300], weight[best] = weight[best] * (1 + 1e-5), weight[best] * (1 - 1e-5), weight[0]
     screen = ScreenedArgmax(weight)
-    s = torch.mv(screen.screen, h[0].bfloat16())
+    s = _screened(screen, h)
     assert s[7] == s[300]  # to bfloat16 the two are one logit
     assert torch.equal(screen(h), torch.tensor([7]))
     assert torch.equal(screen(-h), F.linear(-h, weight).argmax(dim=1))
