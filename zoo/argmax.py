@@ -23,7 +23,7 @@ rounded to bfloat16 and ``R_j = W_j - W~_j``::
                  + ||h|| ||R_j||                            (rounding of the head)
                  + γ (||h~|| ||W~_j|| + ||h|| ||W_j||)      (float32 sums, both products)
                  + 2^-126 √n (||h~|| + ||W~_j||)            (subnormal inputs flushed to zero)
-                 + (2n + 2) 2^-126                          (underflow: products, result)
+                 + (4n + 2) 2^-126                          (underflow: every product and sum)
                  + 2^-8 |s_j| / (1 - 2^-8)                  (the result rounded to bfloat16)
 
 by Cauchy-Schwarz, with γ = n u / (1 - n u), u = 2^-23, for sums of n terms in any order with
@@ -31,21 +31,24 @@ up to one unit in the last place of error per addition (round-to-nearest gives h
 slack covers kernels that round otherwise). The products of two bfloat16 numbers are exact in
 float32 above its underflow. Every term but the last is at most a constant ``A`` per call,
 taking the largest row norms of the head (made once, with the copy), so ``b_j <= A + c |s_j|``
-and the test above is one comparison of ``s`` against a threshold: ``s_j + c |s_j|`` grows
-with ``s_j``. The threshold is rounded down to bfloat16, so that ``s`` is compared as the
-kernel produced it. Norms and bound are computed in float64 (nothing in them underflows) and
-inflated by 1 % for their own rounding. Weights beyond bfloat16's range are clamped to it (the
-residual ``R_j`` accounts for that); a non-finite screened logit sends the decision to the
-float32 product.
+and the test above is one comparison of ``s`` against a threshold ``tau``: ``s_j + c |s_j|``
+grows with ``s_j`` (:func:`_threshold`). As ``s`` is bfloat16, the threshold is taken as the
+bfloat16 number at or below ``tau``, so that the comparison runs on ``s`` as it is. Norms and
+bound are computed in float64 (nothing in them underflows) and inflated by 1 % for their own
+rounding.
 
-The kernel's arithmetic is checked, not assumed: before a screen is made, a probe that
-bfloat16 accumulation would fail runs through the same product (:func:`sums_in_float32`);
-where it fails, greedy decoding takes the plain float32 path. The tests check the bound on
-random data of every magnitude.
+Where the bound does not hold, the float32 product decides: a non-finite screened logit, an
+``h`` so large that a float32 sum could overflow (``||h|| max ||W_j|| (1 + γ)`` beyond
+float32's range), a head with non-finite weights or weights beyond bfloat16's range, n > 2^22.
+
+The kernel's arithmetic is checked, not assumed: each new screen runs one random row through
+the very product it will use and compares every column against the float64 value of the same
+bfloat16 operands, within ``γ ||h~|| ||W~_j||`` and the result's rounding. A kernel that
+accumulated in bfloat16, or rounded its result otherwise than to nearest, fails that check,
+and the screen is then not used (``sound`` is False).
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
@@ -55,9 +58,10 @@ import torch.nn.functional as F
 from .ops import _stamp
 
 _BF16_UNIT = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits)
-_BF16_MAX = float(torch.finfo(torch.bfloat16).max)
 _TINY = 2.0 ** -126  # float32's (and bfloat16's) smallest normal number
 _FP32_ULP = 2.0 ** -23  # one unit in the last place of float32, relative
+_FP32_MAX = float(torch.finfo(torch.float32).max)
+_MAX_WIDTH = 2 ** 22  # n u <= 1/2: γ stays meaningful
 _RELATIVE = 1.01 * _BF16_UNIT / (1 - _BF16_UNIT)  # c: the bfloat16 result's rounding
 SCREEN_ATTRIBUTE = "_screened_argmax"  # where screened() keeps a screen on its owner
 # tokens rescored above this share of the vocabulary: the float32 product is cheaper
@@ -76,29 +80,39 @@ class ScreenedArgmax:
     buffers, so that a decoding step allocates nothing large. One row only: at 2 or more rows
     the bfloat16 product ran no faster here than the float32 one (no bfloat16 instructions on
     this CPU). :meth:`matches` says whether it still describes a weight (same tensor, same
-    version)."""
+    version); ``sound`` whether the bound holds for it (see the module docstring)."""
 
     def __init__(self, weight: torch.Tensor):
         w = weight.detach()
         V, n = w.shape
-        self.gamma = n * _FP32_ULP / (1 - n * _FP32_ULP)
-        self.absolute = (2 * n + 2) * _TINY
+        self.gamma = _gamma(n)
+        self.absolute = (4 * n + 2) * _TINY
         self.flush = _TINY * math.sqrt(n)  # times the inputs' norms: subnormal inputs flushed
         self.screen = torch.empty((n, V), dtype=torch.bfloat16)
-        screen_norm = residual_norm = 0.0
+        # the kernel check's row, and what the screen must give for it
+        probe = torch.randn((1, n), generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+        probe64 = probe[0].double()
+        expected = torch.empty(V, dtype=torch.float64)  # probe @ W~ᵀ, exactly
+        screen_norms = torch.empty(V, dtype=torch.float64)  # >= ||W~_j||
+        norms = torch.zeros(3, dtype=torch.float64)  # max_j of: the bound on ||W~_j||, ||R_j|| + γ ||W_j||, ||W_j||
         with torch.no_grad():
             for lo in range(0, V, _CHUNK_ROWS):  # in slices: no temporaries of the head's size
                 part = w[lo:lo + _CHUNK_ROWS]
-                rounded = part.clamp(-_BF16_MAX, _BF16_MAX).to(torch.bfloat16)
+                rounded = part.to(torch.bfloat16)  # beyond bfloat16's range: inf, R_j inf, not sound
                 self.screen[:, lo:lo + _CHUNK_ROWS] = rounded.t()
-                residual = part - rounded.float()  # R_j, exact in float32
+                torch.mv(rounded.double(), probe64, out=expected[lo:lo + _CHUNK_ROWS])
+                residual = part - rounded.float()  # R_j, exact in float32 (rounding to nearest)
                 exact_norm = torch.linalg.vector_norm(part, dim=1, dtype=torch.float64)  # ||W_j||
-                residual_norm_j = torch.linalg.vector_norm(residual, dim=1, dtype=torch.float64)  # ||R_j||
-                # ||W~_j|| <= ||W_j|| + ||R_j||
-                screen_norm = max(screen_norm, float((exact_norm + residual_norm_j).max()))
-                residual_norm = max(residual_norm, float(residual_norm_j.add_(exact_norm, alpha=self.gamma).max()))
-        self.screen_norm = screen_norm  # max_j ||W~_j||
-        self.residual_norm = residual_norm  # max_j (||R_j|| + γ ||W_j||): scales with ||h||
+                residual_norm = torch.linalg.vector_norm(residual, dim=1, dtype=torch.float64)  # ||R_j||
+                torch.add(exact_norm, residual_norm, out=screen_norms[lo:lo + _CHUNK_ROWS])  # ||W~_j|| <= ||W_j|| + ||R_j||
+                chunk = torch.stack([screen_norms[lo:lo + _CHUNK_ROWS], residual_norm + self.gamma * exact_norm, exact_norm])
+                norms = torch.maximum(norms, chunk.amax(dim=1))  # a NaN stays
+        self.screen_norm, self.residual_norm, self.weight_norm = norms.tolist()
+        s = torch.mm(probe, self.screen)[0].double()
+        magnitude = screen_norms.mul_(float(probe64.norm()))  # >= Σ_i |probe_i W~_ji|
+        self.sound = bool(torch.isfinite(norms).all()) and _sums_in_float32(s, expected, magnitude, n)
+        if not self.sound:  # never used: keep nothing of the head's size
+            self.screen = self.screen[:, :0].clone()
         self.weight = weight
         self.stamp = _stamp([weight])
         self._screened = torch.empty((1, V), dtype=torch.bfloat16)
@@ -107,9 +121,10 @@ class ScreenedArgmax:
     @staticmethod
     def applies(weight: torch.Tensor, rows: int) -> bool:
         """Whether screening applies: one row times a float32 CPU matrix (not an inference
-        tensor, whose changes cannot be noticed), outside CPU autocast."""
+        tensor, whose changes cannot be noticed) at most 2^22 wide, outside CPU autocast."""
         return (rows == 1 and weight.dim() == 2 and weight.dtype == torch.float32 and weight.device.type == "cpu"
-                and not weight.is_inference() and not torch.is_autocast_enabled("cpu"))
+                and weight.shape[1] <= _MAX_WIDTH and not weight.is_inference()
+                and not torch.is_autocast_enabled("cpu"))
 
     @property
     def bytes_saved(self) -> int:
@@ -119,10 +134,12 @@ class ScreenedArgmax:
     def matches(self, weight: torch.Tensor) -> bool:
         return weight is self.weight and _stamp([weight]) == self.stamp
 
-    def bound(self, h: torch.Tensor) -> float:
-        """``A`` for a row ``h`` [1, n]: ``|s_j - f_j| <= A + c |s_j|``, c = 1.01 2^-8 / (1 - 2^-8)."""
-        h16 = h.to(torch.bfloat16)
+    def bound(self, h: torch.Tensor, h16: torch.Tensor) -> float:
+        """``A`` for a row ``h`` [1, n] and its bfloat16 rounding ``h16``: ``|s_j - f_j| <= A +
+        c |s_j|`` with c = 1.01 2^-8 / (1 - 2^-8); infinite where a float32 sum could overflow."""
         h_norm = float(torch.linalg.vector_norm(h, dtype=torch.float64))
+        if not h_norm * self.weight_norm * (1 + self.gamma) < _FP32_MAX:  # NaN too
+            return math.inf
         round_norm = float(torch.linalg.vector_norm(h.double() - h16.double()))
         h16_norm = h_norm + round_norm  # >= ||h~||
         return 1.01 * (round_norm * self.screen_norm + h_norm * self.residual_norm
@@ -132,17 +149,15 @@ class ScreenedArgmax:
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         """Best token for ``h`` [1, n] (float32): a [1] int64 tensor."""
         h = h.reshape(1, -1)
-        s = torch.mm(h.to(torch.bfloat16), self.screen, out=self._screened)[0]
+        if not self.sound:
+            return self._full(h)
+        h16 = h.to(torch.bfloat16)
+        s = torch.mm(h16, self.screen, out=self._screened)[0]
         low, high = torch.aminmax(s)
         top = float(high)
         if not (math.isfinite(top) and math.isfinite(float(low))):  # NaN or overflow
             return self._full(h)
-        A = self.bound(h)
-        # the best float32 logit is >= L = top - A - c|top|; token j reaches <= s_j + A + c|s_j|,
-        # which grows with s_j: it is below L for every s_j below the root tau of
-        # s + c|s| = L - A, so the tokens with s_j >= tau are rescored
-        y = top - _RELATIVE * abs(top) - 2 * A
-        tau = y / (1 + _RELATIVE) if y >= 0 else y / (1 - _RELATIVE)
+        tau = _threshold(top, self.bound(h, h16))
         if not math.isfinite(tau):
             return self._full(h)
         candidates = torch.ge(s, _bfloat16_at_most(tau), out=self._mask).nonzero().view(-1)
@@ -155,17 +170,26 @@ class ScreenedArgmax:
         return F.linear(h, self.weight).argmax(dim=1)  # as the unscreened path computes it
 
 
-@functools.lru_cache(maxsize=None)
-def sums_in_float32(n: int) -> bool:
-    """Whether the screen's product of width ``n`` sums in float32, as the bound assumes: it
-    computes 1 + (n - 1) 2^-9 (in bfloat16 each 2^-9 would vanish next to 1, whose unit in the
-    last place is 2^-7). Checked once per width and process; where it fails, no screen."""
-    probe = torch.full((n, 256), 2.0 ** -9, dtype=torch.bfloat16)
-    probe[0] = 1
-    out = torch.mm(torch.ones((1, n), dtype=torch.bfloat16), probe).double()
-    expected = 1 + (n - 1) * 2.0 ** -9
-    gamma = n * _FP32_ULP / (1 - n * _FP32_ULP)
-    return bool(((out - expected).abs() <= expected * (_RELATIVE + gamma)).all())
+def _gamma(n: int) -> float:
+    """γ for a float32 sum of n terms, up to one unit in the last place per addition."""
+    return n * _FP32_ULP / (1 - n * _FP32_ULP)
+
+
+def _threshold(top: float, A: float) -> float:
+    """``tau``: every screened logit ``s < tau`` is below the best one by more than the bound.
+
+    The best float32 logit is at least ``L = top - A - c|top|``, and a token screened at ``s``
+    reaches at most ``s + A + c|s|``, which grows with ``s``; ``tau`` is the root of
+    ``s + c|s| = L - A``."""
+    y = top - _RELATIVE * abs(top) - 2 * A
+    return y / (1 + _RELATIVE) if y >= 0 else y / (1 - _RELATIVE)
+
+
+def _sums_in_float32(s: torch.Tensor, expected: torch.Tensor, magnitude: torch.Tensor, n: int) -> bool:
+    """Whether a kernel's bfloat16 results ``s`` are the exact values ``expected`` summed in
+    float32 and rounded to bfloat16, ``magnitude`` bounding Σ|terms| per column."""
+    slack = 1.01 * (_gamma(n) * magnitude + _RELATIVE * s.abs() + (4 * n + 2) * _TINY)
+    return bool(((s - expected).abs() <= slack).all())
 
 
 def _bfloat16_at_most(x: float) -> torch.Tensor:
@@ -178,16 +202,17 @@ def _bfloat16_at_most(x: float) -> torch.Tensor:
 
 def screened(owner: object, weight: torch.Tensor, rows: int, tokens: int) -> Optional[ScreenedArgmax]:
     """The :class:`ScreenedArgmax` of ``weight`` kept on ``owner``, or None where it does not
-    apply to ``rows`` rows. It is made on first use (and remade when the weight changed) by a
-    call for at least :data:`BUILD_AT_TOKENS` ``tokens``: building costs about what it saves
-    over 50 tokens."""
+    apply to ``rows`` rows (or the bound does not hold for this head or this machine's
+    kernel). It is made on first use (and remade when the weight changed) by a call for at
+    least :data:`BUILD_AT_TOKENS` ``tokens``: building costs about what it saves over 50
+    tokens."""
     cached = getattr(owner, SCREEN_ATTRIBUTE, None)
     if cached is not None and not cached.matches(weight):
         setattr(owner, SCREEN_ATTRIBUTE, None)  # stale (the weight changed, moved or was cast)
         cached = None
-    if not ScreenedArgmax.applies(weight, rows) or not sums_in_float32(weight.shape[1]):
+    if not ScreenedArgmax.applies(weight, rows):
         return None
     if cached is None and tokens >= BUILD_AT_TOKENS:
         cached = ScreenedArgmax(weight)
         setattr(owner, SCREEN_ATTRIBUTE, cached)
-    return cached
+    return cached if cached is not None and cached.sound else None
