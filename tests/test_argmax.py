@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.argmax import (BUILD_AT_TOKENS, SCREEN_ATTRIBUTE, ScreenedArgmax, _bfloat16_at_most, _sums_in_float32,
+from zoo.argmax import (BUILD_AT_TOKENS, GIVE_UP_AFTER, SCREEN_ATTRIBUTE, ScreenedArgmax, _bfloat16_at_most, _sums_in_float32,
                          _threshold, screened)
 from zoo.ops import unpack_all
 
@@ -275,3 +275,24 @@ def test_the_screen_follows_the_weight_and_applies_to_one_row_of_float32_only():
     screened(model, weight, 1, BUILD_AT_TOKENS)
     unpack_all(model)  # after edits through .data, as for packed copies
     assert SCREEN_ATTRIBUTE not in model.__dict__
+
+
+def test_a_screen_that_cannot_rule_tokens_out_is_given_up():
+    # rows that differ by less than the bound: every call has too many candidates, so every
+    # call pays the screen and the float32 product; after GIVE_UP_AFTER calls it is dropped
+    row = torch.randn(1, 64, generator=torch.Generator().manual_seed(0))
+    weight = row * (1 + 1e-4 * torch.randn(500, 1, generator=torch.Generator().manual_seed(1)))
+    model = torch.nn.Module()
+    best = screened(model, weight, 1, BUILD_AT_TOKENS)
+    assert best is not None
+    for step in range(GIVE_UP_AFTER):
+        h = _hidden(64, step)
+        assert torch.equal(best(h), F.linear(h, weight).argmax(dim=1))
+    assert screened(model, weight, 1, BUILD_AT_TOKENS) is None  # dropped, and not rebuilt
+    assert getattr(model, SCREEN_ATTRIBUTE).screen.numel() == 0 and getattr(model, SCREEN_ATTRIBUTE).bytes_saved == 0
+    # a head the screen decides on keeps it
+    model, weight = torch.nn.Module(), _head(vocab=500, width=64)
+    best = screened(model, weight, 1, BUILD_AT_TOKENS)
+    for step in range(GIVE_UP_AFTER):
+        best(_hidden(64, step))
+    assert screened(model, weight, 1, 2) is best

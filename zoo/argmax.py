@@ -66,6 +66,9 @@ _RELATIVE = 1.01 * _BF16_UNIT / (1 - _BF16_UNIT)  # c: the bfloat16 result's rou
 SCREEN_ATTRIBUTE = "_screened_argmax"  # where screened() keeps a screen on its owner
 # tokens rescored above this share of the vocabulary: the float32 product is cheaper
 RESCORE_SHARE = 1 / 16
+# a screen that sent more than this share of its first calls to the float32 product costs more
+# than it saves on this model (a head whose logits crowd the best one): it is dropped
+GIVE_UP_SHARE, GIVE_UP_AFTER = 1 / 4, 32
 _CHUNK_ROWS = 512
 BUILD_AT_TOKENS = 64
 
@@ -117,6 +120,16 @@ class ScreenedArgmax:
         self.stamp = _stamp([weight])
         self._screened = torch.empty((1, V), dtype=torch.bfloat16)
         self._mask = torch.empty(V, dtype=torch.bool)
+        self.calls = self.crowded = 0  # calls, and those with too many candidates
+
+    @property
+    def useful(self) -> bool:
+        """Sound, and not crowded: after :data:`GIVE_UP_AFTER` calls, at most
+        :data:`GIVE_UP_SHARE` of them had too many candidates to rescore."""
+        if self.sound and self.calls >= GIVE_UP_AFTER and self.crowded > GIVE_UP_SHARE * self.calls:
+            self.sound = False
+            self.screen = self.screen[:, :0].clone()  # keep nothing of the head's size
+        return self.sound
 
     @staticmethod
     def applies(weight: torch.Tensor, rows: int) -> bool:
@@ -128,7 +141,9 @@ class ScreenedArgmax:
 
     @property
     def bytes_saved(self) -> int:
-        """Bytes a product reads less than the float32 head does."""
+        """Bytes a product reads less than the float32 head does (none once given up)."""
+        if not self.sound:
+            return 0
         return self.weight.numel() * (self.weight.element_size() - self.screen.element_size())
 
     def matches(self, weight: torch.Tensor) -> bool:
@@ -161,7 +176,9 @@ class ScreenedArgmax:
         if not math.isfinite(tau):
             return self._full(h)
         candidates = torch.ge(s, _bfloat16_at_most(tau), out=self._mask).nonzero().view(-1)
+        self.calls += 1
         if candidates.numel() > RESCORE_SHARE * s.numel():
+            self.crowded += 1
             return self._full(h)
         exact = torch.mv(self.weight.index_select(0, candidates), h[0])
         return candidates[exact.argmax()].view(1)
@@ -215,4 +232,4 @@ def screened(owner: object, weight: torch.Tensor, rows: int, tokens: int) -> Opt
     if cached is None and tokens >= BUILD_AT_TOKENS:
         cached = ScreenedArgmax(weight)
         setattr(owner, SCREEN_ATTRIBUTE, cached)
-    return cached if cached is not None and cached.sound else None
+    return cached if cached is not None and cached.useful else None
