@@ -223,7 +223,8 @@ class GPT2(CachesNotState, nn.Module):
             qkv = c_attn(F.layer_norm(x, (C,), w1, b1, eps1)).view(B, 1, 3, nh, C // nh).permute(2, 0, 3, 1, 4)
             k, v = cache.update_kv(layer, qkv[1:])
             y = F.scaled_dot_product_attention(qkv[0], k, v)  # one new token: no mask
-            x = x + attn_proj(y.transpose(1, 2).reshape(B, 1, C))
+            # (B, nh, 1, hs) -> (B, 1, C): at one position, row-major order already has the heads side by side
+            x = x + attn_proj(y.reshape(B, 1, C))
             # the MLP's hidden layer is fresh and unhooked: activated in place
             x = x + mlp_proj(act_(c_fc(F.layer_norm(x, (C,), w2, b2, eps2))))
         cache.length += 1
