@@ -49,7 +49,8 @@ from zoo.activations import ACTIVATIONS, activate_
 from zoo.checkpoint import GENERATION_FIELDS
 from zoo.errors import ConfigError, InputError
 from zoo.generation import default_new_tokens
-from zoo.ops import Linear, linear
+from zoo.argmax import SCREEN_ATTRIBUTE, screened
+from zoo.ops import CachesNotState, Linear, linear
 from zoo.outputs import ModelOutput
 
 NEG = -1.0e9  # "impossible" score used by transformers' beam search bookkeeping (kept identical)
@@ -531,9 +532,11 @@ class Generator(nn.Module):
 # ---------------------------------------------------------------------------------- the model
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(CachesNotState, nn.Module):
     """``model(input_ids, decoder_input_ids, attention_mask=None)`` -> ``.logits`` [B, T_tgt, V]
     (log-probabilities when ``log_softmax_output``); ``model.generate(input_ids, ...)``."""
+
+    _caches = (SCREEN_ATTRIBUTE,)  # greedy's bfloat16 screen of the tied head (zoo.argmax)
 
     def __init__(self, cfg: EncoderDecoderConfig):
         super().__init__()
@@ -702,11 +705,16 @@ class EncoderDecoder(nn.Module):
         out = torch.full((B, max_length), cfg.pad_token_id, dtype=torch.long, device=dev)
         out[:, 0] = cfg.decoder_start_token_id
         done = torch.zeros(B, dtype=torch.bool, device=dev)
+        best = self._screen(B, n)
+        banned = torch.tensor([t for t in cfg.bad_words_ids if t != cfg.eos_token_id], dtype=torch.long, device=dev)
         cur = 1
         while cur < max_length:
             x = self.decode(memory, src_mask, out[:, cur - 1 : cur], cache)
-            scores = self._step_scores(self.project(x)[:, -1], cur, max_length, log_probs=False)
-            nxt = scores.argmax(dim=-1)
+            if best is not None and not (cfg.forced_eos_token_id is not None and cur == max_length - 1):
+                nxt = best(x[:, -1], exclude=banned, renormalize=cfg.renormalize_logits)  # _step_scores' argmax
+            else:
+                scores = self._step_scores(self.project(x)[:, -1], cur, max_length, log_probs=False)
+                nxt = scores.argmax(dim=-1)
             out[:, cur] = torch.where(done, cfg.pad_token_id, nxt)  # finished rows get padding
             cur += 1
             if cfg.eos_token_id is not None:
@@ -714,6 +722,15 @@ class EncoderDecoder(nn.Module):
                 if bool(done.all()):
                     break
         return out[:, :cur]
+
+    def _screen(self, rows: int, tokens: int):
+        """Greedy's token from a bfloat16 screen of the tied head (zoo.argmax), where the
+        step's scores are the logits plus ``final_logits_bias``, banned tokens at -inf, maybe
+        renormalized: at batch 1, for a tied head without log-softmax. None elsewhere."""
+        g = self.generator
+        if g.proj is not None or g.log_softmax:
+            return None
+        return screened(self, self._embed_tgt().lut.weight, rows, tokens, bias=g.final_logits_bias)
 
     def _beam_search(self, memory, src_mask, n: int, nb: int, length_penalty: float, early_stopping) -> torch.Tensor:
         """Beam search with transformers' bookkeeping (so the chosen ids are identical).

@@ -34,7 +34,7 @@ def _screened(screen, h):
 
 def _deciding(screen, monkeypatch):
     """The screen, made to fail the test if it hands the decision to the float32 product."""
-    monkeypatch.setattr(screen, "_full", lambda h: pytest.fail("fell back to the float32 product"))
+    monkeypatch.setattr(screen, "_full", lambda *args: pytest.fail("fell back to the float32 product"))
     return screen
 
 
@@ -126,7 +126,7 @@ def test_the_choice_holds_at_every_magnitude(h_scale, w_scale, decides):
     weight = _head(vocab=1000, width=64, seed=2) * w_scale
     screen = ScreenedArgmax(weight)
     full = screen._full
-    screen._full = lambda h: (fell_back.append(1), full(h))[1]
+    screen._full = lambda *args: (fell_back.append(1), full(*args))[1]
     fell_back = []
     for trial in range(8):
         h = _hidden(64, trial) * h_scale
@@ -212,7 +212,7 @@ def test_screened_logits_beyond_bfloat16s_range_are_decided_in_float32():
     weight[3] = -3e38  # h . W_3 = -2.4e39: -inf in bfloat16 (and in float32)
     screen = ScreenedArgmax(weight)
     full = screen._full
-    screen._full = lambda h: (fell_back.append(1), full(h))[1]
+    screen._full = lambda *args: (fell_back.append(1), full(*args))[1]
     fell_back = []
     h = torch.full((1, 8), 1.0)
     assert torch.equal(screen(h), F.linear(h, weight).argmax(dim=1)) and fell_back
@@ -296,3 +296,60 @@ def test_a_screen_that_cannot_rule_tokens_out_is_given_up():
     for step in range(GIVE_UP_AFTER):
         best(_hidden(64, step))
     assert screened(model, weight, 1, 2) is best
+
+
+def _biased_argmax(h, weight, bias, exclude=None):
+    logits = F.linear(h, weight) + bias
+    if exclude is not None:
+        logits[:, exclude] = float("-inf")
+    return logits.argmax(dim=1)
+
+
+def test_a_bias_and_excluded_tokens(monkeypatch):
+    # a bias (Marian's final_logits_bias) is screened as one more column of the head; excluded
+    # tokens (banned ones) are never chosen
+    weight = _head(vocab=3000, width=128, seed=3)
+    bias = torch.randn(3000, generator=torch.Generator().manual_seed(4))
+    screen = _deciding(ScreenedArgmax(weight, bias), monkeypatch)
+    flipped = 0
+    for trial in range(12):
+        h = _hidden(128, trial, massive=trial % 2 == 0)
+        expected = _biased_argmax(h, weight, bias)
+        flipped += int(expected != F.linear(h, weight).argmax(dim=1))
+        assert torch.equal(screen(h), expected)
+        banned = torch.tensor([int(expected), 7])  # the best token banned: the next one wins
+        assert torch.equal(screen(h, exclude=banned), _biased_argmax(h, weight, bias, banned))
+    assert flipped  # the bias decided somewhere
+
+
+def test_a_screen_with_a_bias_follows_the_bias():
+    owner, weight, bias = torch.nn.Module(), _head(vocab=200, width=16), torch.zeros(200)
+    first = screened(owner, weight, 1, BUILD_AT_TOKENS, bias=bias)
+    assert first is not None and screened(owner, weight, 1, 2, bias=bias) is first
+    assert screened(owner, weight, 1, 2) is None  # asked without the bias: stale
+    first = screened(owner, weight, 1, BUILD_AT_TOKENS, bias=bias)
+    bias[3] = 100.0  # an in-place edit of the bias
+    assert screened(owner, weight, 1, 2, bias=bias) is None
+    again = screened(owner, weight, 1, BUILD_AT_TOKENS, bias=bias)
+    h = _hidden(16, 0)
+    assert torch.equal(again(h), _biased_argmax(h, weight, bias)) and int(again(h)) == 3
+    assert screened(owner, weight, 1, BUILD_AT_TOKENS, bias=bias.double()) is None  # not float32
+
+
+def test_renormalized_logits_where_rounding_ties_the_best_with_a_lower_index():
+    # log_softmax rounds a logit one ulp below the best to the best's value; argmax then takes
+    # the lower index. With renormalize=True the screen gives what the plain path gives
+    weight = torch.randn(5000, 8, generator=torch.Generator().manual_seed(0)) * 0.1
+    weight[:, 0] = 0.5  # a logsumexp near log(5000): its ulp is 2^-21
+    weight[40, 0], weight[9, 0] = 4.0, float(torch.nextafter(torch.tensor(4.0), torch.tensor(0.0)))
+    h = torch.zeros(1, 8)
+    h[0, 0] = 1.0  # logits: column 0
+    logits = F.linear(h, weight)
+    assert int(logits.argmax()) == 40 and int(F.log_softmax(logits, dim=-1).argmax()) == 9  # tied, lower wins
+    screen = ScreenedArgmax(weight)
+    assert int(screen(h)) == 40 and int(screen(h, renormalize=True)) == 9
+    # far from a tie, renormalized or not is the same token, decided by the screen
+    weight[9, 0] = 3.0
+    screen = ScreenedArgmax(weight)
+    screen._full = lambda *a: pytest.fail("fell back to the float32 product")
+    assert int(screen(h, renormalize=True)) == 40

@@ -13,6 +13,7 @@ residuals, a functional forward pass), on a state dict written in its own naming
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from zoo import argmax
 from zoo.checkpoint import save_safetensors
 from zoo.convert import convert, export
 from zoo.errors import CheckpointError, ConfigError, ConversionError, InputError
@@ -689,3 +691,23 @@ def test_translation_runner_uses_the_sentencepiece_tokenizer(tmp_path):
     assert result["output_ids"] == want.tolist()
     assert result["text"] == tok.decode(want, skip_special_tokens=True)
     assert "".join(shown) == result["text"] + "\n"
+
+
+@pytest.mark.parametrize("name", list(MARIAN))
+def test_marian_batch_1_greedy_through_the_screen_of_the_head(name, tmp_path, monkeypatch):
+    # at batch 1, greedy takes its token from zoo.argmax's bfloat16 screen of the tied head, with
+    # final_logits_bias as one more column and the banned tokens excluded: the same ids
+    ref, config = marian_reference(name)
+    with torch.no_grad():
+        ref.final_logits_bias.normal_(generator=torch.Generator().manual_seed(5))
+    model = load_full(write_layout(ref, config, tmp_path, "save_pretrained"), device="cpu").model
+    monkeypatch.setattr(argmax, "BUILD_AT_TOKENS", 4)  # the screen is built for calls this long
+    x, mask = padded_batch()
+    for row in range(x.shape[0]):
+        ids = x[row : row + 1, : int(mask[row].sum())]
+        want = ref.generate(ids, num_beams=1, max_new_tokens=12)
+        got = model.generate(ids, num_beams=1, max_new_tokens=12)
+        assert got.tolist() == want.tolist()
+    screen = getattr(model, argmax.SCREEN_ATTRIBUTE)
+    assert screen is not None and screen.calls > 0 and screen.bias is model.generator.final_logits_bias
+    assert argmax.SCREEN_ATTRIBUTE not in copy.deepcopy(model).__dict__

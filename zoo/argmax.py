@@ -70,6 +70,9 @@ RESCORE_SHARE = 1 / 16
 # than it saves on this model (a head whose logits crowd the best one): it is dropped
 GIVE_UP_SHARE, GIVE_UP_AFTER = 1 / 4, 32
 _CHUNK_ROWS = 512
+# log_softmax(g) = (g - max) - logsumexp, in float32: a logit d below the best becomes equal to it
+# only if d is below the unit in the last place of the logsumexp (< 2^-19 for up to e^16 tokens)
+TIE_MARGIN = 2.0 ** -16
 BUILD_AT_TOKENS = 64
 
 
@@ -85,9 +88,14 @@ class ScreenedArgmax:
     this CPU). :meth:`matches` says whether it still describes a weight (same tensor, same
     version); ``sound`` whether the bound holds for it (see the module docstring)."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
         w = weight.detach()
         V, n = w.shape
+        self.weight, self.bias = weight, bias
+        self._bias = None if bias is None else bias.detach().reshape(V)  # a view: edits show in the stamp
+        self.stamp = _stamp([weight, bias])
+        if bias is not None:  # a bias is one more column of the head, times an input of 1
+            n += 1
         self.gamma = _gamma(n)
         self.absolute = (4 * n + 2) * _TINY
         self.flush = _TINY * math.sqrt(n)  # times the inputs' norms: subnormal inputs flushed
@@ -101,6 +109,8 @@ class ScreenedArgmax:
         with torch.no_grad():
             for lo in range(0, V, _CHUNK_ROWS):  # in slices: no temporaries of the head's size
                 part = w[lo:lo + _CHUNK_ROWS]
+                if bias is not None:
+                    part = torch.cat([part, self._bias[lo:lo + _CHUNK_ROWS, None]], dim=1)
                 rounded = part.to(torch.bfloat16)  # beyond bfloat16's range: inf, R_j inf, not sound
                 self.screen[:, lo:lo + _CHUNK_ROWS] = rounded.t()
                 torch.mv(rounded.double(), probe64, out=expected[lo:lo + _CHUNK_ROWS])
@@ -116,8 +126,6 @@ class ScreenedArgmax:
         self.sound = bool(torch.isfinite(norms).all()) and _sums_in_float32(s, expected, magnitude, n)
         if not self.sound:  # never used: keep nothing of the head's size
             self.screen = self.screen[:, :0].clone()
-        self.weight = weight
-        self.stamp = _stamp([weight])
         self._screened = torch.empty((1, V), dtype=torch.bfloat16)
         self._mask = torch.empty(V, dtype=torch.bool)
         self.calls = self.crowded = 0  # calls, and those with too many candidates
@@ -146,8 +154,8 @@ class ScreenedArgmax:
             return 0
         return self.weight.numel() * (self.weight.element_size() - self.screen.element_size())
 
-    def matches(self, weight: torch.Tensor) -> bool:
-        return weight is self.weight and _stamp([weight]) == self.stamp
+    def matches(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
+        return weight is self.weight and bias is self.bias and _stamp([weight, bias]) == self.stamp
 
     def bound(self, h: torch.Tensor, h16: torch.Tensor) -> float:
         """``A`` for a row ``h`` [1, n] and its bfloat16 rounding ``h16``: ``|s_j - f_j| <= A +
@@ -161,30 +169,56 @@ class ScreenedArgmax:
                        + self.gamma * h16_norm * self.screen_norm
                        + self.flush * (h16_norm + self.screen_norm) + self.absolute)
 
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        """Best token for ``h`` [1, n] (float32): a [1] int64 tensor."""
+    def __call__(self, h: torch.Tensor, exclude: Optional[torch.Tensor] = None,
+                 renormalize: bool = False) -> torch.Tensor:
+        """Best token for ``h`` [1, n] (float32): a [1] int64 tensor. ``exclude``: token ids
+        never chosen (their logits set to -inf, as a banned-tokens processor does).
+        ``renormalize``: the argmax of ``log_softmax`` of those logits, as transformers'
+        ``renormalize_logits`` gives it: the same token, except that rounding may make a token
+        within :data:`TIE_MARGIN` below the best equal to it, and then the lower index wins;
+        such a step is decided by the float32 product."""
         h = h.reshape(1, -1)
         if not self.sound:
-            return self._full(h)
-        h16 = h.to(torch.bfloat16)
-        s = torch.mm(h16, self.screen, out=self._screened)[0]
+            return self._full(h, exclude, renormalize)
+        x = h if self._bias is None else torch.cat([h, h.new_ones(1, 1)], dim=1)  # [h, 1]: the bias column
+        x16 = x.to(torch.bfloat16)
+        s = torch.mm(x16, self.screen, out=self._screened)[0]
         low, high = torch.aminmax(s)
         top = float(high)
         if not (math.isfinite(top) and math.isfinite(float(low))):  # NaN or overflow
-            return self._full(h)
-        tau = _threshold(top, self.bound(h, h16))
+            return self._full(h, exclude, renormalize)
+        if exclude is not None and exclude.numel():
+            s.index_fill_(0, exclude, -math.inf)
+            top = float(s.max())
+            if not math.isfinite(top):  # everything excluded
+                return self._full(h, exclude, renormalize)
+        margin = TIE_MARGIN if renormalize else 0.0  # also every token within the margin of the best
+        tau = _threshold(top, self.bound(x, x16) + margin / 2)
         if not math.isfinite(tau):
-            return self._full(h)
+            return self._full(h, exclude, renormalize)
         candidates = torch.ge(s, _bfloat16_at_most(tau), out=self._mask).nonzero().view(-1)
         self.calls += 1
         if candidates.numel() > RESCORE_SHARE * s.numel():
             self.crowded += 1
-            return self._full(h)
+            return self._full(h, exclude, renormalize)
         exact = torch.mv(self.weight.index_select(0, candidates), h[0])
-        return candidates[exact.argmax()].view(1)
+        if self._bias is not None:  # as the plain path: the product, then the bias added
+            exact = exact + self._bias.index_select(0, candidates)
+        best = int(exact.argmax())
+        # candidates are in ascending order: one before the best, within the margin, might tie
+        if renormalize and bool((exact[:best] >= exact[best] - margin).any()):
+            return self._full(h, exclude, renormalize)
+        return candidates[best].view(1)
 
-    def _full(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(h, self.weight).argmax(dim=1)  # as the unscreened path computes it
+    def _full(self, h: torch.Tensor, exclude: Optional[torch.Tensor] = None, renormalize: bool = False) -> torch.Tensor:
+        logits = F.linear(h, self.weight)  # as the unscreened path computes it
+        if self._bias is not None:
+            logits = logits + self._bias
+        if exclude is not None and exclude.numel():
+            logits.index_fill_(1, exclude, -math.inf)
+        if renormalize:
+            logits = F.log_softmax(logits, dim=-1)
+        return logits.argmax(dim=1)
 
 
 def _gamma(n: int) -> float:
@@ -209,6 +243,12 @@ def _sums_in_float32(s: torch.Tensor, expected: torch.Tensor, magnitude: torch.T
     return bool(((s - expected).abs() <= slack).all())
 
 
+def _fits(bias: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``bias`` is a float32 vector of one entry per row of ``weight``, on its device."""
+    return (bias.dtype == weight.dtype and bias.device == weight.device and bias.numel() == weight.shape[0]
+            and not bias.is_inference())
+
+
 def _bfloat16_at_most(x: float) -> torch.Tensor:
     """The largest bfloat16 number <= ``x`` (a finite float), as a 0-dim tensor."""
     t = torch.tensor(x, dtype=torch.float64).to(torch.bfloat16)  # a neighbour of x
@@ -217,19 +257,20 @@ def _bfloat16_at_most(x: float) -> torch.Tensor:
     return t
 
 
-def screened(owner: object, weight: torch.Tensor, rows: int, tokens: int) -> Optional[ScreenedArgmax]:
+def screened(owner: object, weight: torch.Tensor, rows: int, tokens: int,
+             bias: Optional[torch.Tensor] = None) -> Optional[ScreenedArgmax]:
     """The :class:`ScreenedArgmax` of ``weight`` kept on ``owner``, or None where it does not
     apply to ``rows`` rows (or the bound does not hold for this head or this machine's
     kernel). It is made on first use (and remade when the weight changed) by a call for at
     least :data:`BUILD_AT_TOKENS` ``tokens``: building costs about what it saves over 50
     tokens."""
     cached = getattr(owner, SCREEN_ATTRIBUTE, None)
-    if cached is not None and not cached.matches(weight):
+    if cached is not None and not cached.matches(weight, bias):
         setattr(owner, SCREEN_ATTRIBUTE, None)  # stale (the weight changed, moved or was cast)
         cached = None
-    if not ScreenedArgmax.applies(weight, rows):
+    if not ScreenedArgmax.applies(weight, rows) or (bias is not None and not _fits(bias, weight)):
         return None
     if cached is None and tokens >= BUILD_AT_TOKENS:
-        cached = ScreenedArgmax(weight)
+        cached = ScreenedArgmax(weight, bias)
         setattr(owner, SCREEN_ATTRIBUTE, cached)
     return cached if cached is not None and cached.useful else None
