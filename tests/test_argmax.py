@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zoo import argmax
 from zoo.argmax import (BUILD_AT_TOKENS, GIVE_UP_AFTER, SCREEN_ATTRIBUTE, ScreenedArgmax, _bfloat16_at_most, _sums_in_float32,
                          _threshold, screened)
 from zoo.ops import unpack_all
@@ -353,3 +354,53 @@ def test_renormalized_logits_where_rounding_ties_the_best_with_a_lower_index():
     screen = ScreenedArgmax(weight)
     screen._full = lambda *a: pytest.fail("fell back to the float32 product")
     assert int(screen(h, renormalize=True)) == 40
+
+
+def test_a_constant_offset_in_the_bias_costs_the_bound_nothing(monkeypatch):
+    # the bias's rounding is charged as its own (not times ||h||): an offset of 30 on every
+    # token moves no token past another, and the screen still decides
+    weight = _head(vocab=5000, width=128, seed=5)
+    bias = 30 + torch.randn(5000, generator=torch.Generator().manual_seed(6)) * 0.1
+    screen = _deciding(ScreenedArgmax(weight, bias), monkeypatch)
+    for trial in range(6):
+        h = _hidden(128, trial)
+        assert torch.equal(screen(h), _biased_argmax(h, weight, bias))
+
+
+def test_the_float32_fallback_applies_the_bias_the_excluded_tokens_and_renormalization(monkeypatch):
+    weight = _head(vocab=3000, width=64, seed=7)
+    bias = torch.randn(3000, generator=torch.Generator().manual_seed(8))
+    screen = ScreenedArgmax(weight, bias)
+    monkeypatch.setattr(argmax, "RESCORE_SHARE", 0.0)  # every call too crowded: decided in float32
+    for trial in range(4):
+        h = _hidden(64, trial)
+        banned = torch.tensor([int(_biased_argmax(h, weight, bias)), 11])
+        assert torch.equal(screen(h), _biased_argmax(h, weight, bias))
+        assert torch.equal(screen(h, exclude=banned), _biased_argmax(h, weight, bias, banned))
+        assert torch.equal(screen(h, exclude=banned, renormalize=True), _biased_argmax(h, weight, bias, banned))
+    assert screen.crowded == screen.calls == 12
+
+
+def test_renormalization_widens_the_threshold_by_the_tie_margin():
+    # logits far below the bound's relative term: only the widened threshold brings token 9,
+    # which log_softmax ties with the best (40) and which then wins as the lower index
+    weight = torch.zeros(5000, 4)
+    weight[40, 0], weight[9, 0] = 2.0 ** -16, 2.0 ** -16 - 2.0 ** -22
+    h = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    assert int(F.log_softmax(F.linear(h, weight), dim=-1).argmax()) == 9
+    assert int(ScreenedArgmax(weight)(h, renormalize=True)) == 9
+
+
+def test_the_bias_rounding_is_in_the_bound_where_the_logits_cancel_it():
+    # logit = h . W_j + b_j with h . W_j = -3008 (exact) against a bias of ~3008, which bfloat16
+    # rounds by up to 8: the screen ranks 5 first by 4, while in float32 3 is best by 3.8
+    weight = torch.zeros(100, 2)
+    weight[:, 0] = -3008.0
+    weight[5, 1] = 4.0
+    bias = torch.full((100,), 3000.0)
+    bias[3], bias[5] = 3015.9, 3008.1
+    h = torch.ones(1, 2)
+    screen = ScreenedArgmax(weight, bias)
+    s = torch.mm(torch.ones(1, 3).bfloat16(), screen.screen)[0]
+    assert int(s.argmax()) == 5 and int(_biased_argmax(h, weight, bias)) == 3
+    assert int(screen(h)) == 3

@@ -26,7 +26,9 @@ rounded to bfloat16 and ``R_j = W_j - W~_j``::
                  + (4n + 2) 2^-126                          (underflow: every product and sum)
                  + 2^-8 |s_j| / (1 - 2^-8)                  (the result rounded to bfloat16)
 
-by Cauchy-Schwarz, with γ = n u / (1 - n u), u = 2^-23, for sums of n terms in any order with
+by Cauchy-Schwarz. A bias ``b`` (Marian's ``final_logits_bias``) is screened as one more column
+of the head, times an input of 1 (exact): it adds its rounding and its share of both sums,
+``|b_j - b~_j| + γ (|b~_j| + |b_j|)``, with sums of n + 1 terms. Here γ = n u / (1 - n u), u = 2^-23, for sums of n terms in any order with
 up to one unit in the last place of error per addition (round-to-nearest gives half that; the
 slack covers kernels that round otherwise). The products of two bfloat16 numbers are exact in
 float32 above its underflow. Every term but the last is at most a constant ``A`` per call,
@@ -106,6 +108,8 @@ class ScreenedArgmax:
         expected = torch.empty(V, dtype=torch.float64)  # probe @ W~ᵀ, exactly
         screen_norms = torch.empty(V, dtype=torch.float64)  # >= ||W~_j||
         norms = torch.zeros(3, dtype=torch.float64)  # max_j of: the bound on ||W~_j||, ||R_j|| + γ ||W_j||, ||W_j||
+        bias_norms = torch.zeros(2, dtype=torch.float64)  # max_j |b_j|, max_j |b_j - b~_j|
+        head = w.shape[1]  # the head's own columns (the bias, if any, comes after them)
         with torch.no_grad():
             for lo in range(0, V, _CHUNK_ROWS):  # in slices: no temporaries of the head's size
                 part = w[lo:lo + _CHUNK_ROWS]
@@ -115,12 +119,21 @@ class ScreenedArgmax:
                 self.screen[:, lo:lo + _CHUNK_ROWS] = rounded.t()
                 torch.mv(rounded.double(), probe64, out=expected[lo:lo + _CHUNK_ROWS])
                 residual = part - rounded.float()  # R_j, exact in float32 (rounding to nearest)
-                exact_norm = torch.linalg.vector_norm(part, dim=1, dtype=torch.float64)  # ||W_j||
-                residual_norm = torch.linalg.vector_norm(residual, dim=1, dtype=torch.float64)  # ||R_j||
-                torch.add(exact_norm, residual_norm, out=screen_norms[lo:lo + _CHUNK_ROWS])  # ||W~_j|| <= ||W_j|| + ||R_j||
-                chunk = torch.stack([screen_norms[lo:lo + _CHUNK_ROWS], residual_norm + self.gamma * exact_norm, exact_norm])
+                exact_norm = torch.linalg.vector_norm(part[:, :head], dim=1, dtype=torch.float64)  # ||W_j||
+                residual_norm = torch.linalg.vector_norm(residual[:, :head], dim=1, dtype=torch.float64)  # ||R_j||
+                norms_j = screen_norms[lo:lo + _CHUNK_ROWS]
+                torch.add(exact_norm, residual_norm, out=norms_j)  # ||W~_j|| <= ||W_j|| + ||R_j||
+                chunk = torch.stack([norms_j, residual_norm + self.gamma * exact_norm, exact_norm])
                 norms = torch.maximum(norms, chunk.amax(dim=1))  # a NaN stays
+                if bias is not None:
+                    b, b_residual = part[:, head].double().abs(), residual[:, head].double().abs()
+                    bias_norms = torch.maximum(bias_norms, torch.stack([b.max(), b_residual.max()]))
+                    norms_j.add_(b).add_(b_residual)  # the kernel check's row: ||[W~_j, b~_j]|| <= that
         self.screen_norm, self.residual_norm, self.weight_norm = norms.tolist()
+        # the bias, times an exact 1: its rounding, and its share of both float32 sums
+        self.bias_max, bias_residual = bias_norms.tolist()
+        self.bias_term = bias_residual + self.gamma * (2 * self.bias_max + bias_residual)
+        norms = torch.cat([norms, bias_norms])
         s = torch.mm(probe, self.screen)[0].double()
         magnitude = screen_norms.mul_(float(probe64.norm()))  # >= Σ_i |probe_i W~_ji|
         self.sound = bool(torch.isfinite(norms).all()) and _sums_in_float32(s, expected, magnitude, n)
@@ -155,18 +168,20 @@ class ScreenedArgmax:
         return self.weight.numel() * (self.weight.element_size() - self.screen.element_size())
 
     def matches(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
+        """Edits through ``.data`` go unnoticed, as for packed weights: ``zoo.ops.unpack_all``."""
         return weight is self.weight and bias is self.bias and _stamp([weight, bias]) == self.stamp
 
     def bound(self, h: torch.Tensor, h16: torch.Tensor) -> float:
         """``A`` for a row ``h`` [1, n] and its bfloat16 rounding ``h16``: ``|s_j - f_j| <= A +
-        c |s_j|`` with c = 1.01 2^-8 / (1 - 2^-8); infinite where a float32 sum could overflow."""
+        c |s_j|`` with c = 1.01 2^-8 / (1 - 2^-8); infinite where a float32 sum could overflow.
+        A bias adds its own rounding and its share of the float32 sums (``bias_term``)."""
         h_norm = float(torch.linalg.vector_norm(h, dtype=torch.float64))
-        if not h_norm * self.weight_norm * (1 + self.gamma) < _FP32_MAX:  # NaN too
+        if not (h_norm * self.weight_norm + self.bias_max) * (1 + self.gamma) < _FP32_MAX:  # NaN too
             return math.inf
         round_norm = float(torch.linalg.vector_norm(h.double() - h16.double()))
         h16_norm = h_norm + round_norm  # >= ||h~||
         return 1.01 * (round_norm * self.screen_norm + h_norm * self.residual_norm
-                       + self.gamma * h16_norm * self.screen_norm
+                       + self.gamma * h16_norm * self.screen_norm + self.bias_term
                        + self.flush * (h16_norm + self.screen_norm) + self.absolute)
 
     def __call__(self, h: torch.Tensor, exclude: Optional[torch.Tensor] = None,
@@ -193,7 +208,7 @@ class ScreenedArgmax:
             if not math.isfinite(top):  # everything excluded
                 return self._full(h, exclude, renormalize)
         margin = TIE_MARGIN if renormalize else 0.0  # also every token within the margin of the best
-        tau = _threshold(top, self.bound(x, x16) + margin / 2)
+        tau = _threshold(top, self.bound(h, x16[:, :h.size(1)]) + margin / 2)
         if not math.isfinite(tau):
             return self._full(h, exclude, renormalize)
         candidates = torch.ge(s, _bfloat16_at_most(tau), out=self._mask).nonzero().view(-1)
@@ -245,8 +260,9 @@ def _sums_in_float32(s: torch.Tensor, expected: torch.Tensor, magnitude: torch.T
 
 def _fits(bias: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``bias`` is a float32 vector of one entry per row of ``weight``, on its device."""
-    return (bias.dtype == weight.dtype and bias.device == weight.device and bias.numel() == weight.shape[0]
-            and not bias.is_inference())
+    V = weight.shape[0]
+    return (bias.dtype == weight.dtype and bias.device == weight.device and bias.numel() == V
+            and bias.dim() >= 1 and bias.shape[-1] == V and not bias.is_inference())
 
 
 def _bfloat16_at_most(x: float) -> torch.Tensor:
