@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/zoo bench bert-base-uncased --compare --batch 8 --seq 128
 	$(BIN)/zoo bench vit-base-patch16-224 --compare --batch 8
 	$(BIN)/zoo bench opus-mt-en-de --compare --batch 8 --seq 32 --new-tokens 64
+	$(BIN)/zoo bench opus-mt-en-de --compare --batch 1 --seq 32 --new-tokens 64
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
