@@ -79,8 +79,8 @@ BUILD_AT_TOKENS = 64
 
 
 class ScreenedArgmax:
-    """Exact ``argmax(h @ weightᵀ)`` for one row ``h`` and a float32 CPU ``weight`` [V, n],
-    from a bfloat16 screen.
+    """Exact ``argmax(h @ weightᵀ + bias)`` for one row ``h``, a float32 CPU ``weight`` [V, n]
+    and an optional ``bias`` of V entries, from a bfloat16 screen.
 
     Holds the bfloat16 copy transposed, [n, V]: a row times that layout was the fastest
     bfloat16 product here (3.7 ms for GPT-2's head, against 5.0 ms for [V, n] and 7.7 ms for
