@@ -657,7 +657,7 @@ class EncoderDecoder(CachesNotState, nn.Module):
         scores = logits.float()
         if log_probs:
             scores = F.log_softmax(scores, dim=-1)
-        banned = [t for t in cfg.bad_words_ids if t != cfg.eos_token_id]
+        banned = self._banned()
         if banned:
             scores[:, banned] = float("-inf")
         if cfg.forced_eos_token_id is not None and cur_len == max_length - 1:
@@ -706,7 +706,7 @@ class EncoderDecoder(CachesNotState, nn.Module):
         out[:, 0] = cfg.decoder_start_token_id
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         best = self._screen(B, n)
-        banned = torch.tensor([t for t in cfg.bad_words_ids if t != cfg.eos_token_id], dtype=torch.long, device=dev)
+        banned = torch.tensor(self._banned(), dtype=torch.long, device=dev)
         cur = 1
         while cur < max_length:
             x = self.decode(memory, src_mask, out[:, cur - 1 : cur], cache)
@@ -722,6 +722,10 @@ class EncoderDecoder(CachesNotState, nn.Module):
                 if bool(done.all()):
                     break
         return out[:, :cur]
+
+    def _banned(self) -> List[int]:
+        """The banned tokens that are set to -inf: ``bad_words_ids`` other than eos."""
+        return [t for t in self.config.bad_words_ids if t != self.config.eos_token_id]
 
     def _screen(self, rows: int, tokens: int):
         """Greedy's token from a bfloat16 screen of the tied head (zoo.argmax), where the

@@ -133,24 +133,21 @@ class ScreenedArgmax:
         # the bias, times an exact 1: its rounding, and its share of both float32 sums
         self.bias_max, bias_residual = bias_norms.tolist()
         self.bias_term = bias_residual + self.gamma * (2 * self.bias_max + bias_residual)
-        norms = torch.cat([norms, bias_norms])
+        finite = bool(torch.isfinite(torch.cat([norms, bias_norms])).all())
         s = torch.mm(probe, self.screen)[0].double()
         magnitude = screen_norms.mul_(float(probe64.norm()))  # >= Σ_i |probe_i W~_ji|
-        self.sound = bool(torch.isfinite(norms).all()) and _sums_in_float32(s, expected, magnitude, n)
-        if not self.sound:  # never used: keep nothing of the head's size
-            self.screen = self.screen[:, :0].clone()
+        self.sound = True
+        if not (finite and _sums_in_float32(s, expected, magnitude, n)):
+            self._drop()
         self._screened = torch.empty((1, V), dtype=torch.bfloat16)
         self._mask = torch.empty(V, dtype=torch.bool)
-        self.calls = self.crowded = 0  # calls, and those with too many candidates
+        self.calls = self.crowded = 0  # calls, and those with too many candidates (GIVE_UP_*)
 
-    @property
-    def useful(self) -> bool:
-        """Sound, and not crowded: after :data:`GIVE_UP_AFTER` calls, at most
-        :data:`GIVE_UP_SHARE` of them had too many candidates to rescore."""
-        if self.sound and self.calls >= GIVE_UP_AFTER and self.crowded > GIVE_UP_SHARE * self.calls:
-            self.sound = False
-            self.screen = self.screen[:, :0].clone()  # keep nothing of the head's size
-        return self.sound
+    def _drop(self) -> None:
+        """Never use this screen (its bound does not hold, or it does not pay): every call goes
+        to the float32 product, and nothing of the head's size is kept."""
+        self.sound = False
+        self.screen = self.screen[:, :0].clone()
 
     @staticmethod
     def applies(weight: torch.Tensor, rows: int) -> bool:
@@ -215,6 +212,8 @@ class ScreenedArgmax:
         self.calls += 1
         if candidates.numel() > RESCORE_SHARE * s.numel():
             self.crowded += 1
+            if self.calls >= GIVE_UP_AFTER and self.crowded > GIVE_UP_SHARE * self.calls:
+                self._drop()  # it costs more than it saves on this head
             return self._full(h, exclude, renormalize)
         exact = torch.mv(self.weight.index_select(0, candidates), h[0])
         if self._bias is not None:  # as the plain path: the product, then the bias added
@@ -289,4 +288,4 @@ def screened(owner: object, weight: torch.Tensor, rows: int, tokens: int,
     if cached is None and tokens >= BUILD_AT_TOKENS:
         cached = ScreenedArgmax(weight, bias)
         setattr(owner, SCREEN_ATTRIBUTE, cached)
-    return cached if cached is not None and cached.useful else None
+    return cached if cached is not None and cached.sound else None

@@ -187,7 +187,6 @@ class Linear(CachesNotState, nn.Linear):
         return functools.partial(linear, weight=weight, bias=bias)
 
 
-
 class PackedQKV(CachesNotState, nn.Module):
     """Base of an attention module with the checkpoint's three projections ``query``, ``key``
     and ``value`` (plain ``nn.Linear``, set by the subclass): on CPU float32 the loader packs
