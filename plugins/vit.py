@@ -191,15 +191,19 @@ class SelfAttention(PackedQKV):
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries: Optional[int] = None) -> torch.Tensor:
+        """``queries``: attend from the first ``queries`` tokens only (all by default); every
+        token is still a key and a value. Returns (B, queries or T, C)."""
         B, T, C = x.shape
         hs = C // self.n_head
         q, k, v = self.project_qkv(x)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        if queries is not None:
+            q = q[:, :queries]
+        q = q.reshape(B, q.shape[1], self.n_head, hs).transpose(1, 2)  # (B, nh, Tq, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, T, hs)
-        return y.transpose(1, 2).reshape(B, T, C)  # heads side by side
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, Tq, hs)
+        return y.transpose(1, 2).reshape(B, q.shape[2], C)  # heads side by side
 
 
 class Attention(nn.Module):
@@ -210,8 +214,8 @@ class Attention(nn.Module):
         self.attention = SelfAttention(cfg)
         self.output = Dense(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.attention(x))
+    def forward(self, x: torch.Tensor, queries: Optional[int] = None) -> torch.Tensor:
+        return self.output(self.attention(x, queries))
 
 
 class Layer(nn.Module):
@@ -226,8 +230,11 @@ class Layer(nn.Module):
         self.output = Dense(cfg.intermediate_size, cfg.hidden_size)  # MLP down
         self.act = ACTIVATIONS[cfg.hidden_act]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.layernorm_before(x))
+    def forward(self, x: torch.Tensor, rows: Optional[int] = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with ``rows``, only the first ``rows`` tokens' outputs
+        (B, rows, C): they read every token, at a fraction of a full block's work."""
+        y = self.attention(self.layernorm_before(x), rows)
+        x = (x if rows is None else x[:, :rows]) + y
         # the activation overwrites the MLP's first output: one large buffer less per block
         h = activate_(self.act, self.intermediate(self.layernorm_after(x)), self.intermediate, self.intermediate.dense)
         return x + self.output(h)
@@ -290,11 +297,16 @@ class ViT(nn.Module):
         self._check(pixel_values)
         x = self.embeddings(pixel_values.to(self.layernorm.weight.dtype), interpolate_pos_encoding)
         hidden = [x] if output_hidden_states else None  # transformers: embeddings, then each block
-        for block in self.encoder.layer:
-            x = block(x)
+        # A classifier reads the class token alone, so its last block computes only that row
+        # (every token is still a key and a value there): most of a block's work saved, the
+        # same logits. transformers computes every row.
+        last = len(self.encoder.layer) - 1
+        cls_only = self.task == "image-classification" and hidden is None
+        for i, block in enumerate(self.encoder.layer):
+            x = block(x, 1 if cls_only and i == last else None)
             if hidden is not None:
                 hidden.append(x)
-        x = self.layernorm(x)  # (B, 1 + N, hidden)
+        x = self.layernorm(x)  # (B, 1 + N, hidden), or (B, 1, hidden) for a classifier
         states = tuple(hidden) if hidden else None
         if self.task == "image-classification":
             return ModelOutput(logits=self.classifier(x[:, 0]), hidden_states=states)

@@ -87,6 +87,9 @@ def compare(zoo_model, ref, pixel_values, kind):
         theirs = ref(pixel_values, interpolate_pos_encoding=True, output_hidden_states=True)
     if kind == "classifier":
         assert_close(ours.logits, theirs.logits, "logits")
+        # without hidden states the last block computes the class token's row alone
+        with torch.no_grad():
+            assert_close(zoo_model(pixel_values).logits, theirs.logits, "logits (class token's row only)")
     else:
         assert_close(ours.last_hidden_state, theirs.last_hidden_state, "last_hidden_state")
         if kind == "encoder_pooler":
