@@ -710,9 +710,10 @@ class EncoderDecoder(CachesNotState, nn.Module):
         cur = 1
         while cur < max_length:
             x = self.decode(memory, src_mask, out[:, cur - 1 : cur], cache)
+            nxt = None  # from the screen, _step_scores' argmax where it can tell (not on a forced-eos step)
             if best is not None and not (cfg.forced_eos_token_id is not None and cur == max_length - 1):
-                nxt = best(x[:, -1], exclude=banned, renormalize=cfg.renormalize_logits)  # _step_scores' argmax
-            else:
+                nxt = best(x[:, -1], exclude=banned, renormalize=cfg.renormalize_logits)
+            if nxt is None:
                 scores = self._step_scores(self.project(x)[:, -1], cur, max_length, log_probs=False)
                 nxt = scores.argmax(dim=-1)
             out[:, cur] = torch.where(done, cfg.pad_token_id, nxt)  # finished rows get padding

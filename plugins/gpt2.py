@@ -272,7 +272,9 @@ class GPT2(CachesNotState, nn.Module):
                 x = self._decode_step(plan, tokens, cache)
             else:
                 x = self._hidden(tokens, cache)[0][:, -1]
-            nxt = best(x) if best is not None else next_token(linear(x, head), temperature, top_k, gen, top_p)
+            nxt = best(x) if best is not None else None  # None: the screen cannot tell this step
+            if nxt is None:
+                nxt = next_token(linear(x, head), temperature, top_k, gen, top_p)
             out[:, n] = nxt
             n += 1
             if callback is not None:

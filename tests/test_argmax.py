@@ -33,10 +33,29 @@ def _screened(screen, h):
     return torch.mm(h.bfloat16(), screen.screen)[0].double()
 
 
-def _deciding(screen, monkeypatch):
-    """The screen, made to fail the test if it hands the decision to the float32 product."""
-    monkeypatch.setattr(screen, "_full", lambda *args: pytest.fail("fell back to the float32 product"))
-    return screen
+def _plain(screen, h, exclude=None, renormalize=False):
+    """What a caller computes where the screen cannot tell: the argmax of its plain logits."""
+    logits = F.linear(h, screen.weight)
+    if screen.bias is not None:
+        logits = logits + screen.bias
+    if exclude is not None:
+        logits[:, exclude] = float("-inf")
+    if renormalize:
+        logits = F.log_softmax(logits, dim=-1)
+    return logits.argmax(dim=1)
+
+
+def _choose(screen, h, **kwargs):
+    """A caller's token: the screen's, or its plain logits' where the screen returns None."""
+    token = screen(h, **kwargs)
+    return _plain(screen, h, **kwargs) if token is None else token
+
+
+def _decided(screen, h, **kwargs):
+    """The screen's own token: the test fails where the screen leaves the step to the caller."""
+    token = screen(h, **kwargs)
+    assert token is not None, "the screen left the step to the plain product"
+    return token
 
 
 @pytest.mark.parametrize("n", [601, 768, 1600])
@@ -108,14 +127,14 @@ def _check_bound(screen, weight, h):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_the_bound_holds_and_the_choice_is_the_float32_argmax(seed, monkeypatch):
+def test_the_bound_holds_and_the_choice_is_the_float32_argmax(seed):
     weight = _head(seed=seed)
-    # on hidden states like a trained model's, the screen decides: never the full product
-    screen = _deciding(ScreenedArgmax(weight), monkeypatch)
+    # on hidden states like a trained model's, the screen decides: never the plain product
+    screen = ScreenedArgmax(weight)
     for trial in range(10):
         h = _hidden(weight.shape[1], 100 * seed + trial, massive=trial % 2 == 0)
         _check_bound(screen, weight, h)
-        assert torch.equal(screen(h), F.linear(h, weight).argmax(dim=1))
+        assert torch.equal(_decided(screen, h), F.linear(h, weight).argmax(dim=1))
 
 
 @pytest.mark.parametrize("h_scale,w_scale,decides", [
@@ -126,14 +145,14 @@ def test_the_bound_holds_and_the_choice_is_the_float32_argmax(seed, monkeypatch)
 def test_the_choice_holds_at_every_magnitude(h_scale, w_scale, decides):
     weight = _head(vocab=1000, width=64, seed=2) * w_scale
     screen = ScreenedArgmax(weight)
-    full = screen._full
-    screen._full = lambda *args: (fell_back.append(1), full(*args))[1]
-    fell_back = []
+    left = 0  # steps left to the plain product
     for trial in range(8):
         h = _hidden(64, trial) * h_scale
         _check_bound(screen, weight, h)
-        assert torch.equal(screen(h), F.linear(h, weight).argmax(dim=1))
-    assert len(fell_back) == (0 if decides else 8)
+        token = screen(h)
+        left += token is None
+        assert token is None or torch.equal(token, F.linear(h, weight).argmax(dim=1))
+    assert left == (0 if decides else 8)
 
 
 def test_the_threshold_leaves_out_only_tokens_below_the_best():
@@ -157,7 +176,7 @@ def test_the_threshold_is_rounded_down_to_bfloat16():
         assert t.dtype == torch.bfloat16 and float(t) <= x < float(above), x
 
 
-def test_a_hidden_state_whose_rounding_the_screen_must_allow_for(monkeypatch):
+def test_a_hidden_state_whose_rounding_the_screen_must_allow_for():
     # h rounds to (1, 1 + 2^-7, 1) in bfloat16, an error (d, -d, 0) almost orthogonal to h;
     # rows j and -j are exact in bfloat16. The screen puts -j nearly 2A above j, while in float32
     # j is the best: only a threshold that allows for the whole bound keeps j
@@ -165,14 +184,14 @@ def test_a_hidden_state_whose_rounding_the_screen_must_allow_for(monkeypatch):
     h = torch.tensor([[1 + d, 1 + 2.0 ** -7 - d, 1.0]])
     j = [255.0, -255.0, 2.0 ** -10]
     weight = torch.tensor([[-v for v in j]] + [[-255.0, -255.0, 0.0]] * 40 + [j])
-    screen = _deciding(ScreenedArgmax(weight), monkeypatch)
+    screen = ScreenedArgmax(weight)
     s = _screened(screen, h)
     assert int(F.linear(h, weight).argmax()) == 41
     assert float(s.max() - s[41]) > 1.9 * screen.bound(h, h.bfloat16())
-    assert int(screen(h)) == 41
+    assert int(_decided(screen, h)) == 41
 
 
-def test_near_copies_of_the_best_row_are_rescored(monkeypatch):
+def test_near_copies_of_the_best_row_are_rescored():
     g = torch.Generator().manual_seed(0)
     misled = 0  # cases where the screen's own top token is not the float32 best
     for n in (8, 64, 256):
@@ -182,21 +201,21 @@ def test_near_copies_of_the_best_row_are_rescored(monkeypatch):
             best = int(F.linear(h, weight).argmax())
             rows = torch.randperm(4000, generator=g)[:24]
             weight[rows] = weight[best] * (1 + rel * torch.randn(24, n, generator=g))
-            screen = _deciding(ScreenedArgmax(weight), monkeypatch)
+            screen = ScreenedArgmax(weight)
             expected = F.linear(h, weight).argmax(dim=1)
             misled += int(_screened(screen, h).argmax() != expected[0])
-            assert torch.equal(screen(h), expected)
+            assert torch.equal(_decided(screen, h), expected)
     assert misled  # the threshold, not the screen's maximum, decided somewhere
 
 
-def test_sums_that_could_overflow_float32_are_decided_in_float32():
+def test_sums_that_could_overflow_float32_are_left_to_the_plain_product():
     # row 0 is ±2^127 alternating (exact sum 0): float32 overflows on the way (NaN, which
     # argmax picks), an order of the screen's might not
     weight = _head(vocab=1000, width=64)
     weight[0] = torch.tensor([(-1.0) ** i for i in range(64)]) * 2.0 ** 127
     weight[1] = 1e35
     h = torch.ones(1, 64)
-    assert torch.equal(ScreenedArgmax(weight)(h), F.linear(h, weight).argmax(dim=1))
+    assert ScreenedArgmax(weight)(h) is None
     big = _head(vocab=1000, width=64)
     assert ScreenedArgmax(big).bound(h * 1e38, (h * 1e38).bfloat16()) == float("inf")
 
@@ -205,38 +224,32 @@ def test_the_bound_at_a_zero_hidden_state():
     weight = _head(vocab=300, width=64)
     h = torch.zeros(1, 64)  # only the underflow terms remain
     _check_bound(ScreenedArgmax(weight), weight, h)
-    assert torch.equal(ScreenedArgmax(weight)(h), F.linear(h, weight).argmax(dim=1))
+    assert torch.equal(_choose(ScreenedArgmax(weight), h), F.linear(h, weight).argmax(dim=1))
 
 
-def test_screened_logits_beyond_bfloat16s_range_are_decided_in_float32():
+def test_screened_logits_beyond_bfloat16s_range_are_left_to_the_plain_product():
     weight = _head(vocab=64, width=8, seed=5)
     weight[3] = -3e38  # h . W_3 = -2.4e39: -inf in bfloat16 (and in float32)
-    screen = ScreenedArgmax(weight)
-    full = screen._full
-    screen._full = lambda *args: (fell_back.append(1), full(*args))[1]
-    fell_back = []
-    h = torch.full((1, 8), 1.0)
-    assert torch.equal(screen(h), F.linear(h, weight).argmax(dim=1)) and fell_back
+    assert ScreenedArgmax(weight)(torch.full((1, 8), 1.0)) is None
 
 
 def test_weights_beyond_bfloat16s_range_and_non_finite_ones():
     weight = _head(vocab=64, width=8, seed=5)
     weight[5] = torch.tensor([3.399e38, -1e30, 0, 0, 0, 0, 0, 0])  # rounds to inf in bfloat16
     h = torch.tensor([[1.0, 1e-9, 0, 0, 0, 0, 0, 0]])
-    assert torch.equal(ScreenedArgmax(weight)(h), F.linear(h, weight).argmax(dim=1))
-    assert not ScreenedArgmax(weight).sound
+    assert ScreenedArgmax(weight)(h) is None and not ScreenedArgmax(weight).sound
     for bad in (float("inf"), float("-inf"), float("nan")):
         weight = _head(vocab=64, width=8, seed=6)
         weight[9, 3] = bad
         h = _hidden(8, 1, massive=False)
         screen = ScreenedArgmax(weight)
-        assert torch.equal(screen(h), F.linear(h, weight).argmax(dim=1))
+        assert screen(h) is None
         # no bound holds for such a head: not used, and nothing of its size kept
         assert not screen.sound and screen.screen.numel() == 0
         assert screened(torch.nn.Module(), weight, 1, BUILD_AT_TOKENS) is None
 
 
-def test_near_ties_the_screen_cannot_see_are_decided_in_float32():
+def test_near_ties_the_screen_cannot_see_are_rescored_in_float32():
     weight = _head(vocab=512, width=64)
     h = _hidden(64, 3)
     best = int(F.linear(h, weight).argmax())
@@ -245,17 +258,16 @@ def test_near_ties_the_screen_cannot_see_are_decided_in_float32():
     screen = ScreenedArgmax(weight)
     s = _screened(screen, h)
     assert s[7] == s[300]  # to bfloat16 the two are one logit
-    assert torch.equal(screen(h), torch.tensor([7]))
-    assert torch.equal(screen(-h), F.linear(-h, weight).argmax(dim=1))
+    assert torch.equal(_decided(screen, h), torch.tensor([7]))
+    assert torch.equal(_choose(screen, -h), F.linear(-h, weight).argmax(dim=1))
 
 
-def test_non_finite_hidden_states_fall_back_to_float32():
+def test_non_finite_hidden_states_are_left_to_the_plain_product():
     weight = _head(vocab=300, width=32)
     h = _hidden(32, 1)
-    h[0, 5] = float("nan")
-    assert torch.equal(ScreenedArgmax(weight)(h), F.linear(h, weight).argmax(dim=1))
-    h[0, 5] = float("inf")
-    assert torch.equal(ScreenedArgmax(weight)(h), F.linear(h, weight).argmax(dim=1))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        h[0, 5] = bad
+        assert ScreenedArgmax(weight)(h) is None
 
 
 def test_the_screen_follows_the_weight_and_applies_to_one_row_of_float32_only():
@@ -287,15 +299,14 @@ def test_a_screen_that_cannot_rule_tokens_out_is_given_up():
     best = screened(model, weight, 1, BUILD_AT_TOKENS)
     assert best is not None
     for step in range(GIVE_UP_AFTER):
-        h = _hidden(64, step)
-        assert torch.equal(best(h), F.linear(h, weight).argmax(dim=1))
+        assert best(_hidden(64, step)) is None
     assert screened(model, weight, 1, BUILD_AT_TOKENS) is None  # dropped, and not rebuilt
     assert getattr(model, SCREEN_ATTRIBUTE).screen.numel() == 0 and getattr(model, SCREEN_ATTRIBUTE).bytes_saved == 0
     # a head the screen decides on keeps it
     model, weight = torch.nn.Module(), _head(vocab=500, width=64)
     best = screened(model, weight, 1, BUILD_AT_TOKENS)
     for step in range(GIVE_UP_AFTER):
-        best(_hidden(64, step))
+        _decided(best, _hidden(64, step))
     assert screened(model, weight, 1, 2) is best
 
 
@@ -306,20 +317,20 @@ def _biased_argmax(h, weight, bias, exclude=None):
     return logits.argmax(dim=1)
 
 
-def test_a_bias_and_excluded_tokens(monkeypatch):
+def test_a_bias_and_excluded_tokens():
     # a bias (Marian's final_logits_bias) is screened as one more column of the head; excluded
     # tokens (banned ones) are never chosen
     weight = _head(vocab=3000, width=128, seed=3)
     bias = torch.randn(3000, generator=torch.Generator().manual_seed(4))
-    screen = _deciding(ScreenedArgmax(weight, bias), monkeypatch)
+    screen = ScreenedArgmax(weight, bias)
     flipped = 0
     for trial in range(12):
         h = _hidden(128, trial, massive=trial % 2 == 0)
         expected = _biased_argmax(h, weight, bias)
         flipped += int(expected != F.linear(h, weight).argmax(dim=1))
-        assert torch.equal(screen(h), expected)
+        assert torch.equal(_decided(screen, h), expected)
         banned = torch.tensor([int(expected), 7])  # the best token banned: the next one wins
-        assert torch.equal(screen(h, exclude=banned), _biased_argmax(h, weight, bias, banned))
+        assert torch.equal(_decided(screen, h, exclude=banned), _biased_argmax(h, weight, bias, banned))
     assert flipped  # the bias decided somewhere
 
 
@@ -333,7 +344,7 @@ def test_a_screen_with_a_bias_follows_the_bias():
     assert screened(owner, weight, 1, 2, bias=bias) is None
     again = screened(owner, weight, 1, BUILD_AT_TOKENS, bias=bias)
     h = _hidden(16, 0)
-    assert torch.equal(again(h), _biased_argmax(h, weight, bias)) and int(again(h)) == 3
+    assert torch.equal(_decided(again, h), _biased_argmax(h, weight, bias)) and int(again(h)) == 3
     assert screened(owner, weight, 1, BUILD_AT_TOKENS, bias=bias.double()) is None  # not float32
 
 
@@ -348,36 +359,34 @@ def test_renormalized_logits_where_rounding_ties_the_best_with_a_lower_index():
     logits = F.linear(h, weight)
     assert int(logits.argmax()) == 40 and int(F.log_softmax(logits, dim=-1).argmax()) == 9  # tied, lower wins
     screen = ScreenedArgmax(weight)
-    assert int(screen(h)) == 40 and int(screen(h, renormalize=True)) == 9
+    assert int(_decided(screen, h)) == 40
+    assert screen(h, renormalize=True) is None and int(_choose(screen, h, renormalize=True)) == 9
     # far from a tie, renormalized or not is the same token, decided by the screen
     weight[9, 0] = 3.0
-    screen = ScreenedArgmax(weight)
-    screen._full = lambda *a: pytest.fail("fell back to the float32 product")
-    assert int(screen(h, renormalize=True)) == 40
+    assert int(_decided(ScreenedArgmax(weight), h, renormalize=True)) == 40
 
 
-def test_a_constant_offset_in_the_bias_costs_the_bound_nothing(monkeypatch):
+def test_a_constant_offset_in_the_bias_costs_the_bound_nothing():
     # the bias's rounding is charged as its own (not times ||h||): an offset of 30 on every
     # token moves no token past another, and the screen still decides
     weight = _head(vocab=5000, width=128, seed=5)
     bias = 30 + torch.randn(5000, generator=torch.Generator().manual_seed(6)) * 0.1
-    screen = _deciding(ScreenedArgmax(weight, bias), monkeypatch)
+    screen = ScreenedArgmax(weight, bias)
     for trial in range(6):
         h = _hidden(128, trial)
-        assert torch.equal(screen(h), _biased_argmax(h, weight, bias))
+        assert torch.equal(_decided(screen, h), _biased_argmax(h, weight, bias))
 
 
-def test_the_float32_fallback_applies_the_bias_the_excluded_tokens_and_renormalization(monkeypatch):
+def test_crowded_calls_are_left_to_the_plain_product(monkeypatch):
     weight = _head(vocab=3000, width=64, seed=7)
     bias = torch.randn(3000, generator=torch.Generator().manual_seed(8))
     screen = ScreenedArgmax(weight, bias)
-    monkeypatch.setattr(argmax, "RESCORE_SHARE", 0.0)  # every call too crowded: decided in float32
+    monkeypatch.setattr(argmax, "RESCORE_SHARE", 0.0)  # every call too crowded
     for trial in range(4):
         h = _hidden(64, trial)
         banned = torch.tensor([int(_biased_argmax(h, weight, bias)), 11])
-        assert torch.equal(screen(h), _biased_argmax(h, weight, bias))
-        assert torch.equal(screen(h, exclude=banned), _biased_argmax(h, weight, bias, banned))
-        assert torch.equal(screen(h, exclude=banned, renormalize=True), _biased_argmax(h, weight, bias, banned))
+        for kwargs in ({}, {"exclude": banned}, {"exclude": banned, "renormalize": True}):
+            assert screen(h, **kwargs) is None
     assert screen.crowded == screen.calls == 12
 
 
@@ -388,7 +397,8 @@ def test_renormalization_widens_the_threshold_by_the_tie_margin():
     weight[40, 0], weight[9, 0] = 2.0 ** -16, 2.0 ** -16 - 2.0 ** -22
     h = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
     assert int(F.log_softmax(F.linear(h, weight), dim=-1).argmax()) == 9
-    assert int(ScreenedArgmax(weight)(h, renormalize=True)) == 9
+    # 9 is a candidate, so the screen sees the possible tie and leaves the step to the caller
+    assert ScreenedArgmax(weight)(h, renormalize=True) is None
 
 
 def test_the_bias_rounding_is_in_the_bound_where_the_logits_cancel_it():
@@ -403,4 +413,4 @@ def test_the_bias_rounding_is_in_the_bound_where_the_logits_cancel_it():
     screen = ScreenedArgmax(weight, bias)
     s = torch.mm(torch.ones(1, 3).bfloat16(), screen.screen)[0]
     assert int(s.argmax()) == 5 and int(_biased_argmax(h, weight, bias)) == 3
-    assert int(screen(h)) == 3
+    assert int(_choose(screen, h)) == 3

@@ -39,9 +39,12 @@ bfloat16 number at or below ``tau``, so that the comparison runs on ``s`` as it 
 bound are computed in float64 (nothing in them underflows) and inflated by 1 % for their own
 rounding.
 
-Where the bound does not hold, the float32 product decides: a non-finite screened logit, an
-``h`` so large that a float32 sum could overflow (``||h|| max ||W_j|| (1 + γ)`` beyond
-float32's range), a head with non-finite weights or weights beyond bfloat16's range, n > 2^22.
+Where the bound does not hold, the screen does not decide: a call returns None and the caller
+computes its plain logits, as it would without a screen. So it does for a non-finite screened
+logit, an ``h`` so large that a float32 sum could overflow (``||h|| max ||W_j|| (1 + γ)``
+beyond float32's range), too many candidates (:data:`RESCORE_SHARE`), a possible tie under
+renormalization (:data:`TIE_MARGIN`); a head with non-finite weights or weights beyond
+bfloat16's range, or n > 2^22, gets no screen at all.
 
 The kernel's arithmetic is checked, not assumed: each new screen runs one random row through
 the very product it will use and compares every column against the float64 value of the same
@@ -55,7 +58,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from .ops import _stamp
 
@@ -66,9 +68,9 @@ _FP32_MAX = float(torch.finfo(torch.float32).max)
 _MAX_WIDTH = 2 ** 22  # n u <= 1/2: γ stays meaningful
 _RELATIVE = 1.01 * _BF16_UNIT / (1 - _BF16_UNIT)  # c: the bfloat16 result's rounding
 SCREEN_ATTRIBUTE = "_screened_argmax"  # where screened() keeps a screen on its owner
-# tokens rescored above this share of the vocabulary: the float32 product is cheaper
+# more candidates than this share of the vocabulary: the caller's plain product is cheaper
 RESCORE_SHARE = 1 / 16
-# a screen that sent more than this share of its first calls to the float32 product costs more
+# a screen that left more than this share of its first calls to the plain product costs more
 # than it saves on this model (a head whose logits crowd the best one): it is dropped
 GIVE_UP_SHARE, GIVE_UP_AFTER = 1 / 4, 32
 _CHUNK_ROWS = 512
@@ -144,8 +146,8 @@ class ScreenedArgmax:
         self.calls = self.crowded = 0  # calls, and those with too many candidates (GIVE_UP_*)
 
     def _drop(self) -> None:
-        """Never use this screen (its bound does not hold, or it does not pay): every call goes
-        to the float32 product, and nothing of the head's size is kept."""
+        """Never use this screen (its bound does not hold, or it does not pay): every call
+        returns None, and nothing of the head's size is kept."""
         self.sound = False
         self.screen = self.screen[:, :0].clone()
 
@@ -182,57 +184,49 @@ class ScreenedArgmax:
                        + self.flush * (h16_norm + self.screen_norm) + self.absolute)
 
     def __call__(self, h: torch.Tensor, exclude: Optional[torch.Tensor] = None,
-                 renormalize: bool = False) -> torch.Tensor:
-        """Best token for ``h`` [1, n] (float32): a [1] int64 tensor. ``exclude``: token ids
-        never chosen (their logits set to -inf, as a banned-tokens processor does).
+                 renormalize: bool = False) -> Optional[torch.Tensor]:
+        """Best token for ``h`` [1, n] (float32), a [1] int64 tensor, or None where the screen
+        cannot tell (see the module docstring): the caller then takes the argmax of its plain
+        logits, which gives that token wherever the screen does. ``exclude``: token ids never
+        chosen (their logits at -inf, as a banned-tokens processor sets them).
         ``renormalize``: the argmax of ``log_softmax`` of those logits, as transformers'
         ``renormalize_logits`` gives it: the same token, except that rounding may make a token
         within :data:`TIE_MARGIN` below the best equal to it, and then the lower index wins;
-        such a step is decided by the float32 product."""
-        h = h.reshape(1, -1)
+        such a step is left to the caller."""
         if not self.sound:
-            return self._full(h, exclude, renormalize)
+            return None
+        h = h.reshape(1, -1)
         x = h if self._bias is None else torch.cat([h, h.new_ones(1, 1)], dim=1)  # [h, 1]: the bias column
         x16 = x.to(torch.bfloat16)
         s = torch.mm(x16, self.screen, out=self._screened)[0]
         low, high = torch.aminmax(s)
         top = float(high)
         if not (math.isfinite(top) and math.isfinite(float(low))):  # NaN or overflow
-            return self._full(h, exclude, renormalize)
+            return None
         if exclude is not None and exclude.numel():
             s.index_fill_(0, exclude, -math.inf)
             top = float(s.max())
             if not math.isfinite(top):  # everything excluded
-                return self._full(h, exclude, renormalize)
+                return None
         margin = TIE_MARGIN if renormalize else 0.0  # also every token within the margin of the best
         tau = _threshold(top, self.bound(h, x16[:, :h.size(1)]) + margin / 2)
         if not math.isfinite(tau):
-            return self._full(h, exclude, renormalize)
+            return None
         candidates = torch.ge(s, _bfloat16_at_most(tau), out=self._mask).nonzero().view(-1)
         self.calls += 1
         if candidates.numel() > RESCORE_SHARE * s.numel():
             self.crowded += 1
             if self.calls >= GIVE_UP_AFTER and self.crowded > GIVE_UP_SHARE * self.calls:
                 self._drop()  # it costs more than it saves on this head
-            return self._full(h, exclude, renormalize)
+            return None
         exact = torch.mv(self.weight.index_select(0, candidates), h[0])
         if self._bias is not None:  # as the plain path: the product, then the bias added
             exact = exact + self._bias.index_select(0, candidates)
         best = int(exact.argmax())
         # candidates are in ascending order: one before the best, within the margin, might tie
         if renormalize and bool((exact[:best] >= exact[best] - margin).any()):
-            return self._full(h, exclude, renormalize)
+            return None
         return candidates[best].view(1)
-
-    def _full(self, h: torch.Tensor, exclude: Optional[torch.Tensor] = None, renormalize: bool = False) -> torch.Tensor:
-        logits = F.linear(h, self.weight)  # as the unscreened path computes it
-        if self._bias is not None:
-            logits = logits + self._bias
-        if exclude is not None and exclude.numel():
-            logits.index_fill_(1, exclude, -math.inf)
-        if renormalize:
-            logits = F.log_softmax(logits, dim=-1)
-        return logits.argmax(dim=1)
 
 
 def _gamma(n: int) -> float:
