@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from zoo.activations import ACTIVATIONS, activate_
 from zoo.errors import ConfigError, InputError
-from zoo.ops import Linear, PackedQKV
+from zoo.ops import Linear, PackedQKV, hooks_set
 from zoo.outputs import ModelOutput
 
 TASKS = ("image-classification", "image-feature-extraction")
@@ -299,9 +299,10 @@ class ViT(nn.Module):
         hidden = [x] if output_hidden_states else None  # transformers: embeddings, then each block
         # A classifier reads the class token alone, so its last block computes only that row
         # (every token is still a key and a value there): most of a block's work saved, the
-        # same logits. transformers computes every row.
+        # same logits. transformers computes every row; so does zoo where hooks are set, as
+        # they may read the last block's other rows.
         last = len(self.encoder.layer) - 1
-        cls_only = self.task == "image-classification" and hidden is None
+        cls_only = self.task == "image-classification" and hidden is None and not hooks_set(self)
         for i, block in enumerate(self.encoder.layer):
             x = block(x, 1 if cls_only and i == last else None)
             if hidden is not None:

@@ -120,6 +120,24 @@ def test_parity_every_layout_and_resolution(tmp_path, config_name, kind, layout)
         compare(loaded.model, ref, torch.randn(2, 3, h, w, generator=gen), kind)
 
 
+def test_a_hook_on_the_last_block_sees_every_row(tmp_path):
+    # a classifier computes the class token alone in its last block, unless a hook may read the rest
+    ref = make_reference("base", "classifier")
+    model = load_full(str(write_checkpoint(ref, tmp_path / "ckpt", "save_pretrained")), device="cpu").model
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    seen = []
+    handle = model.encoder.layer[-1].register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    try:
+        with torch.no_grad():
+            logits = model(x).logits
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        assert_close(logits, ref(x).logits, "logits")
+        assert_close(model(x).logits, logits, "logits without the hook")
+    assert seen == [torch.Size([2, 17, 32])]  # 1 + 4 x 4 patches
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_hub_layout_is_what_save_pretrained_writes(tmp_path, kind):
     """hub_layout() (used by verify on random weights) gives exactly the Hub/save_pretrained keys."""
