@@ -299,15 +299,15 @@ class ViT(nn.Module):
         hidden = [x] if output_hidden_states else None  # transformers: embeddings, then each block
         # A classifier reads the class token alone, so its last block computes only that row
         # (every token is still a key and a value there): most of a block's work saved, the
-        # same logits. transformers computes every row; so does zoo where hooks are set, as
-        # they may read the last block's other rows.
+        # same logits up to float rounding. transformers computes every row; so does zoo when
+        # hidden states are asked for, and where hooks are set, as they may read the other rows.
         last = len(self.encoder.layer) - 1
         cls_only = self.task == "image-classification" and hidden is None and not hooks_set(self)
         for i, block in enumerate(self.encoder.layer):
-            x = block(x, 1 if cls_only and i == last else None)
+            x = block(x, 1) if cls_only and i == last else block(x)
             if hidden is not None:
                 hidden.append(x)
-        x = self.layernorm(x)  # (B, 1 + N, hidden), or (B, 1, hidden) for a classifier
+        x = self.layernorm(x)  # (B, 1 + N, hidden), or (B, 1, hidden) on the class-token-only path
         states = tuple(hidden) if hidden else None
         if self.task == "image-classification":
             return ModelOutput(logits=self.classifier(x[:, 0]), hidden_states=states)

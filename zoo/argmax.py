@@ -42,9 +42,10 @@ rounding.
 Where the bound does not hold, the screen does not decide: a call returns None and the caller
 computes its plain logits, as it would without a screen. So it does for a non-finite screened
 logit, an ``h`` so large that a float32 sum could overflow (``||h|| max ||W_j|| (1 + γ)``
-beyond float32's range), too many candidates (:data:`RESCORE_SHARE`), a possible tie under
-renormalization (:data:`TIE_MARGIN`); a head with non-finite weights or weights beyond
-bfloat16's range, or n > 2^22, gets no screen at all.
+beyond float32's range), every token excluded, too many candidates (:data:`RESCORE_SHARE`), a
+possible tie under renormalization (:data:`TIE_MARGIN`), and every call once a screen has given
+up (:data:`GIVE_UP_SHARE`); a head with non-finite weights or weights beyond bfloat16's range,
+or n > 2^22, gets no screen at all.
 
 The kernel's arithmetic is checked, not assumed: each new screen runs one random row through
 the very product it will use and compares every column against the float64 value of the same

@@ -387,8 +387,9 @@ def _first_divergence(model, ref, inputs, dtype) -> Optional[str]:
     """Name the first hidden state (block) where zoo and the reference part ways."""
     try:
         with torch.inference_mode():
-            ours = model(**inputs, output_hidden_states=True).hidden_states
+            ours_full = model(**inputs, output_hidden_states=True)
             theirs = ref(**inputs, output_hidden_states=True)
+        ours = ours_full.hidden_states
         if getattr(theirs, "decoder_hidden_states", None) is not None:  # encoder-decoder
             encoder = tuple(theirs.encoder_hidden_states or ())
             theirs = encoder + tuple(theirs.decoder_hidden_states)
@@ -405,4 +406,16 @@ def _first_divergence(model, ref, inputs, dtype) -> Optional[str]:
         if not c.passed:
             where = "embeddings" if i == 0 else f"output of block {i - 1}"
             return f"hidden_states[{i}] ({where}): max abs diff {c.max_abs_diff:.3g}"
+    # a model may compute less when no hidden states are asked for (ViT's classifier: the last
+    # block for the class token alone): then that shorter path is where the two part ways
+    with torch.inference_mode():
+        plain = model(**inputs)
+    for name in ("logits", "last_hidden_state"):
+        a, b = getattr(plain, name, None), getattr(ours_full, name, None)
+        if a is not None and b is not None:
+            c = _compare(name, a, b, dtype)
+            if not c.passed:
+                return (f"hidden states agree, but zoo's {name} without output_hidden_states differ from its own "
+                        f"with them by {c.max_abs_diff:.3g}: the difference is in the path that skips them")
+            break
     return "hidden states agree; the difference is in the output head"
