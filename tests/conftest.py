@@ -61,3 +61,20 @@ def _fresh_plugins():
     yield
     pluginmanager._extra.clear()
     pluginmanager.reset()
+
+
+def leave_every_other_step(monkeypatch):
+    """Make a screen leave every other step to the caller's plain path, as it does for steps it
+    cannot tell; returns the count of steps left."""
+    from zoo import argmax
+
+    left, screen_call = [0], argmax.ScreenedArgmax.__call__
+
+    def call(self, h, *args, **kwargs):
+        if (self.calls + left[0]) % 2:
+            left[0] += 1
+            return None
+        return screen_call(self, h, *args, **kwargs)
+
+    monkeypatch.setattr(argmax.ScreenedArgmax, "__call__", call)
+    return left

@@ -224,7 +224,7 @@ def test_the_bound_at_a_zero_hidden_state():
     weight = _head(vocab=300, width=64)
     h = torch.zeros(1, 64)  # only the underflow terms remain
     _check_bound(ScreenedArgmax(weight), weight, h)
-    assert torch.equal(_choose(ScreenedArgmax(weight), h), F.linear(h, weight).argmax(dim=1))
+    assert ScreenedArgmax(weight)(h) is None  # every logit 0: every token a candidate
 
 
 def test_screened_logits_beyond_bfloat16s_range_are_left_to_the_plain_product():
@@ -394,23 +394,26 @@ def test_renormalization_widens_the_threshold_by_the_tie_margin():
     # logits far below the bound's relative term: only the widened threshold brings token 9,
     # which log_softmax ties with the best (40) and which then wins as the lower index
     weight = torch.zeros(5000, 4)
+    weight[:, 0] = -(2.0 ** -10)  # the other tokens, below the margin: not candidates
     weight[40, 0], weight[9, 0] = 2.0 ** -16, 2.0 ** -16 - 2.0 ** -22
     h = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
     assert int(F.log_softmax(F.linear(h, weight), dim=-1).argmax()) == 9
-    # 9 is a candidate, so the screen sees the possible tie and leaves the step to the caller
-    assert ScreenedArgmax(weight)(h, renormalize=True) is None
+    # 9 is a candidate, so the rescoring sees the possible tie and leaves the step to the caller
+    screen = ScreenedArgmax(weight)
+    assert screen(h, renormalize=True) is None and screen.calls == 1 and screen.crowded == 0
 
 
 def test_the_bias_rounding_is_in_the_bound_where_the_logits_cancel_it():
     # logit = h . W_j + b_j with h . W_j = -3008 (exact) against a bias of ~3008, which bfloat16
-    # rounds by up to 8: the screen ranks 5 first by 4, while in float32 3 is best by 3.8
-    weight = torch.zeros(100, 2)
+    # rounds by up to 8: the screen ranks 5 first by 4, while in float32 3 is best by 3.8. The
+    # other tokens' logits are -1008, far below both
+    weight = torch.zeros(1000, 2)
     weight[:, 0] = -3008.0
     weight[5, 1] = 4.0
-    bias = torch.full((100,), 3000.0)
+    bias = torch.full((1000,), 2000.0)
     bias[3], bias[5] = 3015.9, 3008.1
     h = torch.ones(1, 2)
     screen = ScreenedArgmax(weight, bias)
     s = torch.mm(torch.ones(1, 3).bfloat16(), screen.screen)[0]
     assert int(s.argmax()) == 5 and int(_biased_argmax(h, weight, bias)) == 3
-    assert int(_choose(screen, h)) == 3
+    assert int(_decided(screen, h)) == 3

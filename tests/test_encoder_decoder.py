@@ -42,6 +42,8 @@ from zoo.plugins.encoder_decoder import (
     sinusoids,
 )
 
+from conftest import leave_every_other_step
+
 ATOL = 1e-5  # float32, absolute, on logits / hidden states
 PAD = 59
 
@@ -693,10 +695,14 @@ def test_translation_runner_uses_the_sentencepiece_tokenizer(tmp_path):
     assert "".join(shown) == result["text"] + "\n"
 
 
+@pytest.mark.parametrize("left", [False, True], ids=["screened", "every other step left"])
 @pytest.mark.parametrize("name", list(MARIAN))
-def test_marian_batch_1_greedy_through_the_screen_of_the_head(name, tmp_path, monkeypatch):
+def test_marian_batch_1_greedy_through_the_screen_of_the_head(name, left, tmp_path, monkeypatch):
     # at batch 1, greedy takes its token from zoo.argmax's bfloat16 screen of the tied head, with
-    # final_logits_bias as one more column and the banned tokens excluded: the same ids
+    # final_logits_bias as one more column and the banned tokens excluded: the same ids. Left:
+    # every other step goes to the plain path (bias, ban, renormalization), as the steps the
+    # screen cannot tell do
+    steps_left = leave_every_other_step(monkeypatch) if left else [0]
     ref, config = marian_reference(name)
     with torch.no_grad():
         ref.final_logits_bias.normal_(generator=torch.Generator().manual_seed(5))
@@ -711,4 +717,5 @@ def test_marian_batch_1_greedy_through_the_screen_of_the_head(name, tmp_path, mo
         assert got.tolist() == want.tolist()
     screen = getattr(model, argmax.SCREEN_ATTRIBUTE)
     assert screen is not None and screen.calls > 0 and screen.bias is model.generator.final_logits_bias
+    assert (steps_left[0] > 0) == left
     assert argmax.SCREEN_ATTRIBUTE not in copy.deepcopy(model).__dict__

@@ -10,7 +10,7 @@ from zoo.errors import ConfigError, InputError
 from zoo.registry import get_catalog
 from zoo.verification import verify
 
-from conftest import write_checkpoint
+from conftest import leave_every_other_step, write_checkpoint
 
 CONV = get_catalog().converter("hf_gpt2")
 
@@ -22,19 +22,21 @@ def tiny(tmp_path_factory):
     return ref, zoo.load(str(folder), device="cpu")
 
 
-@pytest.mark.parametrize("rows,screen", [(1, False), (1, True), (3, False)])
+@pytest.mark.parametrize("rows,screen", [(1, False), (1, True), (1, "every other step"), (3, False)])
 def test_greedy_generate_matches_transformers(tiny, rows, screen, monkeypatch):
     ref, model = tiny
     # screen: the tokens come through zoo.argmax's bfloat16 screen of the head (at batch 1,
     # for calls of BUILD_AT_TOKENS tokens or more; fewer here, to fit the tiny context)
     monkeypatch.setattr(argmax, "BUILD_AT_TOKENS", 20 if screen else 1000)
+    left = leave_every_other_step(monkeypatch) if screen == "every other step" else [0]
     monkeypatch.delattr(model, argmax.SCREEN_ATTRIBUTE, raising=False)
     ids = torch.randint(0, 96, (rows, 5), generator=torch.Generator().manual_seed(1))
     ours = model.generate(ids, max_new_tokens=20)
     theirs = ref.generate(ids, do_sample=False, max_new_tokens=20, pad_token_id=0, eos_token_id=None)
     assert ours.shape == (rows, 25)
     assert torch.equal(ours, theirs)
-    assert (getattr(model, argmax.SCREEN_ATTRIBUTE, None) is not None) == screen
+    assert (getattr(model, argmax.SCREEN_ATTRIBUTE, None) is not None) == bool(screen)
+    assert left[0] == (10 if screen == "every other step" else 0)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5])  # 5: zoo.ops.linear's transposed few-row product
