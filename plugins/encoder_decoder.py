@@ -660,7 +660,7 @@ class EncoderDecoder(CachesNotState, nn.Module):
         banned = self._banned()
         if banned:
             scores[:, banned] = float("-inf")
-        if cfg.forced_eos_token_id is not None and cur_len == max_length - 1:
+        if self._forces_eos(cur_len, max_length):
             scores = torch.full_like(scores, float("-inf"))
             scores[:, cfg.forced_eos_token_id] = 0
         if cfg.renormalize_logits:
@@ -711,7 +711,7 @@ class EncoderDecoder(CachesNotState, nn.Module):
         while cur < max_length:
             x = self.decode(memory, src_mask, out[:, cur - 1 : cur], cache)
             nxt = None  # from the screen, _step_scores' argmax where it can tell (not on a forced-eos step)
-            if best is not None and not (cfg.forced_eos_token_id is not None and cur == max_length - 1):
+            if best is not None and not self._forces_eos(cur, max_length):
                 nxt = best(x[:, -1], exclude=banned, renormalize=cfg.renormalize_logits)
             if nxt is None:
                 scores = self._step_scores(self.project(x)[:, -1], cur, max_length, log_probs=False)
@@ -723,6 +723,11 @@ class EncoderDecoder(CachesNotState, nn.Module):
                 if bool(done.all()):
                     break
         return out[:, :cur]
+
+    def _forces_eos(self, cur_len: int, max_length: int) -> bool:
+        """Whether the step at ``cur_len`` is the last one, where eos is forced (transformers'
+        forced-eos processor)."""
+        return self.config.forced_eos_token_id is not None and cur_len == max_length - 1
 
     def _banned(self) -> List[int]:
         """The banned tokens that are set to -inf: ``bad_words_ids`` other than eos."""

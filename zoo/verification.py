@@ -318,7 +318,7 @@ def verify(
     passed = all(c.passed for c in comparisons) and (generation is None or generation["identical"])
     divergence = None
     if not passed:
-        divergence = _first_divergence(model, ref, inputs, loaded.dtype)
+        divergence = _first_divergence(model, ref, inputs, loaded.dtype, ours)
     non_finite = find_non_finite(model.state_dict())
     worst = max(comparisons, key=lambda c: c.max_abs_diff / max(c.tolerance, 1e-30))
     report = VerifyReport(
@@ -383,8 +383,9 @@ def _compare_generation(model, ref, inputs, loaded, new_tokens: int, num_beams: 
     }
 
 
-def _first_divergence(model, ref, inputs, dtype) -> Optional[str]:
-    """Name the first hidden state (block) where zoo and the reference part ways."""
+def _first_divergence(model, ref, inputs, dtype, ours_plain) -> Optional[str]:
+    """Name the first hidden state (block) where zoo and the reference part ways; ``ours_plain``
+    is zoo's output for ``inputs`` without hidden states."""
     try:
         with torch.inference_mode():
             ours_full = model(**inputs, output_hidden_states=True)
@@ -408,14 +409,11 @@ def _first_divergence(model, ref, inputs, dtype) -> Optional[str]:
             return f"hidden_states[{i}] ({where}): max abs diff {c.max_abs_diff:.3g}"
     # a model may compute less when no hidden states are asked for (ViT's classifier: the last
     # block for the class token alone): then that shorter path is where the two part ways
-    with torch.inference_mode():
-        plain = model(**inputs)
-    for name in ("logits", "last_hidden_state"):
-        a, b = getattr(plain, name, None), getattr(ours_full, name, None)
+    for name in OUTPUT_FIELDS:
+        a, b = _tensor(ours_plain, name), _tensor(ours_full, name)
         if a is not None and b is not None:
             c = _compare(name, a, b, dtype)
             if not c.passed:
                 return (f"hidden states agree, but zoo's {name} without output_hidden_states differ from its own "
                         f"with them by {c.max_abs_diff:.3g}: the difference is in the path that skips them")
-            break
     return "hidden states agree; the difference is in the output head"
