@@ -116,10 +116,16 @@ def test_cli_convert_refuses_to_overwrite_without_force(tmp_path):
     args = ["convert", str(tmp_path / "hf"), "--to", "hf", "--out", str(tmp_path / "out")]
     result = runner.invoke(cli, args)
     assert result.exit_code == 2 and "--force" in result.output
-    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    # --force replaces only zoo's own output: a folder holding a user's file is refused, naming it
     result = runner.invoke(cli, args + ["--force"])
+    assert result.exit_code == 2 and "keep.txt would be lost" in result.output, result.output
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    (tmp_path / "out" / "keep.txt").unlink()
+    assert runner.invoke(cli, args).exit_code == 0  # an empty folder is not replaced, just filled
+    result = runner.invoke(cli, args + ["--force"])  # zoo's own output: replaced
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".zoo-written.json", "config.json",
+                                                                     "model.safetensors"]
     assert "left out 2 key(s)" in result.output  # says what the Hub file had that zoo does not
     assert zoo.load(str(tmp_path / "out"), device="cpu") is not None
 

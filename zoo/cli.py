@@ -18,12 +18,33 @@ from .errors import ZooError
 EPILOG = "Docs: README.md. Models: `zoo list`. Plugins: `zoo plugins`."
 
 
+# `zoo` or `zoo plugin` alone shows the help, as click does (click >= 8.2 raises this for it)
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _usage_line(exc: click.UsageError) -> click.ClickException:
+    """A usage error (a bad option value, an unknown command) as one line, exit 2."""
+    if isinstance(exc, _HELP):
+        return exc
+    where = exc.ctx.command_path if exc.ctx is not None else "zoo"
+    click.echo(f"zoo: error: {exc.format_message()} (see '{where} --help')", err=True)
+    return click.exceptions.Exit(exc.exit_code)
+
+
 class ZooGroup(click.Group):
-    """Turns library errors into one-line messages and exit codes."""
+    """Turns library errors and usage errors into one-line messages and exit codes."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:  # an option of `zoo` itself
+            raise _usage_line(exc) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _usage_line(exc) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except ZooError as exc:

@@ -19,16 +19,15 @@ to ``zoo.json``, which records the architecture, task, config and provenance: so
 revision, sha256 of every source file, converter name and version. ``zoo convert`` reads such
 a folder back, so HF -> zoo -> HF works through files.
 
-Every file is written into a temporary folder beside the output, which is renamed into place
-when complete: an interrupted export leaves no half-written checkpoint. An existing output is
-never replaced unless ``force=True``.
+The output is written by :func:`zoo.publish.publish`: built in a temporary folder beside it and
+renamed into place when complete, never over something zoo did not check; it may not overlap
+the input, and ``force=True`` replaces only a folder zoo wrote (or one holding nothing but
+checkpoint files).
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -39,6 +38,7 @@ from . import __version__
 from . import checkpoint as ckpt
 from .convert import _compile, _fill, convert, export as export_keys
 from .errors import ZooError
+from .publish import check_target, publish
 from .registry import get_catalog
 from .types import Converter, resolve as resolve_ref
 
@@ -60,6 +60,7 @@ class Source:
     task: str
     config: Dict[str, Any]
     provenance: Dict[str, Any]
+    inputs: List[Path] = field(default_factory=list)  # what was read: an output may not overlap it
 
 
 @dataclass
@@ -111,7 +112,7 @@ def read_zoo_native(folder: Path) -> Source:
     state = dict(ckpt.read_safetensors(path))
     provenance = dict(meta.get("provenance", {}))
     provenance["zoo_native"] = {"folder": str(folder), "files": _file_hashes([path, meta_path])}
-    return Source(state, converter, arch, task, dict(config), provenance)
+    return Source(state, converter, arch, task, dict(config), provenance, [Path(folder)])
 
 
 def read_source(
@@ -157,7 +158,10 @@ def read_source(
         "accounting": report.as_dict(),
         "zoo_version": __version__,
     }
-    return Source(state, converter, arch.name, task, config, provenance)
+    inputs = [Path(p) for p in sources] + [Path(os.path.realpath(p)) for p in sources]
+    if folder is not None:
+        inputs.append(Path(folder))
+    return Source(state, converter, arch.name, task, config, provenance, inputs)
 
 
 # ----------------------------------------------------------------------------- the Hub layout
@@ -238,35 +242,6 @@ def hf_config(converter: Converter, config: Mapping[str, Any], task: str) -> Dic
 # ----------------------------------------------------------------------------- writing
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out}: exists and is not empty; pass --force (force=True) to replace it")
-
-
-def _atomic_folder(out: Path, write, force: bool) -> List[str]:
-    """Run ``write(tmp_folder)``, then move the finished folder to ``out`` in one rename."""
-    out = Path(out)
-    _check_out(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        names = sorted(p.name for p in tmp.iterdir())
-        if out.exists():  # replaced (force): keep the old one until the new one is in place
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        return names
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _contiguous(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
@@ -292,7 +267,7 @@ def export_hf(source: Source, out, *, force: bool = False) -> Exported:
         if generation:
             (folder / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
 
-    files = _atomic_folder(Path(out), write, force)
+    files = publish(out, write, force=force, inputs=source.inputs)
     return Exported(Path(out), "hf", files, len(tensors), skipped, filled)
 
 
@@ -311,7 +286,7 @@ def export_zoo(source: Source, out, *, force: bool = False) -> Exported:
         ckpt.save_safetensors(_contiguous(source.state), folder / "model.safetensors", metadata={"format": "pt"})
         (folder / ZOO_META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
 
-    files = _atomic_folder(Path(out), write, force)
+    files = publish(out, write, force=force, inputs=source.inputs)
     return Exported(Path(out), "zoo", files, len(source.state))
 
 
@@ -320,5 +295,7 @@ def convert_checkpoint(name_or_path: str, to: str, out, *, force: bool = False, 
     writers = {"hf": export_hf, "zoo": export_zoo}
     if to not in writers:
         raise ExportError(f"unknown output format {to!r} (hf or zoo)")
-    _check_out(Path(out), force)  # fail before reading gigabytes
+    given = None if get_catalog().find(str(name_or_path)) else Path(str(name_or_path)).expanduser()
+    inputs = [p for p in (given, read_kwargs.get("checkpoint")) if p is not None and os.path.lexists(p)]
+    check_target(out, force=force, inputs=inputs)  # fail before reading gigabytes
     return writers[to](read_source(name_or_path, **read_kwargs), out, force=force)

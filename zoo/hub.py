@@ -184,38 +184,53 @@ def _verify(folder: Path) -> List[str]:
     """Check each LFS file of a snapshot against the sha256 that names its blob.
 
     A file that does not match is deleted (blob and snapshot link) so that nothing uses it;
-    returns the names of those files. Blobs that passed are marked and not hashed again.
+    returns the names of those files. Blobs that passed are marked and not hashed again. Only
+    blobs that resolve inside this repo's own ``blobs/`` folder are judged (and ever deleted): a
+    link that leads anywhere else is not the Hub's, and is an error that deletes nothing.
     """
     storage = folder.parent.parent  # <cache>/models--org--name/snapshots/<commit>
+    blobs = Path(os.path.realpath(storage / "blobs"))
     bad = []
-    for path in sorted(folder.rglob("*")):
-        blob = Path(os.path.realpath(path))
-        if not _SHA256.fullmatch(blob.name) or not blob.is_file():
-            continue  # a git file (named by its sha1), or a cache without symlinks: nothing announced
-        marker = storage / _MARKERS / blob.name
-        stat = blob.stat()
-        stamp = f"{stat.st_size} {stat.st_mtime_ns}"
-        try:
-            if marker.read_text() == stamp:
-                continue
-        except OSError:
-            pass
-        try:
-            ok = _sha256(blob) == blob.name
-        except OSError:  # deleted under us by another process that found it bad
-            ok = False
-        if not ok:
-            for p in (blob, path):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            bad.append(str(path.relative_to(folder)))
-            continue
+    for root, _dirs, names in os.walk(folder, followlinks=False):
+        for name in sorted(names):
+            path = Path(root) / name
+            blob = Path(os.path.realpath(path))
+            if not _SHA256.fullmatch(blob.name) or not blob.is_file():
+                continue  # a git file (named by its sha1), or a cache without symlinks: nothing announced
+            if blob.parent != blobs:
+                raise DownloadError(
+                    f"{path} in the Hugging Face cache leads to {blob}, outside the cache's blobs/ "
+                    f"folder; zoo neither uses nor deletes it: remove that link, or pass --checkpoint DIR"
+                )
+            if not _checked(blob, storage):
+                for p in (blob, path):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                bad.append(str(path.relative_to(folder)))
+    return sorted(bad)
+
+
+def _checked(blob: Path, storage: Path) -> bool:
+    """Whether ``blob`` hashes to its name (remembered by size and mtime, so hashed once)."""
+    marker = storage / _MARKERS / blob.name
+    stat = blob.stat()
+    stamp = f"{stat.st_size} {stat.st_mtime_ns}"
+    try:
+        if marker.read_text() == stamp:
+            return True
+    except OSError:
+        pass
+    try:
+        ok = _sha256(blob) == blob.name
+    except OSError:  # deleted under us by another process that found it bad
+        return False
+    if ok:
         with contextlib.suppress(OSError):
             marker.parent.mkdir(parents=True, exist_ok=True)
             tmp = marker.with_name(f"{marker.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_text(stamp)
             os.replace(tmp, marker)
-    return bad
+    return ok
 
 
 def _cached(repo: str, revision: str, patterns: List[str], allow_pickle: bool, cache: Path) -> Optional[Path]:

@@ -9,12 +9,12 @@ a model transformers already has, point ``reference`` at the transformers class 
 from __future__ import annotations
 
 import re
-import shutil
 import textwrap
 from pathlib import Path
 from typing import Dict
 
 from .errors import ZooError
+from .publish import publish
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
@@ -285,12 +285,12 @@ def new_plugin(name: str, parent=".", force: bool = False) -> Path:
             f"plugin name {name!r}: use lower-case letters, digits and '_', starting with a letter"
         )
     folder = Path(parent) / f"zoo-{name.replace('_', '-')}"
-    if folder.exists() and any(folder.iterdir()):
-        if not force:
-            raise ScaffoldError(f"{folder}: exists and is not empty; pass --force to replace it")
-        shutil.rmtree(folder)
-    for rel, text in files(name).items():
-        path = folder / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+
+    def write(tmp: Path) -> None:
+        for rel, text in files(name).items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
+    publish(folder, write, force=force)
     return folder

@@ -1,0 +1,378 @@
+"""Hostile and careless input, by class. Each case asserts the exit code, a one-line message
+without a traceback, and for the data-loss class that every file outside ``--out`` is
+byte-identical afterwards (``digest`` of the whole tmp folder)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from zoo import publish as pub
+from zoo.cli import cli
+from zoo.errors import DownloadError
+from zoo.registry import get_catalog
+
+from conftest import digest, write_checkpoint
+
+ZOO = str(Path(sys.executable).with_name("zoo"))
+
+
+def _zoo(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def _one_line_error(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("zoo: error: "), output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def _outside(root: Path, out: Path) -> dict:
+    """Digest of every file under ``root`` that is not under ``out``."""
+    return {k: v for k, v in digest(root).items() if not (root / k).is_relative_to(out)}
+
+
+@pytest.fixture
+def hf(tmp_path):
+    """A tiny GPT-2 checkpoint in the Hub's layout, with a user's own files beside the weights."""
+    folder = tmp_path / "P" / "model"
+    write_checkpoint(get_catalog().converter("hf_gpt2"), folder)
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "README.md").write_text("my notes")
+    (tmp_path / "P" / "other.txt").write_text("another file of the user's")
+    return folder
+
+
+@pytest.fixture(params=["renameat2", "rename"])
+def noreplace(request, monkeypatch):
+    """Every publishing test runs with the kernel's no-replace rename and with the fallback."""
+    if request.param == "renameat2" and pub.RENAMEAT2 is None:
+        pytest.skip("no renameat2 on this platform")
+    if request.param == "rename":
+        monkeypatch.setattr(pub, "RENAMEAT2", None)
+    return request.param
+
+
+# ----------------------------------------------------------------------------- overlap with the input
+
+OVERLAPS = {
+    "out is the input": lambda hf: hf,
+    "out inside the input": lambda hf: hf / "converted",
+    "out holds the input": lambda hf: hf.parent,
+    "out is a link to the input": lambda hf: _link(hf.parent / "link", hf),
+    "out is the input spelt with ..": lambda hf: hf / ".." / "model",
+}
+
+
+def _link(link: Path, target: Path) -> Path:
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
+@pytest.mark.parametrize("case", OVERLAPS)
+@pytest.mark.parametrize("to", ["hf", "zoo"])
+def test_out_overlapping_the_input_is_refused_even_with_force(case, to, hf, tmp_path):
+    out = OVERLAPS[case](hf)
+    before = digest(tmp_path)
+    code, output = _zoo("convert", hf, "--to", to, "--out", out, "--force")
+    assert code == 2
+    assert "input" in _one_line_error(output)
+    assert digest(tmp_path) == before
+    assert not [p for p in tmp_path.rglob(".*zoo-tmp-*")], "no temporary folder left"
+
+
+def test_out_overlapping_a_checkpoint_option_is_refused(hf, tmp_path):
+    before = digest(tmp_path)
+    code, output = _zoo("convert", "distilgpt2", "--checkpoint", hf, "--to", "hf", "--out", hf.parent, "--force")
+    assert code == 2 and "holds the input" in _one_line_error(output)
+    assert digest(tmp_path) == before
+
+
+def test_out_holding_a_cached_blob_is_refused(hf, tmp_path):
+    """A snapshot's files are links into blobs/: an output holding the blob overlaps the input."""
+    blobs, snap = tmp_path / "cache" / "blobs", tmp_path / "cache" / "snapshots" / "abc"
+    blobs.mkdir(parents=True), snap.mkdir(parents=True)
+    for f in ("model.safetensors", "config.json"):
+        (blobs / f).write_bytes((hf / f).read_bytes())
+        (snap / f).symlink_to(blobs / f)
+    before = digest(tmp_path)
+    code, output = _zoo("convert", snap, "--to", "hf", "--out", blobs, "--force")
+    assert code == 2 and "input" in _one_line_error(output)
+    assert digest(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- --force replaces only zoo's
+
+
+def _user_folder(out: Path, files: dict) -> None:
+    for rel, text in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+
+
+NOT_ZOOS = {
+    "unrelated files": {"thesis.tex": "years of work", "data.csv": "1,2"},
+    "checkpoint files and a tokenizer": {"config.json": "{}", "tokenizer.json": "{}"},
+    "a sub-folder": {"config.json": "{}", "runs/log.txt": "..."},
+    "a hidden file": {".env": "SECRET=1"},
+}
+
+
+@pytest.mark.parametrize("case", NOT_ZOOS)
+def test_force_refuses_a_folder_zoo_did_not_write_naming_a_file(case, hf, tmp_path):
+    out = tmp_path / "out"
+    _user_folder(out, NOT_ZOOS[case])
+    before = digest(tmp_path)
+    code, output = _zoo("convert", hf, "--to", "hf", "--out", out, "--force")
+    assert code == 2
+    line = _one_line_error(output)
+    assert "would be lost" in line and any(name in line for name in NOT_ZOOS[case]), line
+    assert digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("change", ["edited", "added"])
+def test_force_refuses_zoos_output_once_a_user_changed_it(change, hf, tmp_path):
+    out = tmp_path / "out"
+    assert _zoo("convert", hf, "--to", "zoo", "--out", out)[0] == 0
+    if change == "edited":
+        (out / "zoo.json").write_text((out / "zoo.json").read_text() + " ")
+    else:
+        (out / "notes.md").write_text("mine")
+    before = digest(tmp_path)
+    code, output = _zoo("convert", hf, "--to", "hf", "--out", out, "--force")
+    assert code == 2
+    assert ("changed since zoo wrote it" if change == "edited" else "notes.md would be lost") in _one_line_error(output)
+    assert digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("previous", ["zoo's own output", "only checkpoint files"])
+def test_force_replaces_zoos_output_and_nothing_else(previous, hf, tmp_path, noreplace):
+    out = tmp_path / "out"
+    if previous == "zoo's own output":
+        assert _zoo("convert", hf, "--to", "zoo", "--out", out)[0] == 0
+    else:
+        _user_folder(out, {"config.json": "{}", "model.safetensors": "old", "generation_config.json": "{}"})
+    outside = _outside(tmp_path, out)
+    code, output = _zoo("convert", hf, "--to", "hf", "--out", out, "--force")
+    assert code == 0, output
+    assert sorted(p.name for p in out.iterdir()) == [".zoo-written.json", "config.json", "generation_config.json",
+                                                     "model.safetensors"]
+    assert _outside(tmp_path, out) == outside
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "nothing left beside --out"
+
+
+def test_plugin_new_force_keeps_a_plugin_authors_edits(tmp_path):
+    assert _zoo("plugin", "new", "mine", "--dir", tmp_path)[0] == 0
+    pkg = tmp_path / "zoo-mine"
+    assert _zoo("plugin", "new", "mine", "--dir", tmp_path, "--force")[0] == 0  # untouched: replaced
+    (pkg / "README.md").write_text("my own words")
+    before = digest(tmp_path)
+    code, output = _zoo("plugin", "new", "mine", "--dir", tmp_path, "--force")
+    assert code == 2 and "README.md changed since zoo wrote it" in _one_line_error(output)
+    assert digest(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- races
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_folder_appearing_at_out_while_writing_is_left_alone(force, hf, tmp_path, monkeypatch, noreplace):
+    """Without --force a folder appears where there was none; with it, a user's file appears in
+    zoo's previous output. Either way the loser is zoo, with one line, and nothing is lost."""
+    from zoo import checkpoint as ckpt
+
+    out = tmp_path / "out"
+    if force:
+        assert _zoo("convert", hf, "--to", "zoo", "--out", out)[0] == 0
+    expected = sorted(([p.name for p in out.iterdir()] if force else []) + ["mine.txt"])
+    save = ckpt.save_safetensors
+
+    def save_while_a_user_writes(tensors, path, **kwargs):
+        _user_folder(out, {"mine.txt": "written meanwhile"})
+        save(tensors, path, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_safetensors", save_while_a_user_writes)
+    code, output = _zoo("convert", hf, "--to", "hf", "--out", out, *(["--force"] if force else []))
+    assert code == 2, output
+    line = _one_line_error(output)
+    assert "while zoo was writing" in line and ("mine.txt would be lost" in line) == force, line
+    assert sorted(p.name for p in out.iterdir()) == expected
+    assert (out / "mine.txt").read_text() == "written meanwhile"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_rename_noreplace_never_replaces(tmp_path, noreplace):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir(), dst.mkdir()
+    (dst / "x").write_text("keep")
+    with pytest.raises(FileExistsError):
+        pub.rename_noreplace(src, dst)
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(FileExistsError):
+        pub.rename_noreplace(src, tmp_path / "file")
+    assert (dst / "x").read_text() == "keep" and (tmp_path / "file").read_text() == "keep"
+    pub.rename_noreplace(src, tmp_path / "new")
+    assert (tmp_path / "new").is_dir() and not src.exists()
+
+
+def _convert_process(src: Path, out: Path, *extra) -> subprocess.Popen:
+    return subprocess.Popen([ZOO, "convert", str(src), "--to", "hf", "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_concurrent_converts_into_one_new_folder_one_wins(hf, tmp_path):
+    out = tmp_path / "out"
+    outside = _outside(tmp_path, out)
+    procs = [_convert_process(hf, out) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    loser = next(r for r in results if r[0] == 2)
+    _one_line_error(loser[2])
+    assert sum("wrote" in r[1] for r in results) == 1
+    assert sorted(p.name for p in out.iterdir()) == [".zoo-written.json", "config.json", "generation_config.json",
+                                                     "model.safetensors"]
+    assert _outside(tmp_path, out) == outside
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_killed_convert_loses_nothing_and_its_leftovers_are_swept(tmp_path):
+    """SIGKILL while the output is being written; then a second convert succeeds and removes
+    the killed one's temporary folder, and only it."""
+    src = tmp_path / "big"
+    # big enough (about 40 MB) that the write can be caught in the act
+    write_checkpoint(get_catalog().converter("hf_gpt2"), src,
+                     config=dict(n_layer=1, n_embd=256, n_head=4, vocab_size=40000, n_positions=64))
+    out = tmp_path / "out"
+    not_zoos = tmp_path / f".out{pub.TMP_INFIX}notzoos"  # named like zoo's, no lock: not swept
+    not_zoos.mkdir()
+    (not_zoos / "x").write_text("keep")
+    before = digest(tmp_path)
+    for _ in range(5):  # the write may finish before it is caught: try again
+        proc = _convert_process(src, out)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if [p for p in tmp_path.glob(f".out{pub.TMP_INFIX}*") if p != not_zoos and any(p.iterdir())]:
+                break
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if proc.returncode == -signal.SIGKILL and not out.exists():
+            break
+        if out.exists():
+            pub._delete_checked(out, pub.replaceable(out))
+    else:
+        pytest.skip("the write was never caught in the act")
+    assert not out.exists()
+    assert {k: v for k, v in digest(tmp_path).items() if not _swept(tmp_path / k, not_zoos)} == before
+    left = [p for p in tmp_path.glob(f".out{pub.TMP_INFIX}*") if p != not_zoos]
+    assert left, "the killed writer's folder is there"
+    proc = _convert_process(src, out)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert not [p for p in left if p.exists()], "swept by the next convert"
+    assert (not_zoos / "x").read_text() == "keep"
+
+
+def _swept(path: Path, keep: Path) -> bool:
+    return path.parent.name.startswith(f".out{pub.TMP_INFIX}") and path.parent != keep
+
+
+def test_a_writer_in_progress_is_not_swept(tmp_path):
+    tmp, fd = pub._new_tmp(tmp_path, "out")
+    try:
+        assert pub.sweep_stale(tmp_path, "out") == [] and tmp.is_dir()
+    finally:
+        os.close(fd)
+    assert pub.sweep_stale(tmp_path, "out") == [tmp] and not tmp.exists()
+
+
+def test_output_folder_gets_the_umask_mode(hf, tmp_path):
+    old = os.umask(0o027)
+    try:
+        assert _zoo("convert", hf, "--to", "hf", "--out", tmp_path / "out")[0] == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o750
+
+
+def test_out_that_cannot_be_created_fails_before_the_work(hf, tmp_path, monkeypatch):
+    from zoo import export
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(export, "read_source", lambda *a, **k: pytest.fail("read before checking --out"))
+    for out in (tmp_path / "afile", tmp_path / "afile" / "out"):
+        code, output = _zoo("convert", hf, "--to", "hf", "--out", out)
+        assert code == 2 and str(tmp_path / "afile") in _one_line_error(output)
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+# ----------------------------------------------------------------------------- the Hugging Face cache
+
+
+def _cached_repo(cache: Path):
+    """An empty snapshot of org/m at main in a Hugging Face cache folder: (repo, snapshot)."""
+    repo = cache / "models--org--m"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    return repo, snap
+
+
+def test_a_cache_link_leading_outside_blobs_is_neither_used_nor_deleted(tmp_path, monkeypatch):
+    """A snapshot link to a 64-hex-named file elsewhere: zoo refuses it and deletes nothing."""
+    from zoo import hub
+
+    victim_dir = tmp_path / "elsewhere"
+    victim_dir.mkdir()
+    victim = victim_dir / ("0" * 64)  # named like a blob, hashes to something else
+    victim.write_text("a user's file")
+    repo, snap = _cached_repo(tmp_path / "hub")
+    (snap / "config.json").write_text("{}")
+    (snap / "model.safetensors").symlink_to(victim)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    before = digest(tmp_path)
+    with pytest.raises(DownloadError, match="outside the cache's blobs"):
+        hub.fetch("org/m", "main")
+    assert digest(tmp_path) == before and victim.read_text() == "a user's file"
+    assert (snap / "model.safetensors").is_symlink()
+
+
+def test_a_corrupt_blob_inside_the_cache_is_still_deleted(tmp_path, monkeypatch):
+    from zoo import hub
+
+    repo, snap = _cached_repo(tmp_path / "hub")
+    blob = repo / "blobs" / hashlib.sha256(b"the real bytes").hexdigest()
+    blob.write_bytes(b"other bytes")
+    (snap / "model.safetensors").symlink_to(blob)
+    assert hub._verify(snap) == ["model.safetensors"]
+    assert not blob.exists() and not (snap / "model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------- usage errors
+
+USAGE = {
+    "unknown command": ["lst"],
+    "unknown option of zoo": ["--bogus", "list"],
+    "unknown option of a command": ["list", "--bogus"],
+    "missing argument": ["convert"],
+    "not an integer": ["bench", "gpt2", "--batch", "x"],
+    "not a choice": ["convert", "gpt2", "--to", "onnx", "--out", "x"],
+}
+
+
+@pytest.mark.parametrize("case", USAGE)
+def test_usage_errors_are_one_line_and_exit_2(case):
+    code, output = _zoo(*USAGE[case])
+    assert code == 2
+    assert "--help" in _one_line_error(output)
