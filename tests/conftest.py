@@ -39,16 +39,16 @@ def write_checkpoint(converter, folder: Path, layout: str = "hub", config=None, 
     """
     import torch
 
-    from zoo.types import resolve
-    from zoo.verification import _write_random_checkpoint
+    from zoo.types import import_ref
+    from zoo.verification import write_random_checkpoint
 
     config = dict(config or converter.tiny_config)
     task = next(iter(converter.tasks.values()), None)
     folder.mkdir(parents=True, exist_ok=True)
     if layout == "hub":
-        return _write_random_checkpoint(converter, config, task, seed, folder)
+        return write_random_checkpoint(converter, config, task, seed, folder)
     torch.manual_seed(seed)
-    ref = resolve(converter.reference)(config, task).eval()
+    ref = import_ref(converter.reference)(config, task).eval()
     ref.save_pretrained(str(folder))
     return ref
 

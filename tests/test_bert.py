@@ -23,7 +23,7 @@ import transformers
 
 from zoo import testing
 from zoo.checkpoint import save_safetensors
-from zoo.convert import _compile
+from zoo.convert import compile_key_map
 from zoo.converters import hf_bert
 from zoo.errors import ConfigError, ConversionError, InputError
 from zoo.loading import build_model, load_full
@@ -375,7 +375,7 @@ def test_missing_gamma_rename_raises_naming_the_key(tmp_path):
 
 
 def test_gamma_outside_layernorm_is_not_renamed():
-    compiled = _compile(hf_bert.CONVERTER)
+    compiled = compile_key_map(hf_bert.CONVERTER)
     assert compiled.rename("bert.encoder.layer.0.output.LayerNorm.gamma") == "bert.encoder.layer.0.output.LayerNorm.weight"
     assert compiled.rename("bert.encoder.layer.0.output.layer_scale.gamma") == "bert.encoder.layer.0.output.layer_scale.gamma"
     assert compiled.rename("embeddings.LayerNorm.beta") == "bert.embeddings.LayerNorm.bias"

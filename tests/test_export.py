@@ -17,7 +17,7 @@ from zoo.errors import ZooError
 from zoo.export import convert_checkpoint, read_source, to_hub_layout
 from zoo.loading import load_full
 from zoo.registry import get_catalog
-from zoo.types import resolve
+from zoo.types import import_ref
 
 from conftest import converters, digest, write_checkpoint
 
@@ -61,11 +61,11 @@ def test_export_loads_in_transformers_and_matches_zoo(conv, tmp_path):
     write_checkpoint(conv, tmp_path / "hf")
     convert_checkpoint(str(tmp_path / "hf"), "hf", tmp_path / "out")
     loaded = load_full(str(tmp_path / "out"), device="cpu")
-    cls = type(resolve(conv.reference)(dict(conv.tiny_config), loaded.task))
+    cls = type(import_ref(conv.reference)(dict(conv.tiny_config), loaded.task))
     ref, info = cls.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
     assert not info["missing_keys"] and not info.get("mismatched_keys"), info
     arch = loaded.architecture
-    inputs = resolve(arch.example_inputs)(loaded.config, loaded.task, 2, 8, torch.Generator().manual_seed(0))
+    inputs = import_ref(arch.example_inputs)(loaded.config, loaded.task, 2, 8, torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ours, theirs = loaded.model(**inputs), ref.eval()(**inputs)
     compared = testing.assert_outputs_close(ours, theirs, inputs, atol=1e-5, rtol=1e-5)  # real positions

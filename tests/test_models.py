@@ -63,7 +63,7 @@ def test_packed_weights_change_nothing_but_speed(conv, tmp_path, monkeypatch):
     weights still read as the file's values, the outputs match the unpacked model's, and the
     input files are untouched."""
     from zoo.ops import Linear
-    from zoo.types import resolve
+    from zoo.types import import_ref
 
     write_checkpoint(conv, tmp_path)
     before = digest(tmp_path)
@@ -77,7 +77,7 @@ def test_packed_weights_change_nothing_but_speed(conv, tmp_path, monkeypatch):
     want = plain.model.state_dict()
     for key, value in packed.model.state_dict().items():
         assert torch.equal(value, want[key]), key
-    inputs = resolve(packed.architecture.example_inputs)(packed.config, packed.task, 2, 8, torch.Generator().manual_seed(0))
+    inputs = import_ref(packed.architecture.example_inputs)(packed.config, packed.task, 2, 8, torch.Generator().manual_seed(0))
     with torch.inference_mode():
         got, ref = packed.model(**inputs), plain.model(**inputs)
         copied = copy.deepcopy(packed.model)(**inputs)  # packed copies are caches: not copied

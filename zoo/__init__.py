@@ -25,7 +25,7 @@ from .errors import (  # noqa: F401
 from .hookspecs import hookimpl  # noqa: F401
 from .types import Architecture, Converter, Drop, Map, ModelEntry, Rename, Transform  # noqa: F401
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

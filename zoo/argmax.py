@@ -60,7 +60,7 @@ from typing import Optional
 
 import torch
 
-from .ops import _stamp
+from .ops import SCREEN_ATTRIBUTE, tensor_stamp
 
 _BF16_UNIT = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits)
 _TINY = 2.0 ** -126  # float32's (and bfloat16's) smallest normal number
@@ -68,7 +68,6 @@ _FP32_ULP = 2.0 ** -23  # one unit in the last place of float32, relative
 _FP32_MAX = float(torch.finfo(torch.float32).max)
 _MAX_WIDTH = 2 ** 22  # n u <= 1/2: γ stays meaningful
 _RELATIVE = 1.01 * _BF16_UNIT / (1 - _BF16_UNIT)  # c: the bfloat16 result's rounding
-SCREEN_ATTRIBUTE = "_screened_argmax"  # where screened() keeps a screen on its owner
 # more candidates than this share of the vocabulary: the caller's plain product is cheaper
 RESCORE_SHARE = 1 / 16
 # a screen that left more than this share of its first calls to the plain product costs more
@@ -98,7 +97,7 @@ class ScreenedArgmax:
         V, n = w.shape
         self.weight, self.bias = weight, bias
         self._bias = None if bias is None else bias.detach().reshape(V)  # a view: edits show in the stamp
-        self.stamp = _stamp([weight, bias])
+        self.stamp = tensor_stamp([weight, bias])
         if bias is not None:  # a bias is one more column of the head, times an input of 1
             n += 1
         self.gamma = _gamma(n)
@@ -169,7 +168,7 @@ class ScreenedArgmax:
 
     def matches(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
         """Edits through ``.data`` go unnoticed, as for packed weights: ``zoo.ops.unpack_all``."""
-        return weight is self.weight and bias is self.bias and _stamp([weight, bias]) == self.stamp
+        return weight is self.weight and bias is self.bias and tensor_stamp([weight, bias]) == self.stamp
 
     def bound(self, h: torch.Tensor, h16: torch.Tensor) -> float:
         """``A`` for a row ``h`` [1, n] and its bfloat16 rounding ``h16``: ``|s_j - f_j| <= A +

@@ -21,7 +21,7 @@ import torch
 from .argmax import SCREEN_ATTRIBUTE
 from .loading import load_full, resolve
 from .registry import get_catalog
-from .types import resolve as resolve_ref
+from .types import import_ref
 from .errors import InputError
 from .verification import generate_kwargs, prepare_weights
 
@@ -146,7 +146,7 @@ def bench(
         report.stats.append(Stat("load", "s", load_s))
 
     gen = torch.Generator().manual_seed(seed)
-    make_inputs = resolve_ref(loaded.architecture.example_inputs)
+    make_inputs = import_ref(loaded.architecture.example_inputs)
     inputs = _to(make_inputs(loaded.config, loaded.task, batch, seq, gen), loaded)
     shape = "x".join(str(d) for d in next(iter(inputs.values())).shape)
     with torch.inference_mode():
@@ -250,20 +250,20 @@ import torch
 folder, side, name, batch, seq, device = sys.argv[1:7]
 if side == "zoo":
     from zoo.loading import load_full
-    from zoo.types import resolve
+    from zoo.types import import_ref
     loaded = load_full(name, checkpoint=folder, device=device)
     model, config, task, arch = loaded.model, loaded.config, loaded.task, loaded.architecture
 else:  # transformers, with zoo used only to find the reference class and example inputs
     from zoo.loading import resolve as find_entry
     from zoo.registry import get_catalog
-    from zoo.types import resolve
+    from zoo.types import import_ref
     catalog = get_catalog()
     entry = find_entry(name)
     conv, arch = catalog.converter(entry.converter), catalog.architecture(entry.architecture)
     config, task = json.load(open(folder + "/config.json")), entry.task
-    model = resolve(conv.reference)(config, task, folder).eval().to(device)
+    model = import_ref(conv.reference)(config, task, folder).eval().to(device)
 load_s = time.perf_counter() - t0
-inputs = resolve(arch.example_inputs)(config, task, int(batch), int(seq), torch.Generator().manual_seed(0))
+inputs = import_ref(arch.example_inputs)(config, task, int(batch), int(seq), torch.Generator().manual_seed(0))
 inputs = {k: v.to(device) for k, v in inputs.items()}
 with torch.inference_mode():
     model(**inputs)

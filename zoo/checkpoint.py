@@ -40,6 +40,8 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.bin")
 LFS_MAGIC = b"version https://git-lfs"
+ZOO_META = "zoo.json"  # what marks a folder written by `zoo convert --to zoo`
+ZOO_FORMAT = "zoo-native/1"
 MAX_HEADER = 100 * 1024 * 1024
 
 # the private maps of the safetensors files read so far (by start address), and the byte ranges
@@ -156,7 +158,7 @@ def find_weights(folder: Path, allow_pickle: bool = False) -> WeightFiles:
                 break
             shards = _read_index(index)
             if fmt == "pickle":
-                _refuse_pickle(index, allow_pickle)
+                refuse_pickle(index, allow_pickle)
             return WeightFiles([folder / s for s in shards], fmt)
     single = folder / "model.safetensors"
     if single.is_file():
@@ -171,12 +173,12 @@ def find_weights(folder: Path, allow_pickle: bool = False) -> WeightFiles:
         )
     for name in PICKLE_NAMES:
         if (folder / name).is_file():
-            _refuse_pickle(folder / name, allow_pickle)
+            refuse_pickle(folder / name, allow_pickle)
             return WeightFiles([folder / name], "pickle")
     raise CheckpointError(f"{folder}: no weights found (expected model.safetensors)")
 
 
-def _refuse_pickle(path: Path, allow_pickle: bool) -> None:
+def refuse_pickle(path: Path, allow_pickle: bool) -> None:
     if not allow_pickle:
         raise CheckpointError(
             f"{path}: is a pickle, which can run code when loaded; refusing. Convert it to "

@@ -20,7 +20,7 @@ def _template_regex(template: str) -> "re.Pattern[str]":
     return re.compile("^" + r"(\d+)".join(re.escape(p) for p in template.split("{}")) + "$")
 
 
-def _fill(template: str, groups: Tuple[str, ...]) -> str:
+def fill_template(template: str, groups: Tuple[str, ...]) -> str:
     out = template
     for g in groups:
         out = out.replace("{}", g, 1)
@@ -77,7 +77,7 @@ class _Compiled:
 _compiled: Dict[int, _Compiled] = {}
 
 
-def _compile(converter: Converter) -> _Compiled:
+def compile_key_map(converter: Converter) -> _Compiled:
     c = _compiled.get(id(converter))
     if c is None or c.converter is not converter:
         c = _compiled[id(converter)] = _Compiled(converter)
@@ -97,7 +97,7 @@ def _expected_source(target: str, compiled: "_Compiled") -> str:
             continue
         m = _template_regex(rule.target).match(target)
         if m:
-            source = _fill(rule.source, m.groups())
+            source = fill_template(rule.source, m.groups())
             return target if source == target else f"{target} (source key {source})"
     return target
 
@@ -113,7 +113,7 @@ def convert(
     Returns the target state dict and its :class:`Report`; raises :class:`ConversionError`
     listing unknown source keys, missing targets, duplicates and shape mismatches together.
     """
-    compiled = _compile(converter)
+    compiled = compile_key_map(converter)
     report = Report(converter.name)
     out: Dict[str, Any] = {}
     origin: Dict[str, str] = {}
@@ -133,7 +133,7 @@ def convert(
         if rule.target is None:
             report.dropped[key] = rule.why
             continue
-        target = _fill(rule.target, groups)
+        target = fill_template(rule.target, groups)
         if target not in expected:
             if rule.unused:
                 report.dropped[key] = rule.unused
@@ -196,7 +196,7 @@ def export(
             m = regex.match(key)
             if m:
                 value = rule.transform.inverse(tensor) if rule.transform else tensor
-                out[_fill(rule.source, m.groups())] = value
+                out[fill_template(rule.source, m.groups())] = value
                 break
         else:
             unknown.append(key)

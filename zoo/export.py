@@ -34,16 +34,15 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from . import __version__
+from .version import __version__
 from . import checkpoint as ckpt
-from .convert import _compile, _fill, convert, export as export_keys
+from .convert import compile_key_map, fill_template, convert, export as export_keys
 from .errors import ZooError
 from .publish import check_target, publish
 from .registry import get_catalog
-from .types import Converter, resolve as resolve_ref
+from .types import Converter, import_ref
 
-ZOO_META = "zoo.json"
-FORMAT = "zoo-native/1"
+ZOO_META, FORMAT = ckpt.ZOO_META, ckpt.ZOO_FORMAT
 
 
 class ExportError(ZooError, ValueError):
@@ -126,7 +125,7 @@ def read_source(
     """Read a registry name / alias / checkpoint folder (or a zoo-native folder) and convert
     its tensors to zoo's names exactly (no dtype change, no model built but on the meta
     device), with the same key accounting as loading."""
-    from .loading import _weights, build_model, configure, resolve
+    from .loading import weight_files, build_model, configure, resolve
 
     path = Path(str(name_or_path)).expanduser()
     if checkpoint is None and path.is_dir() and (path / ZOO_META).is_file():
@@ -136,13 +135,13 @@ def read_source(
     converter = catalog.converter(entry.converter)
     arch = catalog.architecture(entry.architecture)
     task = task or entry.task
-    folder, files = _weights(entry, checkpoint, allow_pickle, revision)
+    folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
     if files is None:
         raise ExportError(f"{entry.name}: the catalog entry names no weights to convert")
     config = configure(entry, folder)
     tensors = ckpt.read_weights(files)
     if converter.config_from_weights is not None:
-        config = dict(resolve_ref(converter.config_from_weights)(config, list(tensors)))
+        config = dict(import_ref(converter.config_from_weights)(config, list(tensors)))
     expected = build_model(arch, config, task).state_dict()
     state, report = convert(tensors, converter, expected)
     sources = list(files.paths)
@@ -177,14 +176,14 @@ def _reference_on_meta(converter: Converter, config: Mapping[str, Any], task: st
 
     hf_logging.disable_progress_bar()
     with torch.device("meta"):
-        return resolve_ref(converter.reference)(dict(config), task)
+        return import_ref(converter.reference)(dict(config), task)
 
 
 def hub_keys(converter: Converter, config: Mapping[str, Any], task: str) -> Dict[str, Any]:
     """Every key of the Hub files for this converter, config and task -> a tensor of its shape
     and dtype (on the meta device, except values ``hub_layout`` computes)."""
     ref = _reference_on_meta(converter, config, task)
-    return dict(resolve_ref(converter.hub_layout)(ref.state_dict(), dict(config)))
+    return dict(import_ref(converter.hub_layout)(ref.state_dict(), dict(config)))
 
 
 def to_hub_layout(
@@ -195,7 +194,7 @@ def to_hub_layout(
     Raises :class:`ExportError` when a zoo tensor has no place in the Hub layout or a shape
     disagrees: nothing is silently lost."""
     canonical = export_keys(state, converter)  # the key map backwards, transforms inverted
-    compiled = _compile(converter)
+    compiled = compile_key_map(converter)
     out: Dict[str, torch.Tensor] = {}
     skipped: Dict[str, str] = {}
     filled: List[str] = []
@@ -217,12 +216,12 @@ def to_hub_layout(
             continue
         rule, groups = hit
         if rule.target is None and rule.fill is not None:
-            out[key] = resolve_ref(rule.fill)(dict(config), key)
+            out[key] = import_ref(rule.fill)(dict(config), key)
             filled.append(key)
         elif rule.target is None:
             skipped[key] = rule.why
         else:
-            skipped[key] = rule.unused or f"the model holds no {_fill(rule.target, groups)}"
+            skipped[key] = rule.unused or f"the model holds no {fill_template(rule.target, groups)}"
     lost = sorted(set(canonical) - placed)
     if lost:
         problems.append(f"zoo tensors with no place in the Hub layout: {', '.join(lost[:12])}")

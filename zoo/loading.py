@@ -90,13 +90,12 @@ def _entry_for_path(path: Path, catalog: Catalog, overrides: Optional[Mapping[st
 def _sniff(path: Path, catalog: Catalog, overrides: Mapping[str, Any]):
     """A checkpoint without config.json: the converter whose key map accounts for every key,
     and the config it infers from the tensors."""
-    from .convert import _compile
-    from .export import ZOO_META
-    from .types import resolve as resolve_ref
+    from .convert import compile_key_map
+    from .types import import_ref
 
-    if path.is_dir() and (path / ZOO_META).is_file():  # written by `zoo convert --to zoo`
+    if path.is_dir() and (path / ckpt.ZOO_META).is_file():  # written by `zoo convert --to zoo`
         raise CheckpointError(
-            f"{path}: is a zoo-native export ({ZOO_META}); `zoo convert {path} --to hf --out DIR` "
+            f"{path}: is a zoo-native export ({ckpt.ZOO_META}); `zoo convert {path} --to hf --out DIR` "
             f"turns it back into a checkpoint folder that loads"
         )
     files = ckpt.WeightFiles([path], "safetensors") if path.is_file() else ckpt.find_weights(path)
@@ -106,16 +105,16 @@ def _sniff(path: Path, catalog: Catalog, overrides: Mapping[str, Any]):
         infer = conv.infer_config
         if infer is None:
             continue
-        compiled = _compile(conv)
+        compiled = compile_key_map(conv)
         if keys and all(compiled.match(compiled.rename(k)) for k in keys):
-            return conv, resolve_ref(infer)(tensors, dict(overrides))
+            return conv, import_ref(infer)(tensors, dict(overrides))
     raise CheckpointError(
         f"{path}: has no config.json and no converter recognises its keys "
         f"(first keys: {', '.join(sorted(keys)[:5])})"
     )
 
 
-def _weights(entry: ModelEntry, checkpoint, allow_pickle: bool, revision: Optional[str]):
+def weight_files(entry: ModelEntry, checkpoint, allow_pickle: bool, revision: Optional[str]):
     """(folder, WeightFiles) for an entry, or (None, None) for an entry without weights."""
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
@@ -124,7 +123,7 @@ def _weights(entry: ModelEntry, checkpoint, allow_pickle: bool, revision: Option
         if path.is_file():
             fmt = "safetensors" if path.suffix == ".safetensors" else "pickle"
             if fmt == "pickle":
-                ckpt._refuse_pickle(path, allow_pickle)
+                ckpt.refuse_pickle(path, allow_pickle)
             return path.parent, ckpt.WeightFiles([path], fmt)
         return path, ckpt.find_weights(path, allow_pickle)
     if entry.path is not None:  # a local checkpoint resolved by path
@@ -209,7 +208,7 @@ def load_full(
     if task not in arch.tasks:
         raise UnknownModelError(f"architecture {arch.name!r} has no task {task!r} (tasks: {', '.join(arch.tasks)})")
 
-    folder, files = _weights(entry, checkpoint, allow_pickle, revision)
+    folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
     config = configure(entry, folder)
     config.update(config_overrides or {})
 
@@ -221,9 +220,9 @@ def load_full(
 
     tensors = ckpt.read_weights(files)
     if converter.config_from_weights is not None:
-        from .types import resolve as resolve_ref
+        from .types import import_ref
 
-        config = dict(resolve_ref(converter.config_from_weights)(config, list(tensors)))
+        config = dict(import_ref(converter.config_from_weights)(config, list(tensors)))
     model = build_model(arch, config, task)
     expected = model.state_dict()
     state, report = convert(tensors, converter, expected)

@@ -69,7 +69,10 @@ def _scratch(shape, dtype) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=dtype, count=n).view(shape)
 
 
-def _stamp(tensors) -> list:
+SCREEN_ATTRIBUTE = "_screened_argmax"  # where zoo.argmax.screened() keeps a screen on its owner
+
+
+def tensor_stamp(tensors) -> list:
     """What identifies the state of some tensors: storage address, version, dtype."""
     return [(t.data_ptr(), t._version, t.dtype) for t in tensors if t is not None]
 
@@ -100,7 +103,7 @@ class Packed:
             self.data = torch.ops.mkl._mkl_reorder_linear_weight(w, PACK_ROWS)
             self.bias = None if not biases else biases[0].detach() if len(biases) == 1 else torch.cat(biases)
         self.shape = torch.empty(1).expand(w.shape)  # MKL wants the plain weight for its shape only
-        self.stamp = _stamp([*weights, *biases])
+        self.stamp = tensor_stamp([*weights, *biases])
 
     @classmethod
     def of(cls, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]] = ()) -> Optional["Packed"]:
@@ -125,7 +128,7 @@ class Packed:
         if torch.is_grad_enabled() and (x.requires_grad or any(
                 t.requires_grad for t in (*weights, *biases) if t is not None)):
             return False
-        return _stamp((*weights, *biases)) == self.stamp
+        return tensor_stamp((*weights, *biases)) == self.stamp
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         # with batch_size == rows MKL computes from the packed copy (the plain weight, of which
@@ -231,8 +234,6 @@ def pack_all(model: nn.Module, on_packed: Optional[Callable[[torch.Tensor], Any]
 def unpack_all(model: nn.Module) -> None:
     """Drop every packed copy, and greedy decoding's bfloat16 screen of the output head
     (zoo.argmax), after editing weights through ``.data``, say."""
-    from .argmax import SCREEN_ATTRIBUTE
-
     for module in model.modules():
         if hasattr(module, "pack_weights") and callable(getattr(module, "unpack", None)):
             module.unpack()

@@ -101,12 +101,10 @@ def remove_plugin(name: str) -> None:
 
 
 def reset() -> None:
-    """Forget what was discovered; the next :func:`get_plugins` looks again."""
+    """Forget what was discovered; the next :func:`get_plugins` looks again (and the next
+    ``zoo.registry.get_catalog()`` builds the catalog again, since it is built from them)."""
     global _cache
     _cache = None
-    from . import registry
-
-    registry.reset()
 
 
 def get_plugins() -> Plugins:
@@ -117,7 +115,8 @@ def get_plugins() -> Plugins:
     return _cache
 
 
-def _fail(info: PluginInfo, message: str) -> None:
+def report_failure(info: PluginInfo, message: str) -> None:
+    """Record a plugin's failure: a warning on stderr, or :class:`PluginError` in strict mode."""
     info.errors.append(message)
     if strict():
         raise PluginError(f"{info.label}: {message}")
@@ -161,20 +160,20 @@ def _discover() -> Plugins:
     plugins = Plugins(manager=pm, infos={})
     for info, load in _entry_points():
         if info.name in plugins.infos:
-            _fail(info, f"entry-point name {info.name!r} is used by two plugins")
+            report_failure(info, f"entry-point name {info.name!r} is used by two plugins")
             continue
         plugins.infos[info.name] = info
         try:
             obj = load()
             pm.register(obj, name=info.name)
         except Exception as exc:  # ImportError, SyntaxError, a bad hookimpl signature, ...
-            _fail(info, f"failed to load: {exc.__class__.__name__}: {exc}")
+            report_failure(info, f"failed to load: {exc.__class__.__name__}: {exc}")
             continue
         try:
             pm.check_pending()  # hookimpls for hooks that do not exist (misspelled names)
         except pluggy.PluginValidationError as exc:
             pm.unregister(name=info.name)
-            _fail(info, f"implements an unknown hook: {exc}")
+            report_failure(info, f"implements an unknown hook: {exc}")
             continue
         info.loaded = True
 
@@ -192,7 +191,7 @@ def _collect(plugins: Plugins, hook: str, kind: str, cls, into: Optional[dict]) 
         try:
             impl.function(*[{"register": got.append}[a] for a in impl.argnames])
         except Exception as exc:
-            _fail(info, f"{hook} raised {exc.__class__.__name__}: {exc}")
+            report_failure(info, f"{hook} raised {exc.__class__.__name__}: {exc}")
             continue
         for obj in got:
             if into is None:  # models are validated by the registry
@@ -201,11 +200,11 @@ def _collect(plugins: Plugins, hook: str, kind: str, cls, into: Optional[dict]) 
                 info.registered.setdefault(kind, []).append(str(name))
                 continue
             if not isinstance(obj, cls):
-                _fail(info, f"{hook} registered {obj!r}, not a zoo.types.{cls.__name__}")
+                report_failure(info, f"{hook} registered {obj!r}, not a zoo.types.{cls.__name__}")
                 continue
             owner = plugins.owner.get((kind, obj.name))
             if owner is not None:
-                _fail(
+                report_failure(
                     info,
                     f"{kind} {obj.name!r} is already registered by "
                     f"{plugins.infos[owner].label}",
@@ -226,6 +225,6 @@ def register_commands(cli) -> None:
         try:
             impl.function(*[{"cli": cli}[a] for a in impl.argnames])
         except Exception as exc:
-            _fail(info, f"register_commands raised {exc.__class__.__name__}: {exc}")
+            report_failure(info, f"register_commands raised {exc.__class__.__name__}: {exc}")
             continue
         info.registered.setdefault("command", []).extend(sorted(set(cli.commands) - before))

@@ -250,7 +250,7 @@ def _delete_checked(folder: Path, files: List[str]) -> Optional[Path]:
 
 def _write_marker(folder: Path) -> None:
     stamps = {rel: _stamp(folder / rel) for rel in _files(folder) if rel not in (MARKER, LOCK)}
-    from . import __version__
+    from .version import __version__
 
     (folder / MARKER).write_text(json.dumps({"written_by": f"zoo {__version__}", "files": stamps}, indent=1) + "\n")
 

@@ -19,6 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from . import pluginmanager
 from .errors import RegistryError, UnknownModelError
 from .types import Architecture, Converter, ModelEntry
 
@@ -41,7 +42,7 @@ _FIELDS: Dict[str, tuple] = {
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
 
-def _entry_from_table(name: Any, table: Any, where: str) -> ModelEntry:
+def entry_from_table(name: Any, table: Any, where: str) -> ModelEntry:
     """Validate one ``[models.NAME]`` table; ``where`` names the file for error messages."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise RegistryError(f"{where}: [models.{name}]: invalid model name {name!r}")
@@ -99,7 +100,7 @@ def parse_registry(text: str, where: str = "registry.toml") -> List[ModelEntry]:
     models = doc.get("models", {})
     if not isinstance(models, dict):
         raise RegistryError(f"{where}: [models] must be a table of tables")
-    return [_entry_from_table(name, table, where) for name, table in models.items()]
+    return [entry_from_table(name, table, where) for name, table in models.items()]
 
 
 @dataclass
@@ -177,9 +178,11 @@ class Catalog:
 
 
 _catalog: Optional[Catalog] = None
+_built_from: Optional[tuple] = None  # (plugins, catalog path) the cached catalog was built from
 
 
 def reset() -> None:
+    """Forget the catalog; the next :func:`get_catalog` reads it again."""
     global _catalog
     _catalog = None
 
@@ -190,13 +193,11 @@ def registry_path() -> Path:
 
 def get_catalog() -> Catalog:
     """The catalog of this process: ``registry.toml`` plus plugin entries (cached)."""
-    global _catalog
-    if _catalog is not None:
-        return _catalog
-    from . import pluginmanager
-
+    global _catalog, _built_from
     plugins = pluginmanager.get_plugins()
     path = registry_path()
+    if _catalog is not None and _built_from[0] is plugins and _built_from[1] == path:
+        return _catalog
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -224,7 +225,7 @@ def get_catalog() -> Catalog:
         try:
             if isinstance(obj, Mapping):
                 table = dict(obj)
-                entry = _entry_from_table(table.pop("name", None), table, info.label)
+                entry = entry_from_table(table.pop("name", None), table, info.label)
             elif isinstance(obj, ModelEntry):
                 entry = obj
             else:
@@ -233,6 +234,7 @@ def get_catalog() -> Catalog:
                 entry = ModelEntry(**{**entry.__dict__, "origin": info.label})
             add(entry)
         except RegistryError as exc:
-            pluginmanager._fail(info, str(exc))
+            pluginmanager.report_failure(info, str(exc))
     _catalog = Catalog(models, aliases, plugins.architectures, plugins.converters)
+    _built_from = (plugins, path)
     return _catalog

@@ -44,7 +44,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from .types import Architecture, Converter, ModelEntry, resolve
+from .types import Architecture, Converter, ModelEntry, import_ref
 
 LAYOUTS = ("hub", "save_pretrained")
 
@@ -77,7 +77,7 @@ def write_reference_checkpoint(conv: Union[str, Converter], folder, layout: str 
     Hub layout (``layout="hub"``) or as ``save_pretrained`` writes it. Returns the model."""
     import torch
 
-    from .verification import _write_random_checkpoint
+    from .verification import write_random_checkpoint
 
     conv = _converter(conv)
     config = dict(config or conv.tiny_config)
@@ -85,14 +85,14 @@ def write_reference_checkpoint(conv: Union[str, Converter], folder, layout: str 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if layout == "hub":
-        ref = _write_random_checkpoint(conv, config, task, seed, folder)
+        ref = write_random_checkpoint(conv, config, task, seed, folder)
         ref.config.architectures = [type(ref).__name__]  # so that loading picks this task
         ref.config.to_json_file(str(folder / "config.json"))
         return ref
     if layout != "save_pretrained":
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     torch.manual_seed(seed)
-    ref = resolve(conv.reference)(config, task).eval()
+    ref = import_ref(conv.reference)(config, task).eval()
     ref.save_pretrained(str(folder))
     return ref
 
@@ -123,13 +123,13 @@ def _collect(plugin: Any) -> Dict[str, List[Any]]:
 
 
 def _entry(obj: Any) -> ModelEntry:
-    from .registry import _entry_from_table
+    from .registry import entry_from_table
 
     if isinstance(obj, ModelEntry):
         return obj
     assert isinstance(obj, Mapping), f"register_models registered {obj!r}: not a ModelEntry or a dict"
     table = dict(obj)
-    return _entry_from_table(table.pop("name", None), table, "register_models")
+    return entry_from_table(table.pop("name", None), table, "register_models")
 
 
 def check_plugin(plugin: Any) -> Dict[str, List[Any]]:
@@ -231,7 +231,7 @@ def check_architecture(arch: Union[str, Architecture], config: Mapping[str, Any]
             if hasattr(m, "reset_buffers"):
                 m.reset_buffers()
         model.eval()
-        inputs = resolve(arch.example_inputs)(dict(config), task, batch, seq, torch.Generator().manual_seed(seed))
+        inputs = import_ref(arch.example_inputs)(dict(config), task, batch, seq, torch.Generator().manual_seed(seed))
         assert isinstance(inputs, dict) and inputs, f"{arch.name}: example_inputs must return a dict of kwargs"
         with torch.inference_mode():
             out = model(**inputs)

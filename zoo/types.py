@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Optional, Tuple, Union
 Ref = Union[str, Callable[..., Any]]
 
 
-def resolve(ref: Ref) -> Callable[..., Any]:
+def import_ref(ref: Ref) -> Callable[..., Any]:
     """Turn a ``"package.module:attr.sub"`` reference into the object it names."""
     if not isinstance(ref, str):
         return ref
@@ -46,7 +46,7 @@ class Architecture:
     example_inputs: Optional[Ref] = None
 
     def build(self, config: Mapping[str, Any], task: Optional[str] = None):
-        return resolve(self.factory)(dict(config), task or self.tasks[0])
+        return import_ref(self.factory)(dict(config), task or self.tasks[0])
 
 
 @dataclass(frozen=True)

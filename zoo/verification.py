@@ -18,13 +18,13 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from . import __version__
+from .version import __version__
 from . import checkpoint as ckpt
 from .errors import DownloadError, InputError, ZooError
-from .loading import _weights, load_full, resolve
+from .loading import weight_files, load_full, resolve
 from .loading import non_finite as find_non_finite
 from .registry import get_catalog
-from .types import Converter, resolve as resolve_ref
+from .types import Converter, import_ref
 
 # Tolerance on outputs: |zoo - reference| <= atol + rtol * max|reference|.
 TOLERANCE = {
@@ -175,13 +175,13 @@ def _timed(fn, repeats: int = 3) -> tuple:
     return out, sorted(times)[len(times) // 2]
 
 
-def _write_random_checkpoint(converter: Converter, config: Dict[str, Any], task: str, seed: int, folder: Path):
+def write_random_checkpoint(converter: Converter, config: Dict[str, Any], task: str, seed: int, folder: Path):
     """Build the reference with seeded random weights and save it in the Hub's key layout."""
     torch.manual_seed(seed)
-    ref = resolve_ref(converter.reference)(dict(config), task).eval()
+    ref = import_ref(converter.reference)(dict(config), task).eval()
     state = ref.state_dict()
     if converter.hub_layout is not None:
-        state = resolve_ref(converter.hub_layout)(state, dict(config))
+        state = import_ref(converter.hub_layout)(state, dict(config))
     ckpt.save_safetensors({k: v.detach().clone() for k, v in state.items()}, folder / "model.safetensors",
                           metadata={"format": "pt"})
     ref.config.to_json_file(str(folder / "config.json"))
@@ -210,7 +210,7 @@ class WeightSource:
             enabled = hf_logging.is_progress_bar_enabled()
             hf_logging.disable_progress_bar()  # keep our own output clean (--json on stdout)
             try:
-                self._ref = resolve_ref(self.converter.reference)(loaded.config, loaded.task, self.folder)
+                self._ref = import_ref(self.converter.reference)(loaded.config, loaded.task, self.folder)
             finally:
                 if enabled:
                     hf_logging.enable_progress_bar()
@@ -231,7 +231,7 @@ def prepare_weights(entry, converter: Converter, checkpoint=None, allow_pickle: 
     why = "requested"
     if not random_weights:
         try:
-            folder, _files = _weights(entry, checkpoint, allow_pickle, None)
+            folder, _files = weight_files(entry, checkpoint, allow_pickle, None)
         except DownloadError as exc:
             if checkpoint is not None:
                 raise
@@ -240,7 +240,7 @@ def prepare_weights(entry, converter: Converter, checkpoint=None, allow_pickle: 
             return WeightSource(entry, converter, folder, _load_name(entry, folder))
     tmp = tempfile.TemporaryDirectory(prefix="zoo-weights-")
     folder = Path(tmp.name)
-    ref = _write_random_checkpoint(converter, dict(entry.config), entry.task, seed, folder)
+    ref = write_random_checkpoint(converter, dict(entry.config), entry.task, seed, folder)
     return WeightSource(entry, converter, folder, _load_name(entry, folder), random_seed=seed, tmp=tmp, _ref=ref,
                         random_why=why)
 
@@ -289,7 +289,7 @@ def verify(
     if arch.example_inputs is None:
         raise ZooError(f"architecture {arch.name!r} provides no example_inputs to verify with")
     gen = torch.Generator().manual_seed(seed)
-    inputs = resolve_ref(arch.example_inputs)(loaded.config, loaded.task, batch, seq, gen)
+    inputs = import_ref(arch.example_inputs)(loaded.config, loaded.task, batch, seq, gen)
     inputs = {k: v.to(loaded.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
