@@ -28,7 +28,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# Side by side with transformers on the same (random, seeded) weights, CPU float32; figures in README.
+# Side by side with transformers on the same (random, seeded) weights, CPU float32; figures in docs/benchmarks.md.
 bench: setup
 	$(BIN)/zoo bench gpt2 --compare --cold --scaling
 	$(BIN)/zoo bench gpt2 --compare --batch 8 --new-tokens 16

@@ -376,3 +376,45 @@ def test_usage_errors_are_one_line_and_exit_2(case):
     code, output = _zoo(*USAGE[case])
     assert code == 2
     assert "--help" in _one_line_error(output)
+
+
+# ----------------------------------------------------------------------------- plugins cannot take zoo down
+
+PLUGIN_CODE = {
+    "SystemExit at import": ("import sys\nsys.exit(0)\n", 0, "failed to load: SystemExit"),
+    "sys.exit(3) in a hook": ("import sys\nfrom zoo import hookimpl\n\n@hookimpl\ndef register_commands(cli):\n"
+                              "    sys.exit(3)\n", 0, "register_commands raised SystemExit: 3"),
+    "KeyboardInterrupt at import": ("raise KeyboardInterrupt\n", 130, "zoo: interrupted"),
+}
+
+
+@pytest.mark.parametrize("case", PLUGIN_CODE)
+def test_a_plugin_cannot_end_zoo_silently(case, tmp_path):
+    """A real installed distribution (dist-info on the path), run by the real `zoo` script."""
+    source, code, message = PLUGIN_CODE[case]
+    (tmp_path / "plug_hostile.py").write_text(source)
+    info = tmp_path / "zoo_hostile-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-hostile\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[zoo]\nplug_hostile = plug_hostile\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([ZOO, "--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    if code == 0:
+        assert "Usage: zoo" in result.stdout  # the rest of zoo works
+
+
+def test_a_bug_has_its_own_exit_code(monkeypatch):
+    """A parity failure exits 1, bad input 2, a bug 3: a script can tell them apart."""
+    from zoo import registry
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(registry, "get_catalog", bug)
+    result = CliRunner().invoke(cli, ["list"])
+    assert result.exit_code == 3
+    lines = result.output.strip().splitlines()
+    assert lines == ["zoo: internal error: RuntimeError: a bug (rerun with --debug)"]

@@ -63,6 +63,26 @@ BROKEN = {
         """,
         "not a zoo.types.Architecture",
     ),
+    "exits_at_import": ("import sys\nsys.exit(0)\n", "failed to load: SystemExit: 0"),
+    "hook_exits": (
+        """
+        import sys
+        from zoo import hookimpl
+        @hookimpl
+        def register_models(register):
+            sys.exit(3)
+        """,
+        "register_models raised SystemExit: 3",
+    ),
+    "returns_instead_of_registering": (
+        """
+        from zoo import hookimpl, Architecture
+        @hookimpl
+        def register_architectures(register):
+            return [Architecture(name="mine", factory="x:y", tasks=("text-generation",))]
+        """,
+        "register_architectures returned [Architecture(name='mine'",
+    ),
     "bad_model": (
         """
         from zoo import hookimpl

@@ -15,6 +15,10 @@ import click
 
 from .errors import ZooError
 
+# exit codes: 0 success, 1 a parity failure (zoo verify), 2 bad input or usage, 3 a bug (in zoo or a
+# plugin), 130 interrupted
+INTERNAL_ERROR = 3
+INTERRUPTED = 130
 EPILOG = "Docs: README.md. Models: `zoo list`. Plugins: `zoo plugins`."
 
 
@@ -54,7 +58,7 @@ class ZooGroup(click.Group):
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("zoo: interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(INTERRUPTED)
         except BrokenPipeError:  # `zoo info x | head`: the reader left; stop quietly
             try:  # later flushes of stdout (at exit) must not raise again
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -65,7 +69,7 @@ class ZooGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
             click.echo(f"zoo: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug)", err=True)
-            ctx.exit(1)
+            ctx.exit(INTERNAL_ERROR)
 
 
 @click.group(cls=ZooGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -349,6 +353,9 @@ def main() -> None:
     except ZooError as exc:  # strict mode
         click.echo(f"zoo: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # while plugins load
+        click.echo("zoo: interrupted", err=True)
+        sys.exit(INTERRUPTED)
     cli(prog_name="zoo")
 
 

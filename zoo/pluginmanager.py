@@ -127,6 +127,37 @@ def report_failure(info: PluginInfo, message: str) -> None:
     )
 
 
+def isolated(info: PluginInfo, what: str, fn: Callable[[], Any]) -> Tuple[bool, Any]:
+    """Run a plugin's code: (True, its result), or (False, None) after reporting what it raised.
+
+    Everything a plugin raises is caught, ``SystemExit`` included (a plugin that calls
+    ``sys.exit()`` must not end zoo); only an interrupt (Ctrl-C) goes on, to end zoo."""
+    try:
+        return True, fn()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: B036 - SystemExit and GeneratorExit from a plugin too
+        report_failure(info, f"{what} {exc.__class__.__name__}: {exc}")
+        return False, None
+
+
+def call_hook(info: PluginInfo, hook: str, impl, args: Dict[str, Any]) -> bool:
+    """Call one plugin's implementation of a collecting hook; whether it ran as the contract says
+    (returned nothing: what it offers goes through the callback)."""
+    ok, result = isolated(info, f"{hook} raised", lambda: impl.function(*[args[a] for a in impl.argnames]))
+    if ok and result is not None:
+        callback = next(iter(args))
+        report_failure(info, f"{hook} returned {_short(result)} instead of calling {callback}(...); "
+                             f"nothing it returned was used")
+        return False
+    return ok
+
+
+def _short(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _entry_points() -> List[Tuple[PluginInfo, Callable[[], Any]]]:
     only, disabled = _env_names(ONLY_ENV), _env_names(DISABLE_ENV)
     found = []
@@ -163,11 +194,9 @@ def _discover() -> Plugins:
             report_failure(info, f"entry-point name {info.name!r} is used by two plugins")
             continue
         plugins.infos[info.name] = info
-        try:
-            obj = load()
-            pm.register(obj, name=info.name)
-        except Exception as exc:  # ImportError, SyntaxError, a bad hookimpl signature, ...
-            report_failure(info, f"failed to load: {exc.__class__.__name__}: {exc}")
+        # ImportError, SyntaxError, a bad hookimpl signature, a sys.exit() at import, ...
+        loaded, _ = isolated(info, "failed to load:", lambda: pm.register(load(), name=info.name))
+        if not loaded:
             continue
         try:
             pm.check_pending()  # hookimpls for hooks that do not exist (misspelled names)
@@ -188,10 +217,7 @@ def _collect(plugins: Plugins, hook: str, kind: str, cls, into: Optional[dict]) 
     for impl in caller.get_hookimpls():  # registration order: built-ins first
         info = plugins.infos[impl.plugin_name]
         got: List[Any] = []
-        try:
-            impl.function(*[{"register": got.append}[a] for a in impl.argnames])
-        except Exception as exc:
-            report_failure(info, f"{hook} raised {exc.__class__.__name__}: {exc}")
+        if not call_hook(info, hook, impl, {"register": got.append}):
             continue
         for obj in got:
             if into is None:  # models are validated by the registry
@@ -222,9 +248,6 @@ def register_commands(cli) -> None:
     for impl in caller.get_hookimpls():
         info = plugins.infos[impl.plugin_name]
         before = set(cli.commands)
-        try:
-            impl.function(*[{"cli": cli}[a] for a in impl.argnames])
-        except Exception as exc:
-            report_failure(info, f"register_commands raised {exc.__class__.__name__}: {exc}")
+        if not call_hook(info, "register_commands", impl, {"cli": cli}):
             continue
         info.registered.setdefault("command", []).extend(sorted(set(cli.commands) - before))
