@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 from zoo.activations import ACTIVATIONS, activate_
 from zoo.errors import ConfigError, InputError
-from zoo.ops import Linear, PackedQKV, linear
 from zoo.outputs import ModelOutput
 
 
@@ -189,9 +188,9 @@ class Embeddings(nn.Module):
 # ----------------------------------------------------------------------------- encoder layer
 
 
-class SelfAttention(PackedQKV):
-    """Bidirectional multi-head attention with separate q, k, v projections (plain
-    ``nn.Linear``: zoo.ops.PackedQKV packs the three as one product)."""
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head attention with separate q, k, v projections (zoo.accel.bert
+    computes the three as one product)."""
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -200,6 +199,10 @@ class SelfAttention(PackedQKV):
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_probs_dropout_prob
+
+    def project_qkv(self, x: torch.Tensor):
+        """``(query(x), key(x), value(x))``."""
+        return self.query(x), self.key(x), self.value(x)
 
     def forward(self, x: torch.Tensor, padding: Optional[Padding]) -> torch.Tensor:
         H = x.shape[-1]
@@ -228,7 +231,7 @@ class SelfOutput(nn.Module):
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
@@ -251,7 +254,7 @@ class Intermediate(nn.Module):
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -263,7 +266,7 @@ class Output(nn.Module):
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
@@ -299,7 +302,7 @@ class Pooler(nn.Module):
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
     def forward(self, first: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(first))  # first: (B, H), position 0 of each row
@@ -308,7 +311,7 @@ class Pooler(nn.Module):
 class PredictionTransform(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.act = ACTIVATIONS[cfg.hidden_act]
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
@@ -329,7 +332,7 @@ class Predictions(nn.Module):
     def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
         # (B, T, vocab) or (N, vocab); not packed: MKL's packed copy of the word embeddings
         # would cost their size again in memory
-        return linear(self.transform(x), word_embeddings, self.bias)
+        return F.linear(self.transform(x), word_embeddings, self.bias)
 
 
 class MLMHead(nn.Module):

@@ -48,12 +48,11 @@ from zoo import kvcache
 from zoo.activations import ACTIVATIONS, activate_
 from zoo.checkpoint import GENERATION_FIELDS
 from zoo.errors import ConfigError, InputError
-from zoo.generation import default_new_tokens
-from zoo.argmax import SCREEN_ATTRIBUTE, screened
-from zoo.ops import CachesNotState, Linear, linear
+from zoo.accel.argmax import screened
+from zoo.accel.ops import linear
+from zoo.generation import beam_search, default_new_tokens
 from zoo.outputs import ModelOutput
 
-NEG = -1.0e9  # "impossible" score used by transformers' beam search bookkeeping (kept identical)
 
 
 # ---------------------------------------------------------------------------------- config
@@ -354,7 +353,7 @@ class MultiHeadedAttention(nn.Module):
     def __init__(self, h: int, d_model: int, dropout: float):
         super().__init__()
         self.h, self.d_k = h, d_model // h
-        self.linears = nn.ModuleList(Linear(d_model, d_model) for _ in range(4))
+        self.linears = nn.ModuleList(nn.Linear(d_model, d_model) for _ in range(4))
         self.dropout = dropout
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, h, T, d_k)
@@ -405,8 +404,8 @@ class PositionwiseFeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str, dropout: float):
         super().__init__()
-        self.w_1 = Linear(d_model, d_ff)
-        self.w_2 = Linear(d_ff, d_model)
+        self.w_1 = nn.Linear(d_model, d_ff)
+        self.w_2 = nn.Linear(d_ff, d_model)
         self.act = ACTIVATIONS[activation]
         self.dropout = nn.Dropout(dropout)
 
@@ -515,7 +514,7 @@ class Generator(nn.Module):
 
     def __init__(self, cfg: EncoderDecoderConfig):
         super().__init__()
-        self.proj = None if cfg.tie_output else Linear(cfg.d_model, cfg.tgt_vocab_size)
+        self.proj = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size)
         if cfg.final_logits_bias:
             self.register_buffer("final_logits_bias", torch.zeros(1, cfg.tgt_vocab_size))
         else:
@@ -532,11 +531,9 @@ class Generator(nn.Module):
 # ---------------------------------------------------------------------------------- the model
 
 
-class EncoderDecoder(CachesNotState, nn.Module):
+class EncoderDecoder(nn.Module):
     """``model(input_ids, decoder_input_ids, attention_mask=None)`` -> ``.logits`` [B, T_tgt, V]
     (log-probabilities when ``log_softmax_output``); ``model.generate(input_ids, ...)``."""
-
-    _caches = (SCREEN_ATTRIBUTE,)  # greedy's bfloat16 screen of the tied head (zoo.argmax)
 
     def __init__(self, cfg: EncoderDecoderConfig):
         super().__init__()
@@ -734,7 +731,7 @@ class EncoderDecoder(CachesNotState, nn.Module):
         return [t for t in self.config.bad_words_ids if t != self.config.eos_token_id]
 
     def _screen(self, rows: int, tokens: int):
-        """Greedy's token from a bfloat16 screen of the tied head (zoo.argmax), where the
+        """Greedy's token from a bfloat16 screen of the tied head (zoo.accel.argmax), where the
         step's scores are the logits plus ``final_logits_bias``, banned tokens at -inf, maybe
         renormalized: at batch 1, for a tied head without log-softmax. None elsewhere."""
         g = self.generator
@@ -743,91 +740,23 @@ class EncoderDecoder(CachesNotState, nn.Module):
         return screened(self, self._embed_tgt().lut.weight, rows, tokens, bias=g.final_logits_bias)
 
     def _beam_search(self, memory, src_mask, n: int, nb: int, length_penalty: float, early_stopping) -> torch.Tensor:
-        """Beam search with transformers' bookkeeping (so the chosen ids are identical).
-
-        Per batch item it keeps ``nb`` running beams and the ``nb`` best finished hypotheses.
-        Each step scores every (beam, token) continuation by the summed log-probability, takes
-        the best ``2 * nb``; of those, the ones among the first ``nb`` that end in eos (or reach
-        the length limit) become finished hypotheses with score ``sum / length ** length_penalty``
-        (length counts generated tokens), and the best ``nb`` that did not end continue.
-        An item stops improving when (``early_stopping=False``) its best running beam, scored at
-        the current length, cannot beat its worst finished hypothesis. Returns the best finished
-        hypothesis of each item.
-        """
+        """zoo.generation.beam_search over this model's decoder, every beam of an item reading
+        the same source, starting from the decoder start token."""
         cfg = self.config
-        B, S, C = memory.shape
-        dev = memory.device
+        B, dev = memory.size(0), memory.device
         max_length = 1 + n
-        K = 2 * nb  # candidates kept per step (one eos token)
-        V = cfg.tgt_vocab_size
-        eos = cfg.eos_token_id
-        # every beam of an item reads the same source: expand to B * nb rows (item-major)
-        memory = memory.repeat_interleave(nb, dim=0)
+        memory = memory.repeat_interleave(nb, dim=0)  # (B * nb, S, C), item-major
         src_mask = src_mask.repeat_interleave(nb, dim=0)
         cache = KVCache(cfg, B * nb, max_length, dev, memory.dtype)
 
-        running = torch.full((B, nb, max_length), cfg.pad_token_id, dtype=torch.long, device=dev)
-        running[:, :, 0] = cfg.decoder_start_token_id
-        finished = running.clone()
-        run_scores = torch.zeros(B, nb, device=dev)
-        run_scores[:, 1:] = NEG  # only beam 0 is real at the start: no duplicate beams
-        fin_scores = torch.full((B, nb), NEG, device=dev)
-        fin_len = torch.zeros(B, nb, dtype=torch.long, device=dev)  # generated tokens per hypothesis
-        is_fin = torch.zeros(B, nb, dtype=torch.bool, device=dev)
-        can_improve = torch.ones(B, 1, dtype=torch.bool, device=dev)
-        top_nb = torch.arange(K, device=dev) < nb  # only the first nb candidates may finish
-        item = torch.arange(B, device=dev)[:, None]
+        def step(tokens: torch.Tensor, cur_len: int) -> torch.Tensor:
+            x = self.decode(memory, src_mask, tokens, cache)
+            return self._step_scores(self.project(x)[:, -1], cur_len, max_length, log_probs=True)
 
-        cur = 1
-        while True:
-            x = self.decode(memory, src_mask, running[:, :, cur - 1].reshape(B * nb, 1), cache)
-            logp = self._step_scores(self.project(x)[:, -1], cur, max_length, log_probs=True)  # (B*nb, V)
-            total = (logp.view(B, nb, V) + run_scores[:, :, None]).view(B, nb * V)
-            cand_scores, cand = torch.topk(total, K)  # (B, K)
-            beam, token = cand // V, cand % V
-            cand_seqs = torch.take_along_dim(running, beam[:, :, None], dim=1)  # (B, K, max_length)
-            cand_seqs[:, :, cur] = token
-            hits = cur + 1 >= max_length  # the length limit ends every candidate
-            stop = (token == eos) if eos is not None else torch.zeros_like(token, dtype=torch.bool)
-            stop = stop | hits
-
-            # the best nb candidates that did not stop keep running
-            alive_scores = cand_scores + stop.float() * NEG
-            keep = torch.topk(alive_scores, nb).indices
-            running = torch.take_along_dim(cand_seqs, keep[:, :, None], dim=1)
-            run_scores = torch.take_along_dim(alive_scores, keep, dim=1)
-            rows = (item * nb + torch.take_along_dim(beam, keep, dim=1)).reshape(-1)
-
-            # candidates that stopped join the finished hypotheses if they are among the best
-            just_fin = stop & top_nb[None, :]
-            new_scores = cand_scores / (cur**length_penalty)  # cur = generated tokens so far
-            full = is_fin.all(dim=1, keepdim=True) & (early_stopping is True)
-            new_scores = new_scores + full.float() * NEG + (~can_improve).float() * NEG + (~just_fin).float() * NEG
-            all_seqs = torch.cat((finished, cand_seqs), dim=1)
-            all_scores = torch.cat((fin_scores, new_scores), dim=1)
-            all_len = torch.cat((fin_len, torch.full_like(cand, cur)), dim=1)
-            all_fin = torch.cat((is_fin, just_fin), dim=1)
-            best = torch.topk(all_scores, nb).indices
-            finished = torch.take_along_dim(all_seqs, best[:, :, None], dim=1)
-            fin_scores = torch.take_along_dim(all_scores, best, dim=1)
-            fin_len = torch.take_along_dim(all_len, best, dim=1)
-            is_fin = torch.take_along_dim(all_fin, best, dim=1)
-
-            cache.reorder(rows)
-            cur += 1
-            # can the best running beam still beat the worst finished hypothesis?
-            best_len = (max_length - 1) if (early_stopping == "never" and length_penalty > 0.0) else (cur - 1)
-            best_possible = run_scores[:, :1] / (best_len ** length_penalty)
-            worst = torch.where(is_fin, fin_scores.min(dim=1, keepdim=True).values, NEG)
-            can_improve = can_improve & (best_possible > worst).any(dim=-1, keepdim=True)
-            if not bool(can_improve.any()):
-                break
-            if bool(is_fin.all()) and early_stopping is True:
-                break
-            if bool(stop.all()):
-                break
-        length = 1 + int(fin_len[:, 0].max())
-        return finished[:, 0, :length]
+        start = torch.full((B, 1), cfg.decoder_start_token_id, dtype=torch.long, device=dev)
+        eos = None if cfg.eos_token_id is None else torch.tensor([cfg.eos_token_id], device=dev)
+        return beam_search(step, cache.reorder, start, num_beams=nb, max_length=max_length, eos_token_id=eos,
+                           pad_token_id=cfg.pad_token_id, length_penalty=length_penalty, early_stopping=early_stopping)
 
 
 def from_config(config: Dict[str, Any], task: Optional[str] = None) -> EncoderDecoder:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from zoo.activations import ACTIVATIONS, activate_
 from zoo.errors import ConfigError, InputError
-from zoo.ops import Linear, PackedQKV, hooks_set
+from zoo.accel.ops import hooks_set
 from zoo.outputs import ModelOutput
 
 TASKS = ("image-classification", "image-feature-extraction")
@@ -117,7 +117,7 @@ class Dense(nn.Module):
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
-        self.dense = Linear(n_in, n_out)
+        self.dense = nn.Linear(n_in, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense(x)
@@ -178,11 +178,11 @@ class Embeddings(nn.Module):
         return x + self.positions(H // ph, W // pw, interpolate)
 
 
-class SelfAttention(PackedQKV):
+class SelfAttention(nn.Module):
     """Multi-head self-attention over all tokens (no mask: every patch sees every patch).
 
-    q, k and v keep the checkpoint's three Linears (plain ``nn.Linear``: zoo.ops.PackedQKV
-    packs the three as one product)."""
+    q, k and v keep the checkpoint's three Linears (zoo.accel.vit computes the three as one
+    product)."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -190,6 +190,10 @@ class SelfAttention(PackedQKV):
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
+
+    def project_qkv(self, x: torch.Tensor):
+        """``(query(x), key(x), value(x))``."""
+        return self.query(x), self.key(x), self.value(x)
 
     def forward(self, x: torch.Tensor, queries: Optional[int] = None) -> torch.Tensor:
         """``queries``: attend from the first ``queries`` tokens only (all by default); every
@@ -264,7 +268,7 @@ class ViT(nn.Module):
         self.encoder = Encoder(cfg)
         self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         if task == "image-classification":
-            self.classifier = Linear(cfg.hidden_size, cfg.num_labels)
+            self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
         elif cfg.add_pooling_layer:
             self.pooler = Dense(cfg.hidden_size, cfg.pooler_output_size)
 

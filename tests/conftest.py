@@ -66,7 +66,7 @@ def _fresh_plugins():
 def leave_every_other_step(monkeypatch):
     """Make a screen leave every other step to the caller's plain path, as it does for steps it
     cannot tell; returns the count of steps left."""
-    from zoo import argmax
+    from zoo.accel import argmax
 
     left, screen_call = [0], argmax.ScreenedArgmax.__call__
 

@@ -1,4 +1,4 @@
-"""zoo.argmax: greedy's best token from a bfloat16 screen of the head, exact against float32."""
+"""zoo.accel.argmax: greedy's best token from a bfloat16 screen of the head, exact against float32."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo import argmax
-from zoo.argmax import (BUILD_AT_TOKENS, GIVE_UP_AFTER, SCREEN_ATTRIBUTE, ScreenedArgmax, _bfloat16_at_most, _sums_in_float32,
+from zoo.accel import argmax
+from zoo.accel.argmax import (BUILD_AT_TOKENS, GIVE_UP_AFTER, ScreenedArgmax, _bfloat16_at_most, _sums_in_float32,
                          _threshold, screened)
-from zoo.ops import unpack_all
+from zoo.accel import unpack_all
 
 _C = 2.0 ** -8 / (1 - 2.0 ** -8)  # the bfloat16 result's rounding, relative (not inflated)
 
@@ -280,14 +280,14 @@ def test_the_screen_follows_the_weight_and_applies_to_one_row_of_float32_only():
     assert first is not None and screened(owner, weight, 1, 2) is first  # made: used from then on
     with torch.no_grad():
         weight[0] += 1  # an in-place edit: the copy no longer describes the weight
-    assert screened(owner, weight, 1, 2) is None and getattr(owner, SCREEN_ATTRIBUTE) is None
+    assert screened(owner, weight, 1, 2) is None and argmax.screen_of(owner) is None
     assert screened(owner, weight, 1, BUILD_AT_TOKENS) is not first
     assert screened(owner, weight, 2, BUILD_AT_TOKENS) is None
     assert screened(owner, weight.double(), 1, BUILD_AT_TOKENS) is None
     model = torch.nn.Linear(2, 2)
     screened(model, weight, 1, BUILD_AT_TOKENS)
     unpack_all(model)  # after edits through .data, as for packed copies
-    assert SCREEN_ATTRIBUTE not in model.__dict__
+    assert argmax.screen_of(model) is None
 
 
 def test_a_screen_that_cannot_rule_tokens_out_is_given_up():
@@ -301,7 +301,7 @@ def test_a_screen_that_cannot_rule_tokens_out_is_given_up():
     for step in range(GIVE_UP_AFTER):
         assert best(_hidden(64, step)) is None
     assert screened(model, weight, 1, BUILD_AT_TOKENS) is None  # dropped, and not rebuilt
-    assert getattr(model, SCREEN_ATTRIBUTE).screen.numel() == 0 and getattr(model, SCREEN_ATTRIBUTE).bytes_saved == 0
+    assert argmax.screen_of(model).screen.numel() == 0 and argmax.screen_of(model).bytes_saved == 0
     # a head the screen decides on keeps it
     model, weight = torch.nn.Module(), _head(vocab=500, width=64)
     best = screened(model, weight, 1, BUILD_AT_TOKENS)

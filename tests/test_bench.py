@@ -2,6 +2,8 @@
 (No timing is asserted: benchmarks are measured, not tested.)"""
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from click.testing import CliRunner
@@ -33,16 +35,18 @@ def test_bench_cli_json(tmp_path):
     assert data["device"] == "cpu" and len(data["stats"]) == 3
 
 
-def test_bench_beam_search_on_a_tiny_marian(tmp_path):
+@pytest.mark.parametrize("conv", ["hf_marian", "hf_gpt2"])
+def test_bench_beam_search(conv, tmp_path):
     """--beams N: both sides decode with N beams, and the ids are compared."""
-    write_checkpoint(get_catalog().converter("hf_marian"), tmp_path)
-    report = bench(str(tmp_path), device="cpu", batch=2, seq=6, new_tokens=5, num_beams=3, repeats=2, compare=True)
+    write_checkpoint(get_catalog().converter(conv), tmp_path)
+    report = bench(str(tmp_path), device="cpu", batch=2, seq=6, new_tokens=5, prompt=6, num_beams=3, repeats=2,
+                   compare=True)
     decode = report.stats[2]
     assert decode.name.startswith("3-beam decode") and decode.note == "identical tokens"
 
 
-def test_bench_beams_on_a_model_without_beam_search_is_one_line(tmp_path):
-    write_checkpoint(get_catalog().converter("hf_gpt2"), tmp_path)
+def test_bench_beams_on_a_model_that_does_not_generate_is_one_line(tmp_path):
+    write_checkpoint(get_catalog().converter("hf_bert"), tmp_path)
     result = CliRunner().invoke(cli, ["bench", str(tmp_path), "--device", "cpu", "--seq", "8", "--beams", "2"])
-    assert result.exit_code != 0 and "has no beam search" in result.output
+    assert result.exit_code == 2 and "--beams applies to models that generate" in result.output
     assert "Traceback" not in result.output

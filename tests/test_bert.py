@@ -317,9 +317,10 @@ def test_gradients_through_the_unpadded_path_match_transformers(models_and_refs)
 
 @pytest.mark.parametrize("task", sorted(TASK_CLASS))
 def test_packed_weights_give_what_the_plain_ones_give(models_and_refs, task):
-    """On CPU float32 the loader packs q|k|v as one product (zoo.ops.Packed); without the
+    """On CPU float32 the loader packs q|k|v as one product (zoo.accel.ops.Packed); without the
     packed copies the same outputs come from the plain weights."""
-    from zoo.ops import packing_available, unpack_all
+    from zoo.accel import unpack_all
+    from zoo.accel.ops import packing_available
 
     model = copy.deepcopy(models_and_refs[1][task][0].model)
     if packing_available():

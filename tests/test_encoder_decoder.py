@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from zoo import argmax
+from zoo.accel import argmax
 from zoo.checkpoint import save_safetensors
 from zoo.convert import convert, export
 from zoo.errors import CheckpointError, ConfigError, ConversionError, InputError
@@ -698,7 +698,7 @@ def test_translation_runner_uses_the_sentencepiece_tokenizer(tmp_path):
 @pytest.mark.parametrize("left", [False, True], ids=["screened", "every other step left"])
 @pytest.mark.parametrize("name", list(MARIAN))
 def test_marian_batch_1_greedy_through_the_screen_of_the_head(name, left, tmp_path, monkeypatch):
-    # at batch 1, greedy takes its token from zoo.argmax's bfloat16 screen of the tied head, with
+    # at batch 1, greedy takes its token from zoo.accel.argmax's bfloat16 screen of the tied head, with
     # final_logits_bias as one more column and the banned tokens excluded: the same ids. Left:
     # every other step goes to the plain path (bias, ban, renormalization), as the steps the
     # screen cannot tell do
@@ -715,7 +715,7 @@ def test_marian_batch_1_greedy_through_the_screen_of_the_head(name, left, tmp_pa
         want = ref.generate(ids, num_beams=1, max_new_tokens=12)
         got = model.generate(ids, num_beams=1, max_new_tokens=12)
         assert got.tolist() == want.tolist()
-    screen = getattr(model, argmax.SCREEN_ATTRIBUTE)
+    screen = argmax.screen_of(model)
     assert screen is not None and screen.calls > 0 and screen.bias is model.generator.final_logits_bias
     assert (steps_left[0] > 0) == left
-    assert argmax.SCREEN_ATTRIBUTE not in copy.deepcopy(model).__dict__
+    assert argmax.screen_of(copy.deepcopy(model)) is None

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import zoo
-from zoo import argmax
+from zoo.accel import argmax
+from zoo.accel import gpt2 as gpt2_accel
 from zoo.errors import ConfigError, InputError
 from zoo.registry import get_catalog
 from zoo.verification import verify
@@ -25,21 +26,21 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("rows,screen", [(1, False), (1, True), (1, "every other step"), (3, False)])
 def test_greedy_generate_matches_transformers(tiny, rows, screen, monkeypatch):
     ref, model = tiny
-    # screen: the tokens come through zoo.argmax's bfloat16 screen of the head (at batch 1,
+    # screen: the tokens come through zoo.accel.argmax's bfloat16 screen of the head (at batch 1,
     # for calls of BUILD_AT_TOKENS tokens or more; fewer here, to fit the tiny context)
     monkeypatch.setattr(argmax, "BUILD_AT_TOKENS", 20 if screen else 1000)
     left = leave_every_other_step(monkeypatch) if screen == "every other step" else [0]
-    monkeypatch.delattr(model, argmax.SCREEN_ATTRIBUTE, raising=False)
+    argmax.forget(model)
     ids = torch.randint(0, 96, (rows, 5), generator=torch.Generator().manual_seed(1))
     ours = model.generate(ids, max_new_tokens=20)
     theirs = ref.generate(ids, do_sample=False, max_new_tokens=20, pad_token_id=0, eos_token_id=None)
     assert ours.shape == (rows, 25)
     assert torch.equal(ours, theirs)
-    assert (getattr(model, argmax.SCREEN_ATTRIBUTE, None) is not None) == bool(screen)
+    assert (argmax.screen_of(model) is not None) == bool(screen)
     assert left[0] == (10 if screen == "every other step" else 0)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 5])  # 5: zoo.ops.linear's transposed few-row product
+@pytest.mark.parametrize("rows", [1, 2, 5])  # 5: zoo.accel.ops.linear's transposed few-row product
 def test_the_decode_step_is_the_blocks_arithmetic_bit_for_bit(tiny, rows):
     _, model = tiny
     from zoo.plugins.gpt2 import KVCache
@@ -48,13 +49,13 @@ def test_the_decode_step_is_the_blocks_arithmetic_bit_for_bit(tiny, rows):
     caches = [KVCache(model.config, rows, 12, "cpu", torch.float32) for _ in range(2)]
     with torch.inference_mode():
         for cache in caches:
-            model._hidden(ids, cache)
-        plan = model._decode_plan()
+            model.hidden(ids, cache)
+        plan = gpt2_accel.plan(model)
         assert plan is not None
         for step in range(3):
             token = torch.randint(0, 96, (rows, 1), generator=torch.Generator().manual_seed(step))
-            plain = model._decode_step(plan, token, caches[0])
-            through_modules = model._hidden(token, caches[1])[0][:, -1]
+            plain = gpt2_accel.step(model, plan, token, caches[0])
+            through_modules = model.hidden(token, caches[1])[0][:, -1]
             assert torch.equal(plain, through_modules)
     assert caches[0].length == caches[1].length == 10
     assert torch.equal(caches[0].kv[:, :, :, :, :10], caches[1].kv[:, :, :, :, :10])
@@ -95,13 +96,13 @@ def test_generate_runs_through_the_modules_when_bypassing_them_could_be_wrong(ti
     undo = list(_hook_ways(model))[way]()
     try:
         with torch.inference_mode():
-            assert model._decode_plan() is None
+            assert gpt2_accel.plan(model) is None
         ids = torch.tensor([[1, 2, 3]])
         hooked = model.generate(ids, max_new_tokens=4)
     finally:
         undo()
     with torch.inference_mode():
-        assert model._decode_plan() is not None
+        assert gpt2_accel.plan(model) is not None
     assert torch.equal(hooked, model.generate(ids, max_new_tokens=4))
 
 
@@ -122,7 +123,7 @@ def test_a_model_built_under_inference_mode_generates(tmp_path, monkeypatch):
     with torch.inference_mode():  # weights that are inference tensors: no packed copy, no screen
         model = zoo.load(str(tmp_path), device="cpu")
         out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=10)
-    assert getattr(model, argmax.SCREEN_ATTRIBUTE, None) is None
+    assert argmax.screen_of(model) is None
     assert torch.equal(out, zoo.load(str(tmp_path), device="cpu").generate(torch.tensor([[1, 2, 3]]), max_new_tokens=10))
 
 
@@ -133,11 +134,11 @@ def test_the_screen_is_dropped_when_the_head_changes_dtype_and_is_not_pickled(tm
     model = zoo.load(str(tmp_path), device="cpu")
     monkeypatch.setattr(argmax, "BUILD_AT_TOKENS", 8)
     model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=10)
-    assert getattr(model, argmax.SCREEN_ATTRIBUTE) is not None
-    assert argmax.SCREEN_ATTRIBUTE not in copy.deepcopy(model).__dict__
+    assert argmax.screen_of(model) is not None
+    assert argmax.screen_of(copy.deepcopy(model)) is None
     model.double()
     model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=10)
-    assert getattr(model, argmax.SCREEN_ATTRIBUTE) is None
+    assert argmax.screen_of(model) is None
 
 
 def test_generation_stops_at_any_of_several_eos_ids(tiny):

@@ -59,10 +59,10 @@ def test_parity_on_tiny_random_weights(conv, layout, tmp_path):
 
 @pytest.mark.parametrize("conv", CONVERTERS, ids=lambda c: c.name)
 def test_packed_weights_change_nothing_but_speed(conv, tmp_path, monkeypatch):
-    """On CPU float32 every zoo.ops.Linear is packed for MKL and its plain pages released: the
+    """On CPU float32 every zoo.accel.ops.Linear is packed for MKL and its plain pages released: the
     weights still read as the file's values, the outputs match the unpacked model's, and the
     input files are untouched."""
-    from zoo.ops import Linear
+    from zoo.accel.ops import Linear
     from zoo.types import import_ref
 
     write_checkpoint(conv, tmp_path)

@@ -1,4 +1,4 @@
-"""zoo.ops.linear computes F.linear, in either orientation, for every row count; in-place
+"""zoo.accel.ops.linear computes F.linear, in either orientation, for every row count; in-place
 activations compute the activations."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.activations import ACTIVATIONS, activate_
-from zoo.ops import Linear, Packed, linear
+from zoo.accel.ops import Linear, Packed, linear
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 48), (2, 48), (3, 2, 48), (4, 48), (2, 8, 48), (128, 48), (129, 48), (2, 300, 48)])
@@ -29,7 +29,7 @@ def test_linear_module_keeps_nn_linear_keys():
 
 # --------------------------------------------------------------------------- MKL-packed weights
 
-needs_packing = pytest.mark.skipif(not __import__("zoo.ops", fromlist=["x"]).packing_available(),
+needs_packing = pytest.mark.skipif(not __import__("zoo.accel.ops", fromlist=["x"]).packing_available(),
                                    reason="this torch cannot pack weights for MKL")
 
 
@@ -94,7 +94,8 @@ def test_packed_copy_is_not_used_for_training_or_autograd():
 def test_packed_copy_is_a_cache_not_state(tmp_path):
     import copy
 
-    from zoo.ops import pack_all, unpack_all
+    from zoo.accel import unpack_all
+    from zoo.accel.ops import pack_all
 
     m = _packed_linear()
     assert set(m.state_dict()) == {"weight", "bias"}
@@ -109,7 +110,7 @@ def test_packed_copy_is_a_cache_not_state(tmp_path):
 
 def test_zoo_pack_0_switches_packing_off(monkeypatch):
     monkeypatch.setenv("ZOO_PACK", "0")
-    from zoo.ops import packing_available
+    from zoo.accel.ops import packing_available
 
     assert not packing_available() and Linear(4, 4).pack_weights() == []
 

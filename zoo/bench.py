@@ -18,11 +18,12 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .argmax import SCREEN_ATTRIBUTE
+from .accel.argmax import screen_of
 from .loading import load_full, resolve
 from .registry import get_catalog
 from .types import import_ref
 from .errors import InputError
+from .generation import GENERATIVE_TASKS
 from .verification import generate_kwargs, prepare_weights
 
 
@@ -127,6 +128,9 @@ def bench(
         raise InputError(f"--beams must be >= 1, got {num_beams}")
     catalog = get_catalog()
     entry = resolve(str(name_or_path), catalog)
+    if num_beams > 1 and entry.task not in GENERATIVE_TASKS:
+        raise InputError(f"--beams applies to models that generate ({', '.join(GENERATIVE_TASKS)}); "
+                         f"{entry.name} is {entry.task}")
     converter = catalog.converter(entry.converter)
     source = prepare_weights(entry, converter, checkpoint, seed=seed)
     t0 = time.perf_counter()
@@ -152,7 +156,7 @@ def bench(
     with torch.inference_mode():
         z, r, ratios = _ab(lambda: model(**inputs), (lambda: ref(**inputs)) if ref is not None else None, repeats)
         report.stats.append(_stat(f"forward [{shape}]", "ms", z * 1e3, r * 1e3 if r else None, ratios))
-        if hasattr(model, "generate") and loaded.task in ("text-generation", "translation"):
+        if hasattr(model, "generate") and loaded.task in GENERATIVE_TASKS:
             _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, prompt, num_beams)
         if scaling:
             _bench_scaling(report, model, loaded, make_inputs)
@@ -197,7 +201,7 @@ def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, promp
         t1 = statistics.median(_time(lambda: model.generate(**kwargs, **one)) for _ in range(3))
         step = (z - t1) / max(1, n_new - 1)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        screen = getattr(model, SCREEN_ATTRIBUTE, None)  # greedy reads a bfloat16 copy of the head
+        screen = screen_of(model)  # greedy reads a bfloat16 copy of the head
         if screen is not None:
             weight_bytes -= screen.bytes_saved
         bw = read_bandwidth_gbs()

@@ -38,6 +38,7 @@ from .version import __version__
 from . import checkpoint as ckpt
 from .convert import compile_key_map, fill_template, convert, export as export_keys
 from .errors import ZooError
+from .generation import GENERATIVE_TASKS
 from .publish import check_target, publish
 from .registry import get_catalog
 from .types import Converter, import_ref
@@ -245,9 +246,6 @@ def _contiguous(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-# tasks whose checkpoints carry decoding defaults (transformers writes generation_config.json
-# for the models that can generate)
-GENERATIVE_TASKS = ("text-generation", "translation")
 
 
 def export_hf(source: Source, out, *, force: bool = False) -> Exported:

@@ -1,12 +1,35 @@
-"""Token selection shared by generative architectures (greedy, temperature, top-k), and the
-default length of a generation."""
+"""Generation, in one place: greedy, sampling and beam search, the stopping rules, and the
+default length of a generation.
+
+A causal language model decodes through :func:`generate` when it offers this small step
+interface (GPT-2 does; any architecture plugin can):
+
+- ``model.new_cache(batch, max_len)``: a key/value cache (zoo.kvcache.KVCache);
+- ``model.hidden(input_ids, cache)``: ``(x, _)``, the final hidden states (B, T, C) of
+  ``input_ids`` continuing what the cache holds, the cache advanced;
+- ``model.head()``: ``(weight [V, C], bias or None)``, the output projection;
+- ``model.check_ids(input_ids, room)``: refuses ids the model cannot take, or a prompt that
+  leaves fewer than ``room`` positions.
+
+The speed layer comes in through two questions only: :func:`zoo.accel.decode_step` (a faster
+step for one new token, or None) and :func:`zoo.accel.argmax.screened` (greedy's token at
+batch 1 from a bfloat16 screen of the head, or None where it cannot tell).
+
+:func:`beam_search` is transformers' beam search, bookkeeping included, so the chosen ids are
+identical; the encoder-decoder's ``generate`` uses it too.
+"""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
 from .errors import InputError
+
+# the tasks whose models generate (and whose checkpoints carry decoding defaults)
+GENERATIVE_TASKS = ("text-generation", "translation")
+NEG = -1.0e9  # "impossible" score of transformers' beam search bookkeeping (kept identical)
 
 
 def make_generator(seed: Optional[int], device: torch.device) -> Optional[torch.Generator]:
@@ -67,3 +90,186 @@ def default_new_tokens(config: Mapping[str, Any], start_length: int, fallback: i
             )
         return room
     return fallback
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 20,
+    temperature: Optional[float] = None,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    seed: Optional[int] = None,
+    eos_token_id: Union[int, Sequence[int], None] = None,
+    callback: Optional[Callable[[torch.Tensor], None]] = None,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: Union[bool, str] = False,
+    pad_token_id: Optional[int] = None,
+) -> torch.Tensor:
+    """Continue ``input_ids`` [B, T] by up to ``max_new_tokens``; returns [B, T + n] ids.
+
+    Greedy when ``temperature`` is 0 or unset (the same tokens as transformers'
+    ``generate(do_sample=False)``), else sampled with ``top_k``/``top_p``/``seed``
+    (:func:`sampling_logits`). ``num_beams`` > 1 is beam search with transformers' scoring
+    (``length_penalty``, ``early_stopping``); rows that finished early are padded with
+    ``pad_token_id`` (default: the first eos id, as transformers does). ``callback`` receives
+    each new column of ids [B] as it is produced (greedy and sampling: streaming). Stops early
+    only when every row (every beam hypothesis) has produced ``eos_token_id`` (one id or
+    several). The weights must not change during the call.
+    """
+    from . import accel
+    from .accel.argmax import screened
+
+    if max_new_tokens < 0:
+        raise InputError("max_new_tokens must be >= 0")
+    if int(num_beams) < 1:
+        raise InputError(f"num_beams must be >= 1, got {num_beams}")
+    if num_beams > 1 and temperature:
+        raise InputError("beam search does not sample: leave temperature unset (or 0) with num_beams > 1")
+    if num_beams > 1 and callback is not None:
+        raise InputError("beam search cannot stream tokens: its hypotheses change until the end")
+    model.check_ids(input_ids, max_new_tokens)
+    B, T = input_ids.shape
+    stop = None if eos_token_id is None else torch.tensor(eos_token_id, device=input_ids.device).view(-1)
+    weight, bias = model.head()
+    fast = accel.decode_step(model)
+
+    def last_hidden(tokens: torch.Tensor, cache) -> torch.Tensor:  # (B, C) of the last token
+        if fast is not None and tokens.size(1) == 1 and cache.length > 0:
+            return fast(tokens, cache)
+        return model.hidden(tokens, cache)[0][:, -1]
+
+    if num_beams > 1 and max_new_tokens > 0:
+        cache = model.new_cache(B * num_beams, T + max_new_tokens)
+        pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if stop is not None else 0)
+
+        def step(tokens: torch.Tensor, cur_len: int) -> torch.Tensor:
+            logits = accel.head_logits(last_hidden(tokens, cache), weight, bias)
+            return F.log_softmax(logits.float(), dim=-1)
+
+        return beam_search(step, cache.reorder, input_ids, num_beams=int(num_beams), max_length=T + max_new_tokens,
+                           eos_token_id=stop, pad_token_id=pad, length_penalty=float(length_penalty),
+                           early_stopping=early_stopping)
+
+    cache = model.new_cache(B, T + max_new_tokens)
+    gen = make_generator(seed, input_ids.device)
+    out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
+    out[:, :T] = input_ids
+    tokens, n = input_ids, T
+    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    # greedy at batch 1: the best token from a bfloat16 screen of the head (zoo.accel.argmax)
+    best = screened(model, weight, B, max_new_tokens, bias=bias) if not temperature else None
+    for _ in range(max_new_tokens):
+        x = last_hidden(tokens, cache)  # later ids come from the vocabulary itself
+        nxt = best(x) if best is not None else None  # None: the screen cannot tell this step
+        if nxt is None:
+            nxt = next_token(accel.head_logits(x, weight, bias), temperature, top_k, gen, top_p)
+        out[:, n] = nxt
+        n += 1
+        if callback is not None:
+            callback(nxt)
+        tokens = out[:, n - 1 : n]
+        if stop is not None:
+            done |= torch.isin(nxt, stop)
+            if bool(done.all()):
+                break
+    return out[:, :n]
+
+
+def beam_search(
+    step: Callable[[torch.Tensor, int], torch.Tensor],
+    reorder: Callable[[torch.Tensor], None],
+    start: torch.Tensor,
+    *,
+    num_beams: int,
+    max_length: int,
+    eos_token_id: Optional[torch.Tensor],
+    pad_token_id: int,
+    length_penalty: float,
+    early_stopping: Union[bool, str],
+) -> torch.Tensor:
+    """Beam search with transformers' bookkeeping (so the chosen ids are identical).
+
+    ``start`` [B, T0]: what every beam of an item starts from (a prompt; an encoder-decoder's
+    decoder start token). ``step(tokens, cur_len)`` gets the beams' new tokens [B * nb, t]
+    (all of ``start`` first, then one token) with ``cur_len`` the position being filled, and
+    returns their processed log-probabilities [B * nb, V]; ``reorder(rows)`` makes row i of the
+    model's cache old row ``rows[i]``.
+
+    Per batch item it keeps ``nb`` running beams and the ``nb`` best finished hypotheses. Each
+    step scores every (beam, token) continuation by the summed log-probability, takes the best
+    ``2 * nb``; of those, the ones among the first ``nb`` that end in eos (or reach the length
+    limit) become finished hypotheses with score ``sum / generated ** length_penalty``, and the
+    best ``nb`` that did not end continue. An item stops improving when (``early_stopping`` not
+    True) its best running beam, scored at the current length, cannot beat its worst finished
+    hypothesis. Returns the best finished hypothesis of each item, [B, T0 + generated].
+    """
+    B, T0 = start.shape
+    nb, dev = num_beams, start.device
+    K = 2 * nb  # candidates kept per step (one eos token)
+
+    running = torch.full((B, nb, max_length), pad_token_id, dtype=torch.long, device=dev)
+    running[:, :, :T0] = start[:, None, :]
+    finished = running.clone()
+    run_scores = torch.zeros(B, nb, device=dev)
+    run_scores[:, 1:] = NEG  # only beam 0 is real at the start: no duplicate beams
+    fin_scores = torch.full((B, nb), NEG, device=dev)
+    fin_len = torch.zeros(B, nb, dtype=torch.long, device=dev)  # generated tokens per hypothesis
+    is_fin = torch.zeros(B, nb, dtype=torch.bool, device=dev)
+    can_improve = torch.ones(B, 1, dtype=torch.bool, device=dev)
+    top_nb = torch.arange(K, device=dev) < nb  # only the first nb candidates may finish
+    item = torch.arange(B, device=dev)[:, None]
+
+    cur = T0
+    tokens = running[:, :, :T0].reshape(B * nb, T0)
+    while True:
+        logp = step(tokens, cur)  # (B*nb, V)
+        V = logp.size(-1)
+        total = (logp.view(B, nb, V) + run_scores[:, :, None]).view(B, nb * V)
+        cand_scores, cand = torch.topk(total, K)  # (B, K)
+        beam, token = cand // V, cand % V
+        cand_seqs = torch.take_along_dim(running, beam[:, :, None], dim=1)  # (B, K, max_length)
+        cand_seqs[:, :, cur] = token
+        generated = cur + 1 - T0
+        stop = torch.isin(token, eos_token_id) if eos_token_id is not None else torch.zeros_like(token, dtype=torch.bool)
+        stop = stop | (cur + 1 >= max_length)  # the length limit ends every candidate
+
+        # the best nb candidates that did not stop keep running
+        alive_scores = cand_scores + stop.float() * NEG
+        keep = torch.topk(alive_scores, nb).indices
+        running = torch.take_along_dim(cand_seqs, keep[:, :, None], dim=1)
+        run_scores = torch.take_along_dim(alive_scores, keep, dim=1)
+        rows = (item * nb + torch.take_along_dim(beam, keep, dim=1)).reshape(-1)
+
+        # candidates that stopped join the finished hypotheses if they are among the best
+        just_fin = stop & top_nb[None, :]
+        new_scores = cand_scores / (generated**length_penalty)
+        full = is_fin.all(dim=1, keepdim=True) & (early_stopping is True)
+        new_scores = new_scores + full.float() * NEG + (~can_improve).float() * NEG + (~just_fin).float() * NEG
+        all_seqs = torch.cat((finished, cand_seqs), dim=1)
+        all_scores = torch.cat((fin_scores, new_scores), dim=1)
+        all_len = torch.cat((fin_len, torch.full_like(cand, generated)), dim=1)
+        all_fin = torch.cat((is_fin, just_fin), dim=1)
+        best = torch.topk(all_scores, nb).indices
+        finished = torch.take_along_dim(all_seqs, best[:, :, None], dim=1)
+        fin_scores = torch.take_along_dim(all_scores, best, dim=1)
+        fin_len = torch.take_along_dim(all_len, best, dim=1)
+        is_fin = torch.take_along_dim(all_fin, best, dim=1)
+
+        reorder(rows)
+        cur += 1
+        tokens = running[:, :, cur - 1].reshape(B * nb, 1)
+        # can the best running beam still beat the worst finished hypothesis?
+        best_len = (max_length - T0) if (early_stopping == "never" and length_penalty > 0.0) else (cur - T0)
+        best_possible = run_scores[:, :1] / (best_len**length_penalty)
+        worst = torch.where(is_fin, fin_scores.min(dim=1, keepdim=True).values, NEG)
+        can_improve = can_improve & (best_possible > worst).any(dim=-1, keepdim=True)
+        if not bool(can_improve.any()):
+            break
+        if bool(is_fin.all()) and early_stopping is True:
+            break
+        if bool(stop.all()):
+            break
+    return finished[:, 0, : T0 + int(fin_len[:, 0].max())]

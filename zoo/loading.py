@@ -22,8 +22,9 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
+from . import accel
 from . import checkpoint as ckpt
-from . import hub, ops
+from . import hub
 from .convert import Report, convert
 from .device import pick_device, pick_dtype
 from .errors import CheckpointError, ConversionError, UnknownModelError
@@ -191,8 +192,10 @@ def load_full(
     task: Optional[str] = None,
     converter: Optional[Converter] = None,
     config_overrides: Optional[Mapping[str, Any]] = None,
+    fast: bool = True,
 ) -> Loaded:
-    """Run the whole pipeline and return the model with its provenance (:class:`Loaded`)."""
+    """Run the whole pipeline and return the model with its provenance (:class:`Loaded`).
+    ``fast=False`` skips the last step, the speed layer (:func:`zoo.accel.accelerate`)."""
     catalog = get_catalog()
     name = str(name_or_path)
     entry = catalog.find(name)
@@ -226,9 +229,8 @@ def load_full(
     model = build_model(arch, config, task)
     expected = model.state_dict()
     state, report = convert(tensors, converter, expected)
-    pack = target_device.type == "cpu" and target_dtype == torch.float32 and ops.packing_available()
-    # packed weights are read in their packed copy only, so their plain layout does not matter
-    packed = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, ops.Linear)} if pack else set()
+    # weights the speed layer packs are read in their packed copy only: their plain layout does not matter
+    packed = accel.packable(model, target_device, target_dtype) if fast else set()
     if files.format == "safetensors":
         state = _contiguous_in_place(state, tensors, report, keep=packed)
     state = {k: _place(v, expected[k], target_device, target_dtype) for k, v in state.items()}
@@ -245,16 +247,11 @@ def load_full(
     if left:
         raise ConversionError(f"architecture {arch.name!r} left tensors uninitialized after loading: {', '.join(left[:8])}")
     model.eval().requires_grad_(False)
-    if pack:
-        _pack(model)
+    if fast:
+        # the packed copies are what forward reads: the plain weights' pages go back to the page
+        # cache (re-read from the file if touched), so memory stays near the file's size
+        accel.accelerate(model, arch, release=ckpt.release)
     return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype, folder, files.paths, report)
-
-
-def _pack(model: torch.nn.Module) -> None:
-    """Pack weights for MKL (zoo.ops.pack_all), then give the plain weights' pages back to the
-    page cache: forward reads only the packed copies, and the plain weights stay valid
-    (re-read from the file if touched), so memory stays near the file's size."""
-    ops.pack_all(model, on_packed=ckpt.release)
 
 
 def _contiguous_in_place(state, source, report, keep=frozenset()):
@@ -321,6 +318,7 @@ def load(
     allow_pickle: bool = False,
     revision: Optional[str] = None,
     task: Optional[str] = None,
+    fast: bool = True,
     **config_overrides: Any,
 ) -> torch.nn.Module:
     """Load a model by registry name, alias, or local checkpoint folder; returns it in eval mode.
@@ -332,6 +330,8 @@ def load(
     :param dtype: ``None`` (float32), ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
     :param allow_pickle: read ``.bin`` pickles (with ``weights_only=True``); refused otherwise.
     :param task: build for another task the architecture supports (e.g. without a head).
+    :param fast: apply the speed layer (zoo.accel: packed weights, fused products, decoding
+        steps); ``False`` gives the plain model, the model file's modules only.
     :param config_overrides: config values the weights cannot tell (e.g. ``heads=8``).
     """
     return load_full(
@@ -343,4 +343,5 @@ def load(
         revision=revision,
         task=task,
         config_overrides=config_overrides,
+        fast=fast,
     ).model

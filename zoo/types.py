@@ -37,6 +37,8 @@ class Architecture:
     :param example_inputs: ``"module:attr"`` of ``(config, task, batch, seq, generator) -> dict``
         giving keyword inputs for ``verify``/``bench``; both zoo's model and the reference take
         them.
+    :param fast_paths: ``"module:attr"`` of a sequence of :class:`zoo.accel.FastPath` that the
+        loader's last step applies to this architecture's models (the model file stays plain).
     """
 
     name: str
@@ -44,6 +46,7 @@ class Architecture:
     tasks: Tuple[str, ...]
     description: str = ""
     example_inputs: Optional[Ref] = None
+    fast_paths: Optional[Ref] = None
 
     def build(self, config: Mapping[str, Any], task: Optional[str] = None):
         return import_ref(self.factory)(dict(config), task or self.tasks[0])

@@ -56,11 +56,12 @@ and the screen is then not used (``sound`` is False).
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Optional
 
 import torch
 
-from .ops import SCREEN_ATTRIBUTE, tensor_stamp
+from .ops import tensor_stamp
 
 _BF16_UNIT = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits)
 _TINY = 2.0 ** -126  # float32's (and bfloat16's) smallest normal number
@@ -167,7 +168,7 @@ class ScreenedArgmax:
         return self.weight.numel() * (self.weight.element_size() - self.screen.element_size())
 
     def matches(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
-        """Edits through ``.data`` go unnoticed, as for packed weights: ``zoo.ops.unpack_all``."""
+        """Edits through ``.data`` go unnoticed, as for packed weights: ``zoo.accel.ops.unpack_all``."""
         return weight is self.weight and bias is self.bias and tensor_stamp([weight, bias]) == self.stamp
 
     def bound(self, h: torch.Tensor, h16: torch.Tensor) -> float:
@@ -266,20 +267,35 @@ def _bfloat16_at_most(x: float) -> torch.Tensor:
     return t
 
 
+# each owner's screen, kept beside it rather than on it: a screen is a cache, never part of the
+# model (pickling, deepcopy and state dicts never see it), and it goes when the owner goes
+_SCREENS: "weakref.WeakKeyDictionary[object, ScreenedArgmax]" = weakref.WeakKeyDictionary()
+
+
+def screen_of(owner: object) -> Optional[ScreenedArgmax]:
+    """The screen :func:`screened` keeps for ``owner``, if any."""
+    return _SCREENS.get(owner)
+
+
+def forget(owner: object) -> None:
+    """Drop ``owner``'s screen (after editing its weights through ``.data``, say)."""
+    _SCREENS.pop(owner, None)
+
+
 def screened(owner: object, weight: torch.Tensor, rows: int, tokens: int,
              bias: Optional[torch.Tensor] = None) -> Optional[ScreenedArgmax]:
-    """The :class:`ScreenedArgmax` of ``weight`` kept on ``owner``, or None where it does not
+    """The :class:`ScreenedArgmax` of ``weight`` kept for ``owner``, or None where it does not
     apply to ``rows`` rows (or the bound does not hold for this head or this machine's
     kernel). It is made on first use (and remade when the weight changed) by a call for at
     least :data:`BUILD_AT_TOKENS` ``tokens``: building costs about what it saves over 50
     tokens."""
-    cached = getattr(owner, SCREEN_ATTRIBUTE, None)
+    cached = _SCREENS.get(owner)
     if cached is not None and not cached.matches(weight, bias):
-        setattr(owner, SCREEN_ATTRIBUTE, None)  # stale (the weight changed, moved or was cast)
+        forget(owner)  # stale (the weight changed, moved or was cast)
         cached = None
     if not ScreenedArgmax.applies(weight, rows) or (bias is not None and not _fits(bias, weight)):
         return None
     if cached is None and tokens >= BUILD_AT_TOKENS:
         cached = ScreenedArgmax(weight, bias)
-        setattr(owner, SCREEN_ATTRIBUTE, cached)
+        _SCREENS[owner] = cached
     return cached if cached is not None and cached.sound else None

@@ -69,9 +69,6 @@ def _scratch(shape, dtype) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=dtype, count=n).view(shape)
 
 
-SCREEN_ATTRIBUTE = "_screened_argmax"  # where zoo.argmax.screened() keeps a screen on its owner
-
-
 def tensor_stamp(tensors) -> list:
     """What identifies the state of some tensors: storage address, version, dtype."""
     return [(t.data_ptr(), t._version, t.dtype) for t in tensors if t is not None]
@@ -229,15 +226,6 @@ def pack_all(model: nn.Module, on_packed: Optional[Callable[[torch.Tensor], Any]
                     on_packed(weight)
                 done.append(weight)
     return done
-
-
-def unpack_all(model: nn.Module) -> None:
-    """Drop every packed copy, and greedy decoding's bfloat16 screen of the output head
-    (zoo.argmax), after editing weights through ``.data``, say."""
-    for module in model.modules():
-        if hasattr(module, "pack_weights") and callable(getattr(module, "unpack", None)):
-            module.unpack()
-        module.__dict__.pop(SCREEN_ATTRIBUTE, None)
 
 
 def hooks_set(model: nn.Module) -> bool:
