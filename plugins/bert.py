@@ -189,7 +189,7 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Bidirectional multi-head attention with separate q, k, v projections (zoo.accel.bert
+    """Bidirectional multi-head attention with separate q, k, v projections (zoo.accel.fused_qkv
     computes the three as one product)."""
 
     def __init__(self, cfg: BertConfig):

@@ -181,7 +181,7 @@ class Embeddings(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention over all tokens (no mask: every patch sees every patch).
 
-    q, k and v keep the checkpoint's three Linears (zoo.accel.vit computes the three as one
+    q, k and v keep the checkpoint's three Linears (zoo.accel.fused_qkv computes the three as one
     product)."""
 
     def __init__(self, cfg: ViTConfig):

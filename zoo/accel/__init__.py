@@ -15,7 +15,7 @@ and one shows that a broken path is caught):
   computed as ``(W @ xᵀ)ᵀ``;
 - per architecture, what its :attr:`zoo.types.Architecture.fast_paths` names (GPT-2's decoding
   step in :mod:`zoo.accel.gpt2`, BERT's and ViT's fused q|k|v product in
-  :mod:`zoo.accel.bert` and :mod:`zoo.accel.vit`);
+  :mod:`zoo.accel.fused_qkv`);
 - used by :mod:`zoo.generation` when it applies: greedy decoding's bfloat16 screen of the
   output head (:mod:`zoo.accel.argmax`) and the architecture's decoding step
   (:func:`decode_step`).
