@@ -240,3 +240,31 @@ def test_verify_says_why_it_fell_back_to_random_weights(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     weights = json.loads(result.stdout)["weights"]
     assert weights.startswith("random, seed 0 (no checkpoint available: me/tiny-gpt2@main is not in")
+
+
+def test_run_beam_search_gives_transformers_ids(tiny):
+    """`zoo run gpt2 --beams 3`: the best hypothesis of transformers' beam search."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    ref = GPT2LMHeadModel.from_pretrained(str(tiny)).eval()
+    result = invoke("run", str(tiny), "--ids", "5,6,7", "--beams", "3", "--max-new-tokens", "6", "--device", "cpu",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    want = ref.generate(torch.tensor([[5, 6, 7]]), num_beams=3, max_new_tokens=6, do_sample=False,
+                        eos_token_id=None, pad_token_id=0)[0, 3:].tolist()
+    assert data["generated_ids"] == want and data["beams"] == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--beams", "2", "--temperature", "0.7"], "--beams searches, it does not sample"),
+    (["--top", "3"], "--top does not apply to text-generation (it applies to fill-mask, image-classification)"),
+    (["--embed"], None),
+])
+def test_an_option_that_does_not_apply_is_an_error(tiny, args, message):
+    result = invoke("run", str(tiny), "--ids", "1,2", "--max-new-tokens", "2", "--device", "cpu", *args)
+    assert result.exit_code == 2, result.output
+    if message:
+        assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2

@@ -263,3 +263,33 @@ def test_sampling_filters_as_transformers_does(temperature, top_k, top_p):
     ours = sampling_logits(logits, temperature, top_k, top_p)
     assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
     torch.testing.assert_close(ours[~torch.isinf(ours)], theirs[~torch.isinf(theirs)])
+
+
+@pytest.mark.parametrize("beams,rows,eos,length_penalty,early_stopping", [
+    (2, 1, False, 1.0, False),
+    (4, 2, False, 1.0, False),
+    (3, 2, True, 1.0, False),
+    (3, 2, True, 2.0, True),
+    (3, 1, True, 0.5, "never"),
+])
+def test_beam_search_matches_transformers(tiny, beams, rows, eos, length_penalty, early_stopping):
+    """zoo.generation.beam_search on GPT-2: the same ids as transformers' generate(num_beams=N),
+    with an eos token the model actually produces (so hypotheses finish early) or none."""
+    ref, model = tiny
+    ids = torch.randint(0, 96, (rows, 4), generator=torch.Generator().manual_seed(7))
+    stop = int(ref.generate(ids[:1], do_sample=False, max_new_tokens=2, pad_token_id=0, eos_token_id=None)[0, -1]) if eos else None
+    kwargs = dict(num_beams=beams, max_new_tokens=10, length_penalty=length_penalty, early_stopping=early_stopping)
+    ours = model.generate(ids, eos_token_id=stop, pad_token_id=0, **kwargs)
+    theirs = ref.generate(ids, do_sample=False, eos_token_id=stop, pad_token_id=0, **kwargs)
+    assert torch.equal(ours, theirs), (ours, theirs)
+
+
+def test_beam_search_options_that_do_not_apply_are_errors(tiny):
+    _, model = tiny
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(InputError, match="does not sample"):
+        model.generate(ids, num_beams=2, temperature=0.8)
+    with pytest.raises(InputError, match="cannot stream"):
+        model.generate(ids, num_beams=2, callback=print)
+    with pytest.raises(TypeError):
+        model.generate(ids, num_beam=2)  # a misspelt keyword

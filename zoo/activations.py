@@ -11,7 +11,8 @@ from typing import Callable, Dict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules.module import _global_forward_hooks
+
+from .accel.ops import global_hooks_set
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,7 @@ def activate_(act: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *pro
     fn = _IN_PLACE.get(act)
     if fn is None or (x.requires_grad and torch.is_grad_enabled()):
         return act(x)
-    if _global_forward_hooks or any(m._forward_hooks for m in producers):
+    if global_hooks_set() or any(m._forward_hooks for m in producers):
         return act(x)
     return fn(x)
 

@@ -213,9 +213,11 @@ def _device_options(f):
 @click.option("--beams", default=1, show_default=True, help="Also compare beam search with N beams.")
 @click.option("--random-weights", is_flag=True, help="Use seeded random weights even if a checkpoint is cached.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
+@click.option("--plain", is_flag=True, help="Check the plain model only (no fast paths).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights, allow_pickle, as_json):
-    """Check numerical parity with transformers on the same weights.
+def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights, allow_pickle, plain, as_json):
+    """Check numerical parity with transformers on the same weights: the model with its fast
+    paths, then the plain model.
 
     Exit code 0 when outputs agree within tolerance, 1 when they do not, 2 on bad input.
     """
@@ -230,6 +232,7 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
         num_beams=beams,
         random_weights=random_weights,
         allow_pickle=allow_pickle,
+        plain=plain,
     )
     click.echo(report.to_json() if as_json else report.render())
     sys.exit(0 if report.passed else 1)
@@ -258,11 +261,15 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
 @click.option("--top", default=5, show_default=True, help="How many candidates/labels to show.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def run(name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, temperature, top_k, top_p, seed, ids,
+@click.pass_context
+def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, temperature, top_k, top_p, seed, ids,
         beams, embed, top, allow_pickle, as_json):
     """Run a model on INPUTS (a prompt, a sentence, an image file ...)."""
     from .loading import load_full
     from .tasks import RunOptions, get_runner, parse_ids
+
+    given = [name for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "ids", "beams", "embed", "top")
+             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
 
     opts = RunOptions(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
@@ -273,7 +280,7 @@ def run(name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, tempera
                        allow_pickle=allow_pickle, task=task)
     click.echo(f"zoo: {loaded.entry.name} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')})", err=True)
     emit = (lambda s: None) if as_json else (lambda s: click.echo(s, nl=False))
-    result = get_runner(loaded.task)(loaded, list(inputs), opts, emit)
+    result = get_runner(loaded.task, given)(loaded, list(inputs), opts, emit)
     if as_json:
         click.echo(json.dumps(result, indent=2))
 

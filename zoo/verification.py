@@ -18,9 +18,11 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .version import __version__
+from . import accel
 from . import checkpoint as ckpt
+from .version import __version__
 from .errors import DownloadError, InputError, ZooError
+from .generation import GENERATIVE_TASKS
 from .loading import weight_files, load_full, resolve
 from .loading import non_finite as find_non_finite
 from .registry import get_catalog
@@ -61,6 +63,7 @@ class VerifyReport:
     generation: Optional[Dict[str, Any]] = None
     first_divergence: Optional[str] = None
     non_finite_weights: List[str] = field(default_factory=list)
+    fast_paths: List[str] = field(default_factory=list)  # checked, and the plain model too
     timings_ms: Dict[str, float] = field(default_factory=dict)
     versions: Dict[str, str] = field(default_factory=dict)
 
@@ -89,6 +92,8 @@ class VerifyReport:
             mark = "ok  " if g["identical"] else "FAIL"
             lines.append(f"{mark}       generate ({g['mode']}, {g['new_tokens']} new tokens): "
                          f"{'identical ids' if g['identical'] else 'ids differ'}")
+        lines.append("speed      " + (f"fast paths {', '.join(self.fast_paths)}; the plain model checked too"
+                                       if self.fast_paths else "plain model (no fast path applied)"))
         if self.non_finite_weights:
             lines.append(f"WARNING    non-finite weights (NaN/Inf) in {', '.join(self.non_finite_weights[:8])}")
         if self.first_divergence:
@@ -264,12 +269,15 @@ def verify(
     allow_pickle: bool = False,
     random_weights: bool = False,
     converter: Optional[Converter] = None,
+    plain: bool = False,
 ) -> VerifyReport:
     """Compare zoo's model with the transformers reference on the same weights and inputs.
 
     Uses the checkpoint when one is available locally (or downloadable); otherwise, or with
     ``random_weights=True``, random weights with ``seed`` written in the Hub layout. Pass
-    ``converter`` to check a modified converter (a broken one must fail).
+    ``converter`` to check a modified converter (a broken one must fail). The model is loaded
+    with its fast paths (zoo.accel) and checked, then made plain and checked again;
+    ``plain=True`` checks the plain model only.
     """
     catalog = get_catalog()
     entry = resolve(str(name_or_path), catalog)
@@ -278,7 +286,7 @@ def verify(
     source = prepare_weights(entry, converter, checkpoint, allow_pickle, random_weights, seed)
     t0 = time.perf_counter()
     loaded = load_full(source.load_name, checkpoint=source.folder, device=device, dtype=dtype,
-                       allow_pickle=allow_pickle, converter=converter)
+                       allow_pickle=allow_pickle, converter=converter, fast=not plain)
     zoo_load_ms = (time.perf_counter() - t0) * 1000
     ref = source.reference(loaded)
     weights, tmp = source.describe(loaded), source.tmp
@@ -311,13 +319,29 @@ def verify(
         a, b = (real_positions(_tensor(out, "logits"), mask) for out in (ours, theirs))
         top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
 
-    generation = None
-    if hasattr(model, "generate") and loaded.task in ("text-generation", "translation"):
-        generation = _compare_generation(model, ref, inputs, loaded, new_tokens, num_beams)
+    generates = hasattr(model, "generate") and loaded.task in GENERATIVE_TASKS
+    generation = _compare_generation(model, ref, inputs, loaded, new_tokens, num_beams) if generates else None
+    fast_ok = all(c.passed for c in comparisons) and (generation is None or generation["identical"])
 
-    passed = all(c.passed for c in comparisons) and (generation is None or generation["identical"])
+    fast_paths = accel.applied(model)
+    plain_ok = fast_ok
+    if fast_paths:  # the same checks on the plain model: a fast path must change nothing
+        accel.plain(model)
+        with torch.inference_mode():
+            ours = model(**inputs)
+        plain_comparisons = [_compare(f"{name} (plain)", _tensor(ours, name), _tensor(theirs, name), loaded.dtype, mask)
+                             for name in (c.output for c in list(comparisons))]
+        comparisons += plain_comparisons
+        plain_ok = all(c.passed for c in plain_comparisons)
+        if plain_ok and generation is not None and not generation["identical"]:
+            plain_ok = _compare_generation(model, ref, inputs, loaded, new_tokens, num_beams)["identical"]
+
+    passed = fast_ok and plain_ok
     divergence = None
-    if not passed:
+    if plain_ok and not fast_ok:
+        divergence = (f"the plain model agrees with transformers: the difference is in the fast paths "
+                      f"({', '.join(fast_paths)}); `zoo verify --plain` and `zoo.load(..., fast=False)` avoid them")
+    elif not passed:
         divergence = _first_divergence(model, ref, inputs, loaded.dtype, ours)
     non_finite = find_non_finite(model.state_dict())
     worst = max(comparisons, key=lambda c: c.max_abs_diff / max(c.tolerance, 1e-30))
@@ -337,6 +361,7 @@ def verify(
         generation=generation,
         first_divergence=divergence,
         non_finite_weights=non_finite,
+        fast_paths=fast_paths,
         timings_ms={"zoo_forward": zoo_ms, "reference_forward": ref_ms, "zoo_load": zoo_load_ms},
         versions=_versions(),
     )

@@ -228,13 +228,26 @@ def pack_all(model: nn.Module, on_packed: Optional[Callable[[torch.Tensor], Any]
     return done
 
 
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+
+
+def global_hooks_set() -> bool:
+    """Whether a global module hook is set. torch keeps them in private dicts of
+    ``torch.nn.modules.module`` with no public reader; where this torch lacks one of them the
+    answer is "maybe" (True), so that code that bypasses the modules steps aside."""
+    from torch.nn.modules import module as nn_module
+
+    found = [getattr(nn_module, name, None) for name in _GLOBAL_HOOKS]
+    if any(not isinstance(hooks, dict) for hooks in found):
+        return True
+    return any(found)
+
+
 def hooks_set(model: nn.Module) -> bool:
     """Whether any forward or backward hook is set, on ``model``'s modules or globally: code
     that computes a model's arithmetic without calling its modules must not bypass them."""
-    from torch.nn.modules import module as nn_module
-
-    if (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
-            or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks):
+    if global_hooks_set():
         return True
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                for m in model.modules())

@@ -8,12 +8,14 @@
 
 ``emit`` writes human-readable output as it is produced (streamed text, a table); the returned
 dict is what ``--json`` prints. Runners raise :class:`zoo.errors.InputError` for bad input.
+Each module names the options it reads in ``OPTIONS`` (fields of :class:`RunOptions`); an
+option given for a task that does not read it is an error (:func:`check_options`).
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 from ..errors import InputError
 
@@ -36,15 +38,34 @@ class RunOptions:
     json: bool = False
 
 
-def get_runner(task: str) -> Callable:
+TASKS = ("text-generation", "translation", "fill-mask", "feature-extraction", "image-classification",
+         "image-feature-extraction")
+
+
+def _module(task: str):
     module_name = f"{__name__}.{task.replace('-', '_')}"
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
         raise InputError(f"`zoo run` does not support the task {task!r} yet") from None
+
+
+def get_runner(task: str, given: Sequence[str] = ()) -> Callable:
+    """The runner of ``task``; ``given`` names the options the user gave (fields of
+    :class:`RunOptions`), each of which the task must read."""
+    module = _module(task)
+    check_options(task, module.OPTIONS, given)
     return module.run
+
+
+def check_options(task: str, reads, given: Sequence[str]) -> None:
+    for name in given:
+        if name not in reads and name != "json":
+            users = [t for t in TASKS if name in _module(t).OPTIONS]
+            raise InputError(f"--{name.replace('_', '-')} does not apply to {task}"
+                             + (f" (it applies to {', '.join(users)})" if users else ""))
 
 
 def load_tokenizer(loaded):
