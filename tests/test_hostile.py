@@ -418,3 +418,66 @@ def test_a_bug_has_its_own_exit_code(monkeypatch):
     assert result.exit_code == 3
     lines = result.output.strip().splitlines()
     assert lines == ["zoo: internal error: RuntimeError: a bug (rerun with --debug)"]
+
+
+# ----------------------------------------------------------------------------- values that make nonsense
+
+BAD_VALUES = {
+    "negative temperature": (["run", "M", "--ids", "1", "--temperature", "-0.01"], "--temperature"),
+    "NaN temperature": (["run", "M", "--ids", "1", "--temperature", "nan"], "not a finite number"),
+    "top-p above 1": (["run", "M", "--ids", "1", "--top-p", "2"], "--top-p"),
+    "negative top-k": (["run", "M", "--ids", "1", "--top-k", "-5"], "--top-k"),
+    "30-digit id": (["run", "M", "--ids", "123456789012345678901234567890"], "is not a token id"),
+    "zero new tokens": (["run", "M", "--ids", "1", "--max-new-tokens", "0"], "--max-new-tokens"),
+    "zero beams": (["run", "M", "--ids", "1", "--beams", "0"], "--beams"),
+    "zero top": (["run", "M", "--ids", "1", "--top", "0"], "--top"),
+    "negative seed": (["run", "M", "--ids", "1", "--seed", "-1"], "--seed"),
+    "bench batch 0": (["bench", "M", "--batch", "0"], "--batch"),
+    "bench seq 0": (["bench", "M", "--seq", "0"], "--seq"),
+    "bench repeats 0": (["bench", "M", "--repeats", "0"], "--repeats"),
+    "verify beams 0": (["verify", "M", "--beams", "0"], "--beams"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VALUES)
+def test_option_values_out_of_range_are_one_line(case, hf):
+    args, message = BAD_VALUES[case]
+    code, output = _zoo(*[str(hf) if a == "M" else a for a in args])
+    assert code == 2
+    assert message in _one_line_error(output)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -0.01}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": 1.0, "top_p": 2.0}, "top_p"),
+    ({"temperature": 1.0, "top_k": -5}, "top_k"),
+])
+def test_generate_refuses_nonsense_sampling(kwargs, message, hf):
+    import torch
+
+    import zoo
+    from zoo.errors import InputError
+
+    model = zoo.load(str(hf), device="cpu")
+    with pytest.raises(InputError, match=message):
+        model.generate(torch.tensor([[1, 2]]), max_new_tokens=2, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["", "   ", None, 3])
+def test_zoo_load_of_nothing_is_an_error(name):
+    import zoo
+    from zoo.errors import InputError
+
+    with pytest.raises(InputError, match="catalog name, an alias or a checkpoint path"):
+        zoo.load(name)
+
+
+def test_a_misspelt_zoo_load_keyword_is_an_error(hf):
+    import zoo
+    from zoo.errors import InputError
+
+    with pytest.raises(InputError, match="unexpected keyword 'fats' \\(did you mean 'fast'\\?\\)"):
+        zoo.load(str(hf), device="cpu", fats=False)
+    model = zoo.load(str(hf), device="cpu", layer_norm_epsilon=1e-3)  # a field of the config: an override
+    assert model.config.layer_norm_epsilon == 1e-3

@@ -21,7 +21,7 @@ config = { n_layer = 1 }
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("[models.m]\nconverter='c'\ntask='t'\nconfig={}", "[models.m]: missing field 'architecture'"),
+        ("[models.m]\narchitecture='a'\ntask='t'\nconfig={}", "[models.m]: missing field 'converter'"),
         (GOOD + "archtecture = 'x'\n", "[models.m]: unknown field 'archtecture' (did you mean 'architecture'?)"),
         (GOOD.replace('task = "text-generation"', "task = 3"), "[models.m]: field 'task' must be str, got int"),
         (GOOD + "params = -1\n", "field 'params' must be positive"),
@@ -104,4 +104,31 @@ def test_fuzzed_registry_gives_a_catalog_or_a_named_error(doc):
         assert str(exc).startswith("fuzz.toml: ")
     else:
         for e in entries:
-            assert e.architecture and e.converter and e.task and isinstance(e.config, dict)
+            assert e.converter and isinstance(e.config, dict)
+
+
+@pytest.mark.parametrize("table, message", [
+    ("converter = 'hf_gtp2'\nconfig = {}", "field 'converter': no converter 'hf_gtp2' is registered"),
+    ("converter = 'hf_gpt2'\narchitecture = 'bert'\nconfig = {}",
+     "field 'architecture' is 'bert', but converter 'hf_gpt2' fills 'gpt2'"),
+    ("converter = 'hf_gpt2'\ntask = 'fill-mask'\nconfig = {}", "field 'task' is 'fill-mask'; architecture 'gpt2' has"),
+])
+def test_cross_references_are_checked_when_the_catalog_is_read(table, message, tmp_path, monkeypatch):
+    path = tmp_path / "cat.toml"
+    path.write_text(f"[models.m]\n{table}\n")
+    monkeypatch.setenv("ZOO_REGISTRY", str(path))
+    with pytest.raises(RegistryError, match="cat.toml: \\[models.m\\]: ") as err:
+        get_catalog()
+    assert message in str(err.value)
+
+
+def test_architecture_and_task_are_derived(tmp_path, monkeypatch):
+    """An entry names its converter; the architecture is the converter's, the task the one its
+    config's 'architectures' names (else the architecture's first)."""
+    path = tmp_path / "cat.toml"
+    path.write_text("[models.a]\nconverter = 'hf_bert'\nconfig = { architectures = ['BertModel'] }\n"
+                    "[models.b]\nconverter = 'hf_gpt2'\nconfig = {}\n")
+    monkeypatch.setenv("ZOO_REGISTRY", str(path))
+    a, b = zoo.get_entry("a"), zoo.get_entry("b")
+    assert (a.architecture, a.task) == ("bert", "feature-extraction")
+    assert (b.architecture, b.task) == ("gpt2", "text-generation")

@@ -199,6 +199,22 @@ def plugins(as_json):
             click.echo(f"  error          {err}")
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option within a range, NaN and infinity refused (click's FloatRange lets NaN by)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if value != value or value in (float("inf"), float("-inf")):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return value
+
+
+SEED = click.IntRange(0, 2**63 - 1)
+COUNT = click.IntRange(min=1)  # beams, tokens, batch, repeats: one or more
+
+
 def _device_options(f):
     f = click.option("--dtype", default=None, help="float32 (default), bfloat16 or float16.")(f)
     f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")(f)
@@ -209,8 +225,8 @@ def _device_options(f):
 @click.argument("name_or_path")
 @click.option("--checkpoint", type=click.Path(exists=True), help="Local checkpoint folder or file to use.")
 @_device_options
-@click.option("--seed", default=0, show_default=True, help="Seed for random weights and inputs.")
-@click.option("--beams", default=1, show_default=True, help="Also compare beam search with N beams.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for random weights and inputs.")
+@click.option("--beams", default=1, show_default=True, type=COUNT, help="Also compare beam search with N beams.")
 @click.option("--random-weights", is_flag=True, help="Use seeded random weights even if a checkpoint is cached.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
 @click.option("--plain", is_flag=True, help="Check the plain model only (no fast paths).")
@@ -243,22 +259,23 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
 @click.argument("inputs", nargs=-1)
 @click.option("--checkpoint", type=click.Path(exists=True), help="Local checkpoint folder or file to use.")
 @_device_options
-@click.option("--max-new-tokens", type=int, default=None,
+@click.option("--max-new-tokens", type=COUNT, default=None,
               help="Tokens to generate. Default: the checkpoint's (max_new_tokens or max_length in its "
                    "generation_config.json), else 32.")
-@click.option("--temperature", type=float, default=None,
+@click.option("--temperature", type=FiniteFloat(min=0), default=None,
               help="Sampling temperature; 0: greedy. Unset: the checkpoint's (do_sample and temperature "
                    "in its generation_config.json), else greedy.")
-@click.option("--top-k", type=int, default=None, help="Sample only among the K most likely tokens.")
-@click.option("--top-p", type=float, default=None,
+@click.option("--top-k", type=click.IntRange(min=0), default=None,
+              help="Sample only among the K most likely tokens (0: all).")
+@click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), default=None,
               help="Sample only among the most likely tokens whose probabilities sum to P (nucleus).")
-@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--seed", type=SEED, default=None, help="Seed for sampling.")
 @click.option("--ids", default=None, help="Token ids, comma-separated, instead of text.")
-@click.option("--beams", type=int, default=None,
-              help="Beam search width (translation). Default: the checkpoint's num_beams "
+@click.option("--beams", type=COUNT, default=None,
+              help="Beam search width (text generation, translation). Default: the checkpoint's num_beams "
                    "(generation_config.json), else 1.")
 @click.option("--embed", is_flag=True, help="Print a sentence embedding instead (encoders).")
-@click.option("--top", default=5, show_default=True, help="How many candidates/labels to show.")
+@click.option("--top", default=5, show_default=True, type=COUNT, help="How many candidates/labels to show.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
@@ -289,12 +306,12 @@ def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, te
 @click.argument("name_or_path")
 @click.option("--checkpoint", type=click.Path(exists=True), help="Local checkpoint folder to use.")
 @_device_options
-@click.option("--batch", default=1, show_default=True, help="Batch size.")
-@click.option("--seq", default=128, show_default=True, help="Sequence length (tokens) of the forward pass.")
-@click.option("--new-tokens", default=64, show_default=True, help="Tokens to decode (generative models).")
-@click.option("--prompt", default=16, show_default=True, help="Prompt tokens before decoding (decoder-only models).")
-@click.option("--beams", default=1, show_default=True, help="Decode with beam search of N beams (1: greedy).")
-@click.option("--repeats", default=5, show_default=True, help="Timed repeats (A/B interleaved); decoding takes half as many, at least 3.")
+@click.option("--batch", default=1, show_default=True, type=COUNT, help="Batch size.")
+@click.option("--seq", default=128, show_default=True, type=COUNT, help="Sequence length (tokens) of the forward pass.")
+@click.option("--new-tokens", default=64, show_default=True, type=COUNT, help="Tokens to decode (generative models).")
+@click.option("--prompt", default=16, show_default=True, type=COUNT, help="Prompt tokens before decoding (decoder-only models).")
+@click.option("--beams", default=1, show_default=True, type=COUNT, help="Decode with beam search of N beams (1: greedy).")
+@click.option("--repeats", default=5, show_default=True, type=COUNT, help="Timed repeats (A/B interleaved); decoding takes half as many, at least 3.")
 @click.option("--compare", is_flag=True, help="Run transformers side by side on the same weights.")
 @click.option("--cold", is_flag=True, help="Also time a fresh process: import, load, first output; peak RSS.")
 @click.option("--scaling", is_flag=True, help="Also show how time grows with sequence, batch and context.")

@@ -20,6 +20,7 @@ identical; the encoder-decoder's ``generate`` uses it too.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -38,6 +39,17 @@ def make_generator(seed: Optional[int], device: torch.device) -> Optional[torch.
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
     return gen
+
+
+def check_sampling(temperature: Optional[float], top_k: Optional[int], top_p: Optional[float]) -> None:
+    """Refuse sampling settings that make no sense (they would sample the least likely tokens,
+    be ignored, or fail inside torch)."""
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise InputError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 0):
+        raise InputError(f"top_k must be an integer >= 0 (0: all tokens), got {top_k}")
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise InputError(f"top_p must be in (0, 1], got {top_p}")
 
 
 def sampling_logits(
@@ -124,6 +136,7 @@ def generate(
 
     if max_new_tokens < 0:
         raise InputError("max_new_tokens must be >= 0")
+    check_sampling(temperature, top_k, top_p)
     if int(num_beams) < 1:
         raise InputError(f"num_beams must be >= 1, got {num_beams}")
     if num_beams > 1 and temperature:

@@ -14,6 +14,7 @@ Nothing here knows a particular architecture: that lives in plugins and converte
 """
 from __future__ import annotations
 
+import difflib
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,8 +28,8 @@ from . import checkpoint as ckpt
 from . import hub
 from .convert import Report, convert
 from .device import pick_device, pick_dtype
-from .errors import CheckpointError, ConversionError, UnknownModelError
-from .registry import Catalog, get_catalog
+from .errors import CheckpointError, ConversionError, InputError, UnknownModelError
+from .registry import Catalog, get_catalog, task_for
 from .types import Architecture, Converter, ModelEntry
 
 
@@ -74,14 +75,12 @@ def _entry_for_path(path: Path, catalog: Catalog, overrides: Optional[Mapping[st
         converter = catalog.converter_for_config(config, str(folder))
     else:
         converter, config = _sniff(path, catalog, overrides or {})
-    classes = config.get("architectures") or []
-    task = next((converter.tasks[c] for c in classes if c in converter.tasks), None)
     arch = catalog.architecture(converter.architecture)
     return ModelEntry(
         name=path.name,
         architecture=arch.name,
         converter=converter.name,
-        task=task or arch.tasks[0],
+        task=task_for(converter, arch, config),
         config=config,
         origin=str(path),
         path=str(path),
@@ -196,6 +195,8 @@ def load_full(
 ) -> Loaded:
     """Run the whole pipeline and return the model with its provenance (:class:`Loaded`).
     ``fast=False`` skips the last step, the speed layer (:func:`zoo.accel.accelerate`)."""
+    if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
+        raise InputError(f"a model is a catalog name, an alias or a checkpoint path, not {name_or_path!r}")
     catalog = get_catalog()
     name = str(name_or_path)
     entry = catalog.find(name)
@@ -213,6 +214,7 @@ def load_full(
 
     folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
     config = configure(entry, folder)
+    _check_overrides(config_overrides or {}, config)
     config.update(config_overrides or {})
 
     if files is None:  # an entry without weights: fresh initialization, for training
@@ -252,6 +254,24 @@ def load_full(
         # cache (re-read from the file if touched), so memory stays near the file's size
         accel.accelerate(model, arch, release=ckpt.release)
     return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype, folder, files.paths, report)
+
+
+LOAD_KEYWORDS = ("checkpoint", "device", "dtype", "allow_pickle", "revision", "task", "fast")
+
+
+def _check_overrides(overrides: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    """A keyword that is not a field of the model's config but reads like a misspelling of one,
+    or of a ``zoo.load`` keyword, is an error rather than a value silently ignored. (Fields the
+    architecture reads beyond config.json, such as ``add_pooling_layer``, stay allowed.)"""
+    for key in overrides:
+        if key in config:
+            continue
+        close = difflib.get_close_matches(key, list(LOAD_KEYWORDS) + sorted(config), n=1, cutoff=0.75)
+        if close:
+            raise InputError(
+                f"zoo.load() got an unexpected keyword {key!r} (did you mean {close[0]!r}?): it takes "
+                f"{', '.join(LOAD_KEYWORDS)}, or a field of the model's config to override"
+            )
 
 
 def _contiguous_in_place(state, source, report, keep=frozenset()):

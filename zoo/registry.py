@@ -10,7 +10,7 @@ import fnmatch
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -28,9 +28,9 @@ ENV = "ZOO_REGISTRY"
 
 # field -> (type(s), required, description)
 _FIELDS: Dict[str, tuple] = {
-    "architecture": (str, True, "the architecture plugin that builds the model"),
     "converter": (str, True, "the converter that maps the checkpoint's keys"),
-    "task": (str, True, "what the model does (text-generation, fill-mask, ...)"),
+    "architecture": (str, False, "the architecture that builds the model (default: the converter's)"),
+    "task": (str, False, "what the model does (default: from config 'architectures', else the architecture's first)"),
     "config": (dict, True, "the Hugging Face config values needed to build the model"),
     "repo": (str, False, "the Hugging Face repo id holding the weights"),
     "revision": (str, False, "a commit sha (or branch) of the repo, pinned"),
@@ -74,9 +74,9 @@ def entry_from_table(name: Any, table: Any, where: str) -> ModelEntry:
         raise RegistryError(f"{ctx}: field 'params' must be positive")
     return ModelEntry(
         name=name,
-        architecture=table["architecture"],
+        architecture=table.get("architecture", ""),  # derived from the converter by the catalog
         converter=table["converter"],
-        task=table["task"],
+        task=table.get("task", ""),
         config=dict(table["config"]),
         repo=table.get("repo"),
         revision=table.get("revision", "main"),
@@ -187,6 +187,40 @@ def reset() -> None:
     _catalog = None
 
 
+class _Unregistered(RegistryError):
+    """An entry names a converter or architecture that no loaded plugin registered."""
+
+
+def task_for(converter: Converter, arch: Architecture, config: Mapping[str, Any]) -> str:
+    """The task a checkpoint's config names (its ``architectures`` classes, through the
+    converter's table), else the architecture's default task."""
+    classes = config.get("architectures") or []
+    task = next((converter.tasks[c] for c in classes if isinstance(c, str) and c in converter.tasks), None)
+    return task or arch.tasks[0]
+
+
+def complete_entry(entry: ModelEntry, architectures: Mapping[str, Architecture],
+                   converters: Mapping[str, Converter]) -> ModelEntry:
+    """An entry with its architecture (the converter's) and task filled in and checked against
+    what the plugins registered; :class:`RegistryError` names the entry and the field."""
+    ctx = f"{entry.origin}: [models.{entry.name}]"
+    converter = converters.get(entry.converter)
+    if converter is None:
+        raise _Unregistered(f"{ctx}: field 'converter': no converter {entry.converter!r} is registered "
+                            f"(registered: {', '.join(sorted(converters)) or 'none'})")
+    if entry.architecture and entry.architecture != converter.architecture:
+        raise RegistryError(f"{ctx}: field 'architecture' is {entry.architecture!r}, but converter "
+                            f"{converter.name!r} fills {converter.architecture!r} (the field can be left out)")
+    arch = architectures.get(converter.architecture)
+    if arch is None:
+        raise _Unregistered(f"{ctx}: converter {converter.name!r} fills architecture {converter.architecture!r}, "
+                            f"which no plugin registered")
+    task = entry.task or task_for(converter, arch, entry.config)
+    if task not in arch.tasks:
+        raise RegistryError(f"{ctx}: field 'task' is {task!r}; architecture {arch.name!r} has {', '.join(arch.tasks)}")
+    return replace(entry, architecture=arch.name, task=task)
+
+
 def registry_path() -> Path:
     return Path(os.environ.get(ENV) or BUILTIN)
 
@@ -218,8 +252,13 @@ def get_catalog() -> Catalog:
         for key in (entry.name,) + entry.aliases:
             aliases[key.lower()] = entry.name
 
+    filtered = bool(os.environ.get(pluginmanager.ONLY_ENV) or os.environ.get(pluginmanager.DISABLE_ENV))
     for entry in entries:
-        add(entry)
+        try:
+            add(complete_entry(entry, plugins.architectures, plugins.converters))
+        except _Unregistered:
+            if not filtered:  # with plugins switched off, their converters' entries go too
+                raise
     for plugin_name, obj in plugins.models:
         info = plugins.infos[plugin_name]
         try:
@@ -232,7 +271,7 @@ def get_catalog() -> Catalog:
                 raise RegistryError(f"{info.label}: registered {obj!r}, not a model entry")
             if entry.origin == "registry.toml":
                 entry = ModelEntry(**{**entry.__dict__, "origin": info.label})
-            add(entry)
+            add(complete_entry(entry, plugins.architectures, plugins.converters))
         except RegistryError as exc:
             pluginmanager.report_failure(info, str(exc))
     _catalog = Catalog(models, aliases, plugins.architectures, plugins.converters)

@@ -92,6 +92,9 @@ def parse_ids(text: str) -> List[int]:
         raise InputError(f"--ids takes comma-separated integers, got {text!r}") from None
     if not ids:
         raise InputError("--ids is empty")
+    too_big = [i for i in ids if not 0 <= i < 2**63]
+    if too_big:
+        raise InputError(f"--ids: {too_big[0]} is not a token id (ids are integers from 0 up)")
     return ids
 
 
