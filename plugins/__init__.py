@@ -27,7 +27,7 @@ ARCHITECTURES = (
         name="vit",
         factory="zoo.plugins.vit:from_config",
         example_inputs="zoo.plugins.vit:example_inputs",
-        fast_paths="zoo.accel.fused_qkv:VIT",
+        fast_paths="zoo.accel.vit:FAST_PATHS",
         tasks=("image-classification", "image-feature-extraction"),
         description="Vision Transformer: image classifier, or encoder (+ pooler)",
     ),

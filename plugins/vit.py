@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from zoo.activations import ACTIVATIONS, activate_
 from zoo.errors import ConfigError, InputError
-from zoo.accel.ops import hooks_set
 from zoo.outputs import ModelOutput
 
 TASKS = ("image-classification", "image-feature-extraction")
@@ -196,8 +195,8 @@ class SelfAttention(nn.Module):
         return self.query(x), self.key(x), self.value(x)
 
     def forward(self, x: torch.Tensor, queries: Optional[int] = None) -> torch.Tensor:
-        """``queries``: attend from the first ``queries`` tokens only (all by default); every
-        token is still a key and a value. Returns (B, queries or T, C)."""
+        """(B, T, C) -> (B, T, C); with ``queries``, attend from the first ``queries`` tokens
+        only (every token is still a key and a value): (B, queries, C)."""
         B, T, C = x.shape
         hs = C // self.n_head
         q, k, v = self.project_qkv(x)
@@ -235,8 +234,8 @@ class Layer(nn.Module):
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor, rows: Optional[int] = None) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C); with ``rows``, only the first ``rows`` tokens' outputs
-        (B, rows, C): they read every token, at a fraction of a full block's work."""
+        """(B, T, C) -> (B, T, C); with ``rows``, the outputs of the first ``rows`` tokens only
+        (B, rows, C), each still reading every token."""
         y = self.attention(self.layernorm_before(x), rows)
         x = (x if rows is None else x[:, :rows]) + y
         # the activation overwrites the MLP's first output: one large buffer less per block
@@ -289,6 +288,14 @@ class ViT(nn.Module):
         if H < ph or W < pw or B == 0:
             raise InputError(f"vit: input {H}x{W} is smaller than one {ph}x{pw} patch (or the batch is empty)")
 
+    def blocks(self, x: torch.Tensor, hidden: Optional[list] = None) -> torch.Tensor:
+        """The encoder blocks over (B, 1 + N, hidden); each block's output appended to ``hidden``."""
+        for block in self.encoder.layer:
+            x = block(x)
+            if hidden is not None:
+                hidden.append(x)
+        return x
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -301,17 +308,8 @@ class ViT(nn.Module):
         self._check(pixel_values)
         x = self.embeddings(pixel_values.to(self.layernorm.weight.dtype), interpolate_pos_encoding)
         hidden = [x] if output_hidden_states else None  # transformers: embeddings, then each block
-        # A classifier reads the class token alone, so its last block computes only that row
-        # (every token is still a key and a value there): most of a block's work saved, the
-        # same logits up to float rounding. transformers computes every row; so does zoo when
-        # hidden states are asked for, and where hooks are set, as they may read the other rows.
-        last = len(self.encoder.layer) - 1
-        cls_only = self.task == "image-classification" and hidden is None and not hooks_set(self)
-        for i, block in enumerate(self.encoder.layer):
-            x = block(x, 1) if cls_only and i == last else block(x)
-            if hidden is not None:
-                hidden.append(x)
-        x = self.layernorm(x)  # (B, 1 + N, hidden), or (B, 1, hidden) on the class-token-only path
+        x = self.blocks(x, hidden)
+        x = self.layernorm(x)  # (B, 1 + N, hidden)
         states = tuple(hidden) if hidden else None
         if self.task == "image-classification":
             return ModelOutput(logits=self.classifier(x[:, 0]), hidden_states=states)

@@ -85,7 +85,15 @@ def _perturb_decode_step(monkeypatch):
     monkeypatch.setattr(fast_gpt2, "step", lambda *args: step(*args).flip(-1))
 
 
-BREAK = {"packed-linear": _perturb_linear, "fused-qkv": _perturb_qkv, "gpt2-decode-step": _perturb_decode_step}
+def _perturb_class_token_block(monkeypatch):
+    from zoo.accel import vit as fast_vit
+
+    blocks = fast_vit.ClassTokenViT.blocks
+    monkeypatch.setattr(fast_vit.ClassTokenViT, "blocks", lambda self, x, hidden=None: blocks(self, x, hidden).flip(-1))
+
+
+BREAK = {"packed-linear": _perturb_linear, "fused-qkv": _perturb_qkv, "gpt2-decode-step": _perturb_decode_step,
+         "vit-class-token-block": _perturb_class_token_block}
 
 
 def _paths():
@@ -103,7 +111,7 @@ def test_a_broken_fast_path_is_caught_by_verify(conv, path, tmp_path, monkeypatc
     BREAK[path](monkeypatch)
     report = verify(str(tmp_path), device="cpu")
     assert not report.passed
-    assert "the difference is in the fast paths" in report.first_divergence, report.render()
+    assert f"the difference is in the fast path {path};" in report.first_divergence, report.render()
     assert verify(str(tmp_path), device="cpu", plain=True).passed
 
 

@@ -156,7 +156,7 @@ def test_verify_names_the_class_token_path_when_only_it_is_wrong(tmp_path, monke
                         lambda block, x, rows=None: plain(block, x) if rows is None else plain(block, x, rows).flip(-1))
     report = verify(str(folder), device="cpu")
     assert not report.passed
-    assert report.first_divergence.startswith("hidden states agree, but zoo's logits without output_hidden_states")
+    assert "the difference is in the fast path vit-class-token-block;" in report.first_divergence
 
 
 def test_a_hook_on_the_last_block_sees_every_row(tmp_path):

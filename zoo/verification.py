@@ -339,8 +339,10 @@ def verify(
     passed = fast_ok and plain_ok
     divergence = None
     if plain_ok and not fast_ok:
-        divergence = (f"the plain model agrees with transformers: the difference is in the fast paths "
-                      f"({', '.join(fast_paths)}); `zoo verify --plain` and `zoo.load(..., fast=False)` avoid them")
+        culprits = _guilty_fast_paths(model, ref, inputs, loaded, theirs, mask, fast_paths, new_tokens, num_beams)
+        divergence = (f"the plain model agrees with transformers: the difference is in the fast "
+                      f"path{'s' if len(culprits) > 1 else ''} {', '.join(culprits)}; `zoo verify --plain` and "
+                      f"`zoo.load(..., fast=False)` avoid them")
     elif not passed:
         divergence = _first_divergence(model, ref, inputs, loaded.dtype, ours)
     non_finite = find_non_finite(model.state_dict())
@@ -406,6 +408,24 @@ def _compare_generation(model, ref, inputs, loaded, new_tokens: int, num_beams: 
         "zoo_ids": ours.tolist() if not identical else None,
         "reference_ids": theirs.tolist() if not identical else None,
     }
+
+
+def _guilty_fast_paths(model, ref, inputs, loaded, theirs, mask, names, new_tokens, num_beams) -> List[str]:
+    """Which fast paths, applied one at a time to the (now plain) model, make it diverge; all of
+    them when none does alone."""
+    guilty = []
+    for name in names:
+        accel.accelerate(model, loaded.architecture, only=[name])
+        with torch.inference_mode():
+            ours = model(**inputs)
+        ok = all(_compare(n, _tensor(ours, n), _tensor(theirs, n), loaded.dtype, mask).passed
+                 for n in OUTPUT_FIELDS if _tensor(ours, n) is not None and _tensor(theirs, n) is not None)
+        if ok and hasattr(model, "generate") and loaded.task in GENERATIVE_TASKS:
+            ok = _compare_generation(model, ref, inputs, loaded, new_tokens, num_beams)["identical"]
+        accel.plain(model)
+        if not ok:
+            guilty.append(name)
+    return guilty or list(names)
 
 
 def _first_divergence(model, ref, inputs, dtype, ours_plain) -> Optional[str]:

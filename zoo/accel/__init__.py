@@ -15,7 +15,8 @@ and one shows that a broken path is caught):
   computed as ``(W @ xᵀ)ᵀ``;
 - per architecture, what its :attr:`zoo.types.Architecture.fast_paths` names (GPT-2's decoding
   step in :mod:`zoo.accel.gpt2`, BERT's and ViT's fused q|k|v product in
-  :mod:`zoo.accel.fused_qkv`);
+  :mod:`zoo.accel.fused_qkv`, a ViT classifier's class-token-only last block in
+  :mod:`zoo.accel.vit`);
 - used by :mod:`zoo.generation` when it applies: greedy decoding's bfloat16 screen of the
   output head (:mod:`zoo.accel.argmax`) and the architecture's decoding step
   (:func:`decode_step`).
@@ -82,18 +83,18 @@ PACKED_LINEAR = FastPath(
 )
 
 
-def class_swap(name: str, plain_cls: type, fast_cls: type, doc: str = "") -> FastPath:
-    """A fast path that turns each module of exactly ``plain_cls`` on CPU float32 into
-    ``fast_cls`` (a subclass overriding a method with a faster, equal computation, whose
-    weights it packs), and back. ``fast_cls`` must have ``unpack()``."""
+def class_swap(name: str, plain_cls: type, fast_cls: type, doc: str = "", packed: bool = True) -> FastPath:
+    """A fast path that turns each module of exactly ``plain_cls`` into ``fast_cls`` (a
+    subclass overriding a method with a faster, equal computation), and back. ``packed``: the
+    subclass holds packed weights (``unpack()``), so it applies on CPU float32 only."""
 
     def apply(model: nn.Module, release) -> bool:
-        if not ops.packing_available():
+        if packed and not ops.packing_available():
             return False
         swapped = False
         for module in model.modules():
-            if type(module) is plain_cls and all(
-                    p.device.type == "cpu" and p.dtype == torch.float32 for p in module.parameters()):
+            if type(module) is plain_cls and (not packed or all(
+                    p.device.type == "cpu" and p.dtype == torch.float32 for p in module.parameters())):
                 module.__class__ = fast_cls
                 swapped = True
         return swapped
@@ -101,7 +102,8 @@ def class_swap(name: str, plain_cls: type, fast_cls: type, doc: str = "") -> Fas
     def undo(model: nn.Module) -> None:
         for module in model.modules():
             if type(module) is fast_cls:
-                module.unpack()
+                if packed:
+                    module.unpack()
                 module.__class__ = plain_cls
 
     return FastPath(name, apply, undo, doc)
@@ -122,9 +124,10 @@ def fast_paths(arch=None) -> List[FastPath]:
     return [*own, PACKED_LINEAR]
 
 
-def accelerate(model: nn.Module, arch=None, *, release=None) -> List[str]:
-    """Apply every fast path that fits ``model`` (built for ``arch``); returns their names."""
-    done = [fp.name for fp in fast_paths(arch) if fp.apply(model, release)]
+def accelerate(model: nn.Module, arch=None, *, release=None, only: Optional[Sequence[str]] = None) -> List[str]:
+    """Apply every fast path that fits ``model`` (built for ``arch``), or those named in
+    ``only``; returns their names."""
+    done = [fp.name for fp in fast_paths(arch) if (only is None or fp.name in only) and fp.apply(model, release)]
     model.__dict__[APPLIED] = (arch, done)
     return done
 
