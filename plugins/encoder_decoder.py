@@ -24,15 +24,16 @@ final_norms                 True (norm after each stack)  False
 log_softmax_output          True (log-probabilities)      False (logits)
 ==========================  ===========================  ===============================
 
-Generation (greedy and beam search) runs the encoder once and then the decoder one token at a
-time over a preallocated key/value cache: self-attention keys/values are written in place, and
-the cross-attention keys/values of the encoder output are computed once per layer. Greedy and
-beam search reproduce transformers' ``generate`` for Marian (its logits processors:
-``bad_words_ids``, ``forced_eos_token_id``, ``renormalize_logits``; beam search with its length
-penalty and ``early_stopping`` heuristic), so the token ids are identical. Like transformers'
-``generate``, it defaults to the checkpoint's ``num_beams`` and ``max_length`` (which counts the
-decoder start token; 20 when the checkpoint sets none), read from the config the loader gives,
-where generation_config.json's values take precedence over config.json's.
+Generation (zoo.generation.generate_seq2seq: greedy and beam search) runs the encoder once and
+then the decoder one token at a time over a preallocated key/value cache: self-attention
+keys/values are written in place, and the cross-attention keys/values of the encoder output are
+computed once per layer. It reproduces transformers' ``generate`` for Marian (its logits
+processors: ``bad_words_ids``, ``forced_eos_token_id``, ``renormalize_logits``, which this model
+hands over as data; beam search with its length penalty and ``early_stopping`` heuristic), so
+the token ids are identical. Like transformers' ``generate``, it defaults to the checkpoint's
+``num_beams`` and ``max_length`` (which counts the decoder start token; 20 when the checkpoint
+sets none), read from the config the loader gives, where generation_config.json's values take
+precedence over config.json's.
 """
 from __future__ import annotations
 
@@ -48,9 +49,8 @@ from zoo import kvcache
 from zoo.activations import ACTIVATIONS, activate_
 from zoo.checkpoint import GENERATION_FIELDS
 from zoo.errors import ConfigError, InputError
-from zoo.accel.argmax import screened
-from zoo.accel.ops import linear
-from zoo.generation import beam_search, default_new_tokens
+from zoo import generation
+from zoo.generation import default_new_tokens
 from zoo.outputs import ModelOutput
 
 
@@ -522,7 +522,7 @@ class Generator(nn.Module):
         self.log_softmax = cfg.log_softmax_output
 
     def forward(self, x: torch.Tensor, tied_weight: torch.Tensor) -> torch.Tensor:
-        logits = linear(x, tied_weight) if self.proj is None else self.proj(x)
+        logits = F.linear(x, tied_weight) if self.proj is None else self.proj(x)
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias
         return F.log_softmax(logits, dim=-1) if self.log_softmax else logits
@@ -646,25 +646,30 @@ class EncoderDecoder(nn.Module):
         x = self.decode(memory, src_mask, decoder_input_ids, hidden=hidden)
         return ModelOutput(logits=self.project(x), last_hidden_state=x, hidden_states=tuple(hidden) if hidden else None)
 
-    # -- generation
-    def _step_scores(self, logits: torch.Tensor, cur_len: int, max_length: int, log_probs: bool) -> torch.Tensor:
-        """transformers' logits processors for these models, in its order: (log_softmax for beam
-        search), banned tokens -> -inf, forced eos on the last step, renormalization."""
-        cfg = self.config
-        scores = logits.float()
-        if log_probs:
-            scores = F.log_softmax(scores, dim=-1)
-        banned = self._banned()
-        if banned:
-            scores[:, banned] = float("-inf")
-        if self._forces_eos(cur_len, max_length):
-            scores = torch.full_like(scores, float("-inf"))
-            scores[:, cfg.forced_eos_token_id] = 0
-        if cfg.renormalize_logits:
-            scores = F.log_softmax(scores, dim=-1)
-        return scores
+    # -- generation (zoo.generation.generate_seq2seq), through this step interface
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        w = self._embed_tgt().lut.weight
+        return KVCache(self.config, batch, max_len, w.device, w.dtype)
 
-    @torch.inference_mode()
+    def head(self):
+        """The output projection as ``(weight [V, C], bias or None)``: the tied embedding plus
+        ``final_logits_bias`` (Marian), or ``proj`` (Annotated; its log_softmax changes no
+        ranking, so generation leaves it out)."""
+        g = self.generator
+        if g.proj is not None:
+            return g.proj.weight, g.proj.bias
+        return self._embed_tgt().lut.weight, g.final_logits_bias
+
+    def processors(self) -> generation.Processors:
+        """transformers' logits processors for these models: ``bad_words_ids`` (other than eos)
+        banned, ``forced_eos_token_id`` on the last step, ``renormalize_logits``."""
+        cfg = self.config
+        return generation.Processors(
+            banned=tuple(t for t in cfg.bad_words_ids if t != cfg.eos_token_id),
+            forced_eos_token_id=cfg.forced_eos_token_id,
+            renormalize=cfg.renormalize_logits,
+        )
+
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -687,76 +692,12 @@ class EncoderDecoder(nn.Module):
             raise InputError(f"num_beams must be >= 1, got {num_beams}")
         if n + 1 > cfg.max_positions:
             raise InputError(f"encoder_decoder: max_new_tokens={n} exceeds the {cfg.max_positions} target positions")
-        memory, src_mask = self.encode(input_ids, attention_mask)
-        if int(num_beams) == 1:
-            return self._greedy(memory, src_mask, n)
-        lp = cfg.length_penalty if length_penalty is None else float(length_penalty)
-        es = cfg.early_stopping if early_stopping is None else early_stopping
-        return self._beam_search(memory, src_mask, n, int(num_beams), lp, es)
-
-    def _greedy(self, memory, src_mask, n: int) -> torch.Tensor:
-        cfg = self.config
-        B, dev = memory.size(0), memory.device
-        max_length = 1 + n
-        cache = KVCache(cfg, B, max_length, dev, memory.dtype)
-        out = torch.full((B, max_length), cfg.pad_token_id, dtype=torch.long, device=dev)
-        out[:, 0] = cfg.decoder_start_token_id
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
-        best = self._screen(B, n)
-        banned = torch.tensor(self._banned(), dtype=torch.long, device=dev)
-        cur = 1
-        while cur < max_length:
-            x = self.decode(memory, src_mask, out[:, cur - 1 : cur], cache)
-            nxt = None  # from the screen, _step_scores' argmax where it can tell (not on a forced-eos step)
-            if best is not None and not self._forces_eos(cur, max_length):
-                nxt = best(x[:, -1], exclude=banned, renormalize=cfg.renormalize_logits)
-            if nxt is None:
-                scores = self._step_scores(self.project(x)[:, -1], cur, max_length, log_probs=False)
-                nxt = scores.argmax(dim=-1)
-            out[:, cur] = torch.where(done, cfg.pad_token_id, nxt)  # finished rows get padding
-            cur += 1
-            if cfg.eos_token_id is not None:
-                done |= nxt == cfg.eos_token_id
-                if bool(done.all()):
-                    break
-        return out[:, :cur]
-
-    def _forces_eos(self, cur_len: int, max_length: int) -> bool:
-        """Whether the step at ``cur_len`` is the last one, where eos is forced (transformers'
-        forced-eos processor)."""
-        return self.config.forced_eos_token_id is not None and cur_len == max_length - 1
-
-    def _banned(self) -> List[int]:
-        """The banned tokens that are set to -inf: ``bad_words_ids`` other than eos."""
-        return [t for t in self.config.bad_words_ids if t != self.config.eos_token_id]
-
-    def _screen(self, rows: int, tokens: int):
-        """Greedy's token from a bfloat16 screen of the tied head (zoo.accel.argmax), where the
-        step's scores are the logits plus ``final_logits_bias``, banned tokens at -inf, maybe
-        renormalized: at batch 1, for a tied head without log-softmax. None elsewhere."""
-        g = self.generator
-        if g.proj is not None or g.log_softmax:
-            return None
-        return screened(self, self._embed_tgt().lut.weight, rows, tokens, bias=g.final_logits_bias)
-
-    def _beam_search(self, memory, src_mask, n: int, nb: int, length_penalty: float, early_stopping) -> torch.Tensor:
-        """zoo.generation.beam_search over this model's decoder, every beam of an item reading
-        the same source, starting from the decoder start token."""
-        cfg = self.config
-        B, dev = memory.size(0), memory.device
-        max_length = 1 + n
-        memory = memory.repeat_interleave(nb, dim=0)  # (B * nb, S, C), item-major
-        src_mask = src_mask.repeat_interleave(nb, dim=0)
-        cache = KVCache(cfg, B * nb, max_length, dev, memory.dtype)
-
-        def step(tokens: torch.Tensor, cur_len: int) -> torch.Tensor:
-            x = self.decode(memory, src_mask, tokens, cache)
-            return self._step_scores(self.project(x)[:, -1], cur_len, max_length, log_probs=True)
-
-        start = torch.full((B, 1), cfg.decoder_start_token_id, dtype=torch.long, device=dev)
-        eos = None if cfg.eos_token_id is None else torch.tensor([cfg.eos_token_id], device=dev)
-        return beam_search(step, cache.reorder, start, num_beams=nb, max_length=max_length, eos_token_id=eos,
-                           pad_token_id=cfg.pad_token_id, length_penalty=length_penalty, early_stopping=early_stopping)
+        return generation.generate_seq2seq(
+            self, input_ids, attention_mask, n, int(num_beams),
+            cfg.length_penalty if length_penalty is None else float(length_penalty),
+            cfg.early_stopping if early_stopping is None else early_stopping,
+            cfg.decoder_start_token_id, cfg.eos_token_id, cfg.pad_token_id,
+        )
 
 
 def from_config(config: Dict[str, Any], task: Optional[str] = None) -> EncoderDecoder:

@@ -293,3 +293,16 @@ def test_beam_search_options_that_do_not_apply_are_errors(tiny):
         model.generate(ids, num_beams=2, callback=print)
     with pytest.raises(TypeError):
         model.generate(ids, num_beam=2)  # a misspelt keyword
+
+
+def test_greedy_pads_rows_that_finished_as_transformers_does(tiny):
+    """Batch greedy with an eos id some rows produce early: those rows get the pad token after
+    it, and decoding goes on for the others (transformers' _sample)."""
+    ref, model = tiny
+    ids = torch.randint(0, 96, (4, 3), generator=torch.Generator().manual_seed(11))
+    first = ref.generate(ids, do_sample=False, max_new_tokens=1, pad_token_id=0, eos_token_id=None)[:, -1]
+    stop = int(first[0])  # the first row's first token: it finishes at once
+    ours = model.generate(ids, max_new_tokens=8, eos_token_id=stop, pad_token_id=5)
+    theirs = ref.generate(ids, do_sample=False, max_new_tokens=8, eos_token_id=stop, pad_token_id=5)
+    assert torch.equal(ours, theirs), (ours, theirs)
+    assert (ours[0, 4:] == 5).all() and ours.shape[1] > 4

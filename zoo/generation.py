@@ -21,6 +21,7 @@ identical; the encoder-decoder's ``generate`` uses it too.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -168,27 +169,143 @@ def generate(
 
     cache = model.new_cache(B, T + max_new_tokens)
     gen = make_generator(seed, input_ids.device)
-    out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
-    out[:, :T] = input_ids
-    tokens, n = input_ids, T
-    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     # greedy at batch 1: the best token from a bfloat16 screen of the head (zoo.accel.argmax)
     best = screened(model, weight, B, max_new_tokens, bias=bias) if not temperature else None
-    for _ in range(max_new_tokens):
+
+    def pick(tokens: torch.Tensor, cur_len: int) -> torch.Tensor:
         x = last_hidden(tokens, cache)  # later ids come from the vocabulary itself
         nxt = best(x) if best is not None else None  # None: the screen cannot tell this step
         if nxt is None:
             nxt = next_token(accel.head_logits(x, weight, bias), temperature, top_k, gen, top_p)
+        return nxt
+
+    pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if stop is not None else 0)
+    return token_by_token(pick, input_ids, max_new_tokens, stop, pad, callback)
+
+
+def token_by_token(
+    pick: Callable[[torch.Tensor, int], torch.Tensor],
+    start: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: Optional[torch.Tensor],
+    pad_token_id: int,
+    callback: Optional[Callable[[torch.Tensor], None]] = None,
+) -> torch.Tensor:
+    """Greedy decoding and sampling: ``start`` [B, T0] continued by ``pick(tokens, cur_len)``
+    (the new tokens [B, t], all of ``start`` first; ``cur_len`` the position being filled) ->
+    next token [B]. As transformers does, a row that produced an eos id gets ``pad_token_id``
+    from then on, and decoding stops when every row has. Returns [B, T0 + n]."""
+    B, T0 = start.shape
+    out = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=start.device)
+    out[:, :T0] = start
+    done = torch.zeros(B, dtype=torch.bool, device=start.device)
+    tokens, n = start, T0
+    for _ in range(max_new_tokens):
+        nxt = pick(tokens, n)
+        if eos_token_id is not None:
+            nxt = torch.where(done, pad_token_id, nxt)  # finished rows get padding
         out[:, n] = nxt
         n += 1
         if callback is not None:
             callback(nxt)
         tokens = out[:, n - 1 : n]
-        if stop is not None:
-            done |= torch.isin(nxt, stop)
+        if eos_token_id is not None:
+            done |= torch.isin(nxt, eos_token_id)
             if bool(done.all()):
                 break
     return out[:, :n]
+
+
+@dataclass(frozen=True)
+class Processors:
+    """transformers' logits processors that zoo's models use, as data, applied by
+    :func:`process` in transformers' order."""
+
+    banned: Sequence[int] = ()  # token ids never generated (bad_words_ids of one token, but not eos)
+    forced_eos_token_id: Optional[int] = None  # the only choice on the last step
+    renormalize: bool = False  # log_softmax once the others are applied
+
+
+def process(logits: torch.Tensor, cur_len: int, max_length: int, p: Processors, log_probs: bool) -> torch.Tensor:
+    """``logits`` [R, V] as a step scores them: (log_softmax for beam search), banned tokens ->
+    -inf, forced eos on the last step, renormalization."""
+    scores = logits.float()
+    if log_probs:
+        scores = F.log_softmax(scores, dim=-1)
+    if p.banned:
+        scores[:, list(p.banned)] = float("-inf")
+    if forces_eos(p, cur_len, max_length):
+        scores = torch.full_like(scores, float("-inf"))
+        scores[:, p.forced_eos_token_id] = 0
+    if p.renormalize:
+        scores = F.log_softmax(scores, dim=-1)
+    return scores
+
+
+def forces_eos(p: Processors, cur_len: int, max_length: int) -> bool:
+    """Whether the step filling ``cur_len`` is the last one, where eos is forced."""
+    return p.forced_eos_token_id is not None and cur_len == max_length - 1
+
+
+@torch.inference_mode()
+def generate_seq2seq(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    max_new_tokens: int,
+    num_beams: int,
+    length_penalty: float,
+    early_stopping: Union[bool, str],
+    start_token_id: int,
+    eos_token_id: Optional[int],
+    pad_token_id: int,
+) -> torch.Tensor:
+    """Encoder-decoder generation: the source encoded once, then the decoder one token at a time
+    from ``start_token_id``, greedy (``num_beams`` 1) or beam search; returns [B, 1 + n].
+
+    The model offers ``encode(input_ids, attention_mask)`` -> ``(memory, src_mask)``,
+    ``decode(memory, src_mask, tgt_ids, cache)`` -> states (cache advanced),
+    ``new_cache(batch, max_len)``, ``head()`` -> ``(weight, bias)`` and ``processors()`` ->
+    :class:`Processors`. Greedy at batch 1 takes its token from the bfloat16 screen of the head
+    where it can tell (not on a forced-eos step)."""
+    from . import accel
+    from .accel.argmax import screened
+
+    memory, src_mask = model.encode(input_ids, attention_mask)
+    B, dev = memory.size(0), memory.device
+    max_length = 1 + max_new_tokens
+    weight, bias = model.head()
+    p = model.processors()
+    start = torch.full((B, 1), start_token_id, dtype=torch.long, device=dev)
+    eos = None if eos_token_id is None else torch.tensor([eos_token_id], device=dev)
+
+    if num_beams > 1:
+        nb = num_beams
+        memory = memory.repeat_interleave(nb, dim=0)  # (B * nb, S, C): each beam reads its item's source
+        src_mask = src_mask.repeat_interleave(nb, dim=0)
+        cache = model.new_cache(B * nb, max_length)
+
+        def step(tokens: torch.Tensor, cur_len: int) -> torch.Tensor:
+            x = model.decode(memory, src_mask, tokens, cache)[:, -1]
+            return process(accel.head_logits(x, weight, bias), cur_len, max_length, p, log_probs=True)
+
+        return beam_search(step, cache.reorder, start, num_beams=nb, max_length=max_length, eos_token_id=eos,
+                           pad_token_id=pad_token_id, length_penalty=length_penalty, early_stopping=early_stopping)
+
+    cache = model.new_cache(B, max_length)
+    best = screened(model, weight, B, max_new_tokens, bias=bias)
+    banned = torch.tensor(list(p.banned), dtype=torch.long, device=dev)
+
+    def pick(tokens: torch.Tensor, cur_len: int) -> torch.Tensor:
+        x = model.decode(memory, src_mask, tokens, cache)[:, -1]
+        nxt = None  # from the screen where it can tell (never on a forced-eos step)
+        if best is not None and not forces_eos(p, cur_len, max_length):
+            nxt = best(x, exclude=banned, renormalize=p.renormalize)
+        if nxt is None:
+            nxt = process(accel.head_logits(x, weight, bias), cur_len, max_length, p, log_probs=False).argmax(dim=-1)
+        return nxt
+
+    return token_by_token(pick, start, max_new_tokens, eos, pad_token_id)
 
 
 def beam_search(

@@ -172,5 +172,5 @@ def unpack_all(model: nn.Module) -> None:
 
 def head_logits(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for an output head, in the faster orientation for a few rows
-    on CPU float32 (:func:`zoo.accel.ops.linear`)."""
-    return ops.linear(x, weight, bias)
+    on CPU float32 (:func:`zoo.accel.ops.linear`). ``bias`` may be [V] or [1, V]."""
+    return ops.linear(x, weight, None if bias is None else bias.reshape(-1))
