@@ -35,6 +35,7 @@ ARCHITECTURES = (
         name="encoder_decoder",
         factory="zoo.plugins.encoder_decoder:from_config",
         example_inputs="zoo.plugins.encoder_decoder:example_inputs",
+        fast_paths="zoo.accel.encoder_decoder:FAST_PATHS",
         tasks=("translation",),
         description="Transformer encoder-decoder (Annotated Transformer / Marian; greedy and beam search)",
     ),

@@ -521,8 +521,12 @@ class Generator(nn.Module):
             self.final_logits_bias = None
         self.log_softmax = cfg.log_softmax_output
 
+    def tied(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The tied projection: (B, T, C) -> (B, T, V)."""
+        return F.linear(x, weight)
+
     def forward(self, x: torch.Tensor, tied_weight: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(x, tied_weight) if self.proj is None else self.proj(x)
+        logits = self.tied(x, tied_weight) if self.proj is None else self.proj(x)
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias
         return F.log_softmax(logits, dim=-1) if self.log_softmax else logits

@@ -165,8 +165,11 @@ class GPT2(nn.Module):
         x, hidden = self.hidden(input_ids, cache, output_hidden_states)
         if last_token_only:
             x = x[:, -1:]
-        logits = F.linear(x, self.wte.weight)  # (B, T, vocab): the head is the token embedding
-        return ModelOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None)
+        return ModelOutput(logits=self.logits(x), hidden_states=tuple(hidden) if hidden else None)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, vocab): the head is the token embedding (tied)."""
+        return F.linear(x, self.wte.weight)
 
     def hidden(self, input_ids, cache: Optional[KVCache] = None, output_hidden_states: bool = False):
         """The blocks and the final LayerNorm: (B, T, C), and the hidden states if asked.

@@ -92,7 +92,15 @@ def _perturb_class_token_block(monkeypatch):
     monkeypatch.setattr(fast_vit.ClassTokenViT, "blocks", lambda self, x, hidden=None: blocks(self, x, hidden).flip(-1))
 
 
-BREAK = {"packed-linear": _perturb_linear, "fused-qkv": _perturb_qkv, "gpt2-decode-step": _perturb_decode_step,
+def _perturb_head(monkeypatch):
+    from zoo.accel import encoder_decoder as fast_ed
+    from zoo.accel import gpt2 as fast_gpt2
+
+    monkeypatch.setattr(fast_gpt2.FewRowHeadGPT2, "logits", lambda self, x: ops.linear(x, self.wte.weight).flip(-1))
+    monkeypatch.setattr(fast_ed.FewRowGenerator, "tied", lambda self, x, weight: ops.linear(x, weight).flip(-1))
+
+
+BREAK = {"packed-linear": _perturb_linear, "few-row-head": _perturb_head, "fused-qkv": _perturb_qkv, "gpt2-decode-step": _perturb_decode_step,
          "vit-class-token-block": _perturb_class_token_block}
 
 

@@ -221,3 +221,56 @@ def test_verify_compares_real_positions_and_decoder_outputs_whole():
     ours[0, 2] -= 5.0
     ours[0, 1] += 5.0  # a real position
     assert not _compare("logits", ours, ref, torch.float32, output_mask({"attention_mask": mask})).passed
+
+
+# ----------------------------------------------------------------------------- a third-party task
+
+
+def _doc_task_plugin(tmp_path, monkeypatch):
+    """The next-token plugin exactly as docs/plugins.md shows it, as an importable package."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    from zoo import pluginmanager
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    section = doc[doc.index("### `register_tasks(register)`"):doc.index("### `register_commands(cli)`")]
+    init, run = re.findall(r"```python\n(.*?)```", section, re.S)
+    pkg = tmp_path / "zoo_nexttoken"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(init)
+    (pkg / "run.py").write_text(run)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pluginmanager.add_plugin(importlib.import_module("zoo_nexttoken"), "nexttoken")
+
+
+def test_a_third_party_task_runs_end_to_end(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import write_checkpoint
+    from zoo.cli import cli
+
+    _doc_task_plugin(tmp_path, monkeypatch)
+    write_checkpoint(get_catalog().converter("hf_gpt2"), tmp_path / "tiny")
+    result = testing.check_task("next-token", str(tmp_path / "tiny"), ids=[1, 2, 3], top=3)
+    assert len(result["next_tokens"]) == 3
+    out = CliRunner().invoke(cli, ["run", str(tmp_path / "tiny"), "--task", "next-token", "--ids", "1,2,3",
+                                   "--top", "2", "--device", "cpu", "--json"])
+    assert out.exit_code == 0, out.output
+    assert len(json.loads(out.stdout)["next_tokens"]) == 2
+    out = CliRunner().invoke(cli, ["run", str(tmp_path / "tiny"), "--task", "next-token", "--ids", "1", "--beams", "2"])
+    assert out.exit_code == 2 and "--beams does not apply to next-token" in out.output
+
+
+def test_check_task_catches_a_runner_that_returns_no_dict(tmp_path):
+    from zoo import Task, pluginmanager
+    from conftest import write_checkpoint
+
+    pluginmanager.add_plugin(_plugin(register_tasks=lambda register: register(
+        Task("broken", "builtins:print", builds="text-generation"))), "broken")
+    write_checkpoint(get_catalog().converter("hf_gpt2"), tmp_path / "tiny")
+    with pytest.raises(AssertionError, match="not a dict"):
+        testing.check_task("broken", str(tmp_path / "tiny"))

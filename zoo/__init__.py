@@ -23,7 +23,7 @@ from .errors import (  # noqa: F401
     ZooError,
 )
 from .hookspecs import hookimpl  # noqa: F401
-from .types import Architecture, Converter, Drop, Map, ModelEntry, Rename, Transform  # noqa: F401
+from .types import Architecture, Converter, Drop, Map, ModelEntry, Rename, Task, Transform  # noqa: F401
 
 from .version import __version__  # noqa: F401
 

@@ -275,14 +275,18 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
               help="Beam search width (text generation, translation). Default: the checkpoint's num_beams "
                    "(generation_config.json), else 1.")
 @click.option("--embed", is_flag=True, help="Print a sentence embedding instead (encoders).")
+@click.option("--task", "task_name", default=None,
+              help="Run this task (any registered one, see `zoo plugins`) instead of the model's own.")
 @click.option("--top", default=5, show_default=True, type=COUNT, help="How many candidates/labels to show.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, temperature, top_k, top_p, seed, ids,
-        beams, embed, top, allow_pickle, as_json):
+        beams, embed, task_name, top, allow_pickle, as_json):
     """Run a model on INPUTS (a prompt, a sentence, an image file ...)."""
+    from .errors import InputError
     from .loading import load_full
+    from .registry import get_catalog
     from .tasks import RunOptions, get_runner, parse_ids
 
     given = [name for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "ids", "beams", "embed", "top")
@@ -292,12 +296,18 @@ def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, te
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
         ids=parse_ids(ids) if ids is not None else None, beams=beams, embed=embed, top=top, json=as_json,
     )
-    task = "feature-extraction" if embed else None
+    if embed and task_name is not None:
+        raise InputError("--embed is --task feature-extraction: give one of them")
+    catalog = get_catalog()
+    task = catalog.task(task_name or "feature-extraction") if (task_name or embed) else None
+    runner = get_runner(task, given) if task is not None else None  # options checked before loading
     loaded = load_full(name_or_path, checkpoint=checkpoint, device=device, dtype=dtype,
-                       allow_pickle=allow_pickle, task=task)
+                       allow_pickle=allow_pickle, task=task and (task.builds or task.name))
+    if runner is None:
+        runner = get_runner(loaded.task, given)
     click.echo(f"zoo: {loaded.entry.name} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')})", err=True)
     emit = (lambda s: None) if as_json else (lambda s: click.echo(s, nl=False))
-    result = get_runner(loaded.task, given)(loaded, list(inputs), opts, emit)
+    result = runner(loaded, list(inputs), opts, emit)
     if as_json:
         click.echo(json.dumps(result, indent=2))
 

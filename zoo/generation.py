@@ -148,6 +148,7 @@ def generate(
     B, T = input_ids.shape
     stop = None if eos_token_id is None else torch.tensor(eos_token_id, device=input_ids.device).view(-1)
     weight, bias = model.head()
+    head = accel.head_product(model)
     fast = accel.decode_step(model)
 
     def last_hidden(tokens: torch.Tensor, cache) -> torch.Tensor:  # (B, C) of the last token
@@ -160,7 +161,7 @@ def generate(
         pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if stop is not None else 0)
 
         def step(tokens: torch.Tensor, cur_len: int) -> torch.Tensor:
-            logits = accel.head_logits(last_hidden(tokens, cache), weight, bias)
+            logits = head(last_hidden(tokens, cache), weight, bias)
             return F.log_softmax(logits.float(), dim=-1)
 
         return beam_search(step, cache.reorder, input_ids, num_beams=int(num_beams), max_length=T + max_new_tokens,
@@ -176,7 +177,7 @@ def generate(
         x = last_hidden(tokens, cache)  # later ids come from the vocabulary itself
         nxt = best(x) if best is not None else None  # None: the screen cannot tell this step
         if nxt is None:
-            nxt = next_token(accel.head_logits(x, weight, bias), temperature, top_k, gen, top_p)
+            nxt = next_token(head(x, weight, bias), temperature, top_k, gen, top_p)
         return nxt
 
     pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if stop is not None else 0)
@@ -275,6 +276,7 @@ def generate_seq2seq(
     B, dev = memory.size(0), memory.device
     max_length = 1 + max_new_tokens
     weight, bias = model.head()
+    head = accel.head_product(model)
     p = model.processors()
     start = torch.full((B, 1), start_token_id, dtype=torch.long, device=dev)
     eos = None if eos_token_id is None else torch.tensor([eos_token_id], device=dev)
@@ -287,7 +289,7 @@ def generate_seq2seq(
 
         def step(tokens: torch.Tensor, cur_len: int) -> torch.Tensor:
             x = model.decode(memory, src_mask, tokens, cache)[:, -1]
-            return process(accel.head_logits(x, weight, bias), cur_len, max_length, p, log_probs=True)
+            return process(head(x, weight, bias), cur_len, max_length, p, log_probs=True)
 
         return beam_search(step, cache.reorder, start, num_beams=nb, max_length=max_length, eos_token_id=eos,
                            pad_token_id=pad_token_id, length_penalty=length_penalty, early_stopping=early_stopping)
@@ -302,7 +304,7 @@ def generate_seq2seq(
         if best is not None and not forces_eos(p, cur_len, max_length):
             nxt = best(x, exclude=banned, renormalize=p.renormalize)
         if nxt is None:
-            nxt = process(accel.head_logits(x, weight, bias), cur_len, max_length, p, log_probs=False).argmax(dim=-1)
+            nxt = process(head(x, weight, bias), cur_len, max_length, p, log_probs=False).argmax(dim=-1)
         return nxt
 
     return token_by_token(pick, start, max_new_tokens, eos, pad_token_id)

@@ -58,6 +58,21 @@ def register_models(register):
 
 
 @hookspec
+def register_tasks(register):
+    """Provide task runners: what ``zoo run`` does for a task.
+
+    :param register: call ``register(task)`` with a :class:`zoo.types.Task` for each task:
+        its name (``"summarization"``), ``runner`` (``"module:attr"`` of
+        ``run(loaded, inputs, opts, emit) -> dict``, see :mod:`zoo.tasks`) and the ``zoo run``
+        options it reads (fields of :class:`zoo.tasks.RunOptions`); any other option given for
+        the task is an error.
+
+    An architecture lists the tasks it can be built for; ``zoo run`` looks the model's task up
+    here. zoo's own tasks are registered through this hook too (``zoo.tasks``).
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add commands to the ``zoo`` command line.
 

@@ -24,7 +24,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .types import Architecture, Converter
+from .types import Architecture, Converter, Task
 
 GROUP = "zoo"
 STRICT_ENV = "ZOO_STRICT_PLUGINS"
@@ -69,6 +69,7 @@ class Plugins:
     infos: Dict[str, PluginInfo]
     architectures: Dict[str, Architecture] = field(default_factory=dict)
     converters: Dict[str, Converter] = field(default_factory=dict)
+    tasks: Dict[str, Task] = field(default_factory=dict)
     models: List[Tuple[str, Any]] = field(default_factory=list)  # (plugin name, entry or dict)
     owner: Dict[Tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> plugin
 
@@ -208,6 +209,7 @@ def _discover() -> Plugins:
 
     _collect(plugins, "register_architectures", "architecture", Architecture, plugins.architectures)
     _collect(plugins, "register_converters", "converter", Converter, plugins.converters)
+    _collect(plugins, "register_tasks", "task", Task, plugins.tasks)
     _collect(plugins, "register_models", "model", None, None)
     return plugins
 

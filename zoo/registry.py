@@ -10,7 +10,7 @@ import fnmatch
 import os
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -21,7 +21,7 @@ else:  # pragma: no cover
 
 from . import pluginmanager
 from .errors import RegistryError, UnknownModelError
-from .types import Architecture, Converter, ModelEntry
+from .types import Architecture, Converter, ModelEntry, Task
 
 BUILTIN = Path(__file__).with_name("registry.toml")
 ENV = "ZOO_REGISTRY"
@@ -111,6 +111,7 @@ class Catalog:
     aliases: Dict[str, str]  # alias (lower-case) -> entry name
     architectures: Dict[str, Architecture]
     converters: Dict[str, Converter]
+    tasks: Dict[str, Task] = field(default_factory=dict)
 
     def find(self, name: str) -> Optional[ModelEntry]:
         if name in self.models:
@@ -163,6 +164,16 @@ class Catalog:
                 f"{', '.join(sorted(self.converters)) or 'none'}; see `zoo plugins`)"
             )
         return self.converters[name]
+
+    def task(self, name: str) -> Task:
+        if name not in self.tasks:
+            close = difflib.get_close_matches(name, self.tasks, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UnknownModelError(
+                f"no plugin provides the task {name!r} for `zoo run` ({hint}known: "
+                f"{', '.join(sorted(self.tasks)) or 'none'}; see `zoo plugins`)"
+            )
+        return self.tasks[name]
 
     def converter_for_config(self, config: Mapping[str, Any], where: str) -> Converter:
         """The converter for a checkpoint folder, chosen by its config's ``model_type``."""
@@ -274,6 +285,6 @@ def get_catalog() -> Catalog:
             add(complete_entry(entry, plugins.architectures, plugins.converters))
         except RegistryError as exc:
             pluginmanager.report_failure(info, str(exc))
-    _catalog = Catalog(models, aliases, plugins.architectures, plugins.converters)
+    _catalog = Catalog(models, aliases, plugins.architectures, plugins.converters, plugins.tasks)
     _built_from = (plugins, path)
     return _catalog

@@ -30,6 +30,8 @@ check_parity               outputs match the transformers reference on random we
 assert_outputs_close       two forward outputs agree field by field (your own parity tests)
 check_round_trip           source -> zoo -> source: same keys, bit-identical tensors
 check_catalog_entry        the entry resolves and builds with exactly ``params`` parameters
+check_task                 a registered task's runner runs on a model and returns what
+                           ``zoo run --json`` prints
 check_converter            all converter checks above, one after another
 =========================  ==================================================================
 
@@ -404,3 +406,28 @@ def check_converter(conv: Union[str, Converter], config: Optional[Mapping[str, A
     check_key_accounting(conv, config, task=task)
     check_parity(conv, config, task=task)
     check_round_trip(conv, config, task=task)
+
+
+def check_task(name: str, model: str, inputs: Sequence[str] = (), **options: Any) -> Dict[str, Any]:
+    """The task ``name`` is registered, names only real ``zoo run`` options, and its runner,
+    run on ``model`` (a catalog name or a checkpoint folder; a tiny one) with ``inputs`` and
+    ``options`` (fields of :class:`zoo.tasks.RunOptions`), returns a JSON-serializable dict;
+    returns that dict."""
+    import json
+    from dataclasses import fields
+
+    from .loading import load_full
+    from .tasks import RunOptions, get_runner
+
+    task = _catalog().tasks.get(name)
+    assert task is not None, f"task {name!r} is not registered (registered: {', '.join(sorted(_catalog().tasks))})"
+    known = {f.name for f in fields(RunOptions)}
+    assert set(task.options) <= known, f"task {name!r} names options zoo run lacks: {sorted(set(task.options) - known)}"
+    runner = get_runner(task, list(options))
+    loaded = load_full(model, device="cpu", task=task.builds or task.name)
+    shown: List[str] = []
+    result = runner(loaded, list(inputs), RunOptions(**options), shown.append)
+    assert isinstance(result, dict), f"task {name!r}: the runner returned {type(result).__name__}, not a dict"
+    json.dumps(result)  # what --json prints
+    assert "".join(shown).strip(), f"task {name!r}: the runner showed nothing (emit was never called)"
+    return result

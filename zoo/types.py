@@ -53,6 +53,27 @@ class Architecture:
 
 
 @dataclass(frozen=True)
+class Task:
+    """What ``zoo run`` does for one task.
+
+    :param name: the task (``"text-generation"``); architectures list the tasks they build for.
+    :param runner: ``"module:attr"`` (or a callable) of ``run(loaded, inputs, opts, emit) -> dict``
+        (see :mod:`zoo.tasks`): ``emit`` prints as the work goes, the dict is ``--json``'s output.
+    :param options: the ``zoo run`` options it reads, as fields of :class:`zoo.tasks.RunOptions`
+        (``"max_new_tokens"``, ``"top"``, ...); ``--json`` always applies.
+    :param builds: the task the model is built for, when this task runs on a model of another
+        task (``"text-generation"`` for a task that scores continuations, say); by default the
+        task itself, which the architecture must list.
+    """
+
+    name: str
+    runner: Ref
+    options: Tuple[str, ...] = ()
+    description: str = ""
+    builds: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Transform:
     """A named, invertible tensor transform applied while converting one key.
 

@@ -170,7 +170,16 @@ def unpack_all(model: nn.Module) -> None:
         argmax.forget(module)
 
 
-def head_logits(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for an output head, in the faster orientation for a few rows
-    on CPU float32 (:func:`zoo.accel.ops.linear`). ``bias`` may be [V] or [1, V]."""
+def head_product(model: nn.Module) -> Callable[..., torch.Tensor]:
+    """How generation multiplies by ``model``'s output head: ``(x, weight, bias) -> logits``
+    (``bias`` [V] or [1, V]). Where the ``few-row-head`` fast path applies, a few rows on CPU
+    float32 go the faster way (:func:`zoo.accel.ops.linear`); elsewhere ``F.linear``."""
+    return _few_rows_head if "few-row-head" in applied(model) else _plain_head
+
+
+def _plain_head(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return torch.nn.functional.linear(x, weight, None if bias is None else bias.reshape(-1))
+
+
+def _few_rows_head(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     return ops.linear(x, weight, None if bias is None else bias.reshape(-1))

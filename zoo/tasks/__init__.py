@@ -1,23 +1,26 @@
-"""Task runners behind ``zoo run``: one module per task, named after it with underscores.
+"""Task runners behind ``zoo run``, registered as plugins like everything else.
 
-``zoo run NAME INPUT...`` loads the model and calls ``zoo.tasks.<task>.run`` (``text-generation``
--> ``zoo.tasks.text_generation``). A runner has the signature::
+Each task is a :class:`zoo.types.Task` registered through the ``register_tasks`` hook; zoo's own
+(this module is the built-in plugin that registers them) live one module per task, named after
+it with underscores (``text-generation`` -> ``zoo.tasks.text_generation``). ``zoo run NAME
+INPUT...`` loads the model for its task (or ``--task``) and calls the task's runner::
 
     def run(loaded: zoo.loading.Loaded, inputs: list[str], opts: RunOptions,
             emit: Callable[[str], None]) -> dict
 
 ``emit`` writes human-readable output as it is produced (streamed text, a table); the returned
 dict is what ``--json`` prints. Runners raise :class:`zoo.errors.InputError` for bad input.
-Each module names the options it reads in ``OPTIONS`` (fields of :class:`RunOptions`); an
-option given for a task that does not read it is an error (:func:`check_options`).
+Each task names the options it reads (fields of :class:`RunOptions`); an option given for a task
+that does not read it is an error (:func:`check_options`).
 """
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from dataclasses import dataclass, fields
+from typing import Callable, List, Optional, Sequence, Union
 
 from ..errors import InputError
+from ..hookspecs import hookimpl
+from ..types import Task, import_ref
 
 DEFAULT_NEW_TOKENS = 32  # --max-new-tokens when the checkpoint sets no length (gpt2's does not)
 
@@ -38,33 +41,46 @@ class RunOptions:
     json: bool = False
 
 
-TASKS = ("text-generation", "translation", "fill-mask", "feature-extraction", "image-classification",
-         "image-feature-extraction")
+BUILTIN = (
+    Task("text-generation", "zoo.tasks.text_generation:run",
+         ("ids", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "beams"),
+         "continue a prompt (greedy, sampling or beam search), streamed"),
+    Task("translation", "zoo.tasks.translation:run", ("ids", "max_new_tokens", "beams"),
+         "translate a sentence (greedy or beam search)"),
+    Task("fill-mask", "zoo.tasks.fill_mask:run", ("ids", "top", "embed"), "the likeliest tokens for each mask"),
+    Task("feature-extraction", "zoo.tasks.feature_extraction:run", ("ids", "embed"), "a sentence embedding"),
+    Task("image-classification", "zoo.tasks.image_classification:run", ("top",), "the top labels of an image"),
+    Task("image-feature-extraction", "zoo.tasks.image_feature_extraction:run", (), "an image embedding"),
+)
 
 
-def _module(task: str):
-    module_name = f"{__name__}.{task.replace('-', '_')}"
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise InputError(f"`zoo run` does not support the task {task!r} yet") from None
+@hookimpl
+def register_tasks(register):
+    for task in BUILTIN:
+        register(task)
 
 
-def get_runner(task: str, given: Sequence[str] = ()) -> Callable:
-    """The runner of ``task``; ``given`` names the options the user gave (fields of
-    :class:`RunOptions`), each of which the task must read."""
-    module = _module(task)
-    check_options(task, module.OPTIONS, given)
-    return module.run
+def get_runner(task: Union[Task, str], given: Sequence[str] = ()) -> Callable:
+    """The runner of ``task`` (a registered task or its name); ``given`` names the options the
+    user gave (fields of :class:`RunOptions`), each of which the task must read."""
+    if isinstance(task, str):
+        from ..registry import get_catalog
+
+        task = get_catalog().task(task)
+    check_options(task, given)
+    return import_ref(task.runner)
 
 
-def check_options(task: str, reads, given: Sequence[str]) -> None:
+def check_options(task: Task, given: Sequence[str]) -> None:
+    from ..registry import get_catalog
+
+    known = {f.name for f in fields(RunOptions)}
     for name in given:
-        if name not in reads and name != "json":
-            users = [t for t in TASKS if name in _module(t).OPTIONS]
-            raise InputError(f"--{name.replace('_', '-')} does not apply to {task}"
+        if name not in known:
+            raise InputError(f"task {task.name!r}: {name!r} is not a `zoo run` option")
+        if name not in task.options and name != "json":
+            users = [t.name for t in get_catalog().tasks.values() if name in t.options]
+            raise InputError(f"--{name.replace('_', '-')} does not apply to {task.name}"
                              + (f" (it applies to {', '.join(users)})" if users else ""))
 
 

@@ -31,10 +31,6 @@ def encode(loaded, inputs, opts):
     return list(tok(text)["input_ids"]), tok
 
 
-# the `zoo run` options this task reads; any other one given is an error
-OPTIONS = frozenset({"ids", "embed"})
-
-
 def run(loaded, inputs, opts, emit):
     ids, tok = encode(loaded, inputs, opts)
     input_ids = torch.tensor([ids], dtype=torch.long, device=loaded.device)

@@ -11,10 +11,6 @@ from ..errors import InputError
 from . import feature_extraction
 
 
-# the `zoo run` options this task reads; any other one given is an error
-OPTIONS = frozenset({"ids", "top", "embed"})
-
-
 def run(loaded, inputs, opts, emit):
     if opts.embed:
         return feature_extraction.run(loaded, inputs, opts, emit)

@@ -14,10 +14,6 @@ def label_names(config, num_labels):
     return [id2label.get(i, f"LABEL_{i}") for i in range(num_labels)]
 
 
-# the `zoo run` options this task reads; any other one given is an error
-OPTIONS = frozenset({"top"})
-
-
 def run(loaded, inputs, opts, emit):
     if not inputs:
         raise InputError("give one or more image files: zoo run MODEL cat.jpg [dog.png ...]")

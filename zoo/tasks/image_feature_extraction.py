@@ -8,10 +8,6 @@ from ..errors import InputError
 from ..imaging import preprocess, settings_for
 
 
-# the `zoo run` options this task reads; any other one given is an error
-OPTIONS = frozenset()
-
-
 def run(loaded, inputs, opts, emit):
     if not inputs:
         raise InputError("give one or more image files: zoo run MODEL cat.jpg [dog.png ...]")

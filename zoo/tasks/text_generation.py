@@ -30,10 +30,6 @@ def sampling(config, opts) -> dict:
     }
 
 
-# the `zoo run` options this task reads; any other one given is an error
-OPTIONS = frozenset({"ids", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "beams"})
-
-
 def run(loaded, inputs, opts, emit):
     model = loaded.model
     ids, tok = prompt_ids(loaded, inputs, opts, "prompt", "that has tokenizer.json")

@@ -17,10 +17,6 @@ from ..generation import default_new_tokens
 from . import DEFAULT_NEW_TOKENS, prompt_ids
 
 
-# the `zoo run` options this task reads; any other one given is an error
-OPTIONS = frozenset({"ids", "max_new_tokens", "beams"})
-
-
 def run(loaded, inputs, opts, emit):
     model = loaded.model
     ids, tok = prompt_ids(loaded, inputs, opts, "source", "with its tokenizer, e.g. source.spm")
