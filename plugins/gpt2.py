@@ -49,6 +49,7 @@ class GPT2Config:
             "scale_attn_weights": (False, "unscaled attention"),
             "scale_attn_by_inverse_layer_idx": (True, "attention scaled by 1/layer"),
             "add_cross_attention": (True, "cross-attention"),
+            "tie_word_embeddings": (False, "an output head of its own, not the token embedding"),
         }
         for key, (bad, what) in unsupported.items():
             if config.get(key) == bad:

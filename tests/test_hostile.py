@@ -481,3 +481,116 @@ def test_a_misspelt_zoo_load_keyword_is_an_error(hf):
         zoo.load(str(hf), device="cpu", fats=False)
     model = zoo.load(str(hf), device="cpu", layer_norm_epsilon=1e-3)  # a field of the config: an override
     assert model.config.layer_norm_epsilon == 1e-3
+
+
+# ----------------------------------------------------------------------------- weight files that lie
+
+
+def _raw_safetensors(path: Path, header_text: str, data: bytes) -> None:
+    raw = header_text.encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+
+
+LIES = {
+    "two tensors on the same bytes": (
+        '{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+        '"b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', 8, "overlap"),
+    "one tensor named twice": (
+        '{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+        '"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}', 16, "names tensor 'a' twice"),
+    "bytes that belong to no tensor": (
+        '{"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}', 16, "belong to no tensor"),
+    "trailing bytes": ('{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', 12, "belong to no tensor"),
+}
+
+
+@pytest.mark.parametrize("case", LIES)
+def test_a_safetensors_header_that_lies_is_refused(case, tmp_path):
+    from zoo import checkpoint as ckpt
+    from zoo.errors import CheckpointError
+
+    header, size, message = LIES[case]
+    _raw_safetensors(tmp_path / "model.safetensors", header, bytes(size))
+    with pytest.raises(CheckpointError, match=message):
+        ckpt.read_safetensors(tmp_path / "model.safetensors")
+
+
+def test_the_real_library_agrees_with_the_lies_refused(tmp_path):
+    """zoo is at least as strict as the safetensors library on the same files."""
+    from safetensors import safe_open
+
+    for case, (header, size, _) in LIES.items():
+        if case == "one tensor named twice":
+            continue  # the library's JSON parser keeps the last; zoo refuses
+        _raw_safetensors(tmp_path / f"{len(case)}.safetensors", header, bytes(size))
+        with pytest.raises(Exception):
+            with safe_open(str(tmp_path / f"{len(case)}.safetensors"), "pt") as f:
+                [f.get_tensor(k) for k in f.keys()]
+
+
+def test_a_zip_pickle_that_fails_its_crc_is_refused(tmp_path):
+    import torch
+
+    from zoo import checkpoint as ckpt
+    from zoo.errors import CheckpointError
+
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.arange(1000, dtype=torch.float32)}, path)
+    data = bytearray(path.read_bytes())
+    at = data.find(torch.arange(1000, dtype=torch.float32).numpy().tobytes()[400:416])
+    assert at > 0
+    data[at] ^= 0xFF  # one byte of the tensor's data, changed after the CRC was written
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fails its CRC check"):
+        ckpt.read_pickle(path)
+
+
+@pytest.mark.parametrize("lie", ["a key in the wrong shard", "a key not listed", "a listed key held nowhere"])
+def test_an_index_that_lies_is_an_error_naming_the_key(lie, tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    import zoo
+    from zoo.errors import CheckpointError
+
+    write_checkpoint(get_catalog().converter("hf_gpt2"), tmp_path)
+    from zoo import checkpoint as ckpt
+
+    state = {k: v.clone() for k, v in ckpt.read_safetensors(tmp_path / "model.safetensors").items()}
+    (tmp_path / "model.safetensors").unlink()
+    keys = sorted(state)
+    first, second = keys[: len(keys) // 2], keys[len(keys) // 2:]
+    save_file({k: state[k] for k in first}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({k: state[k] for k in second}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in first}
+    weight_map.update({k: "model-00002-of-00002.safetensors" for k in second})
+    named = second[0]
+    if lie == "a key in the wrong shard":
+        weight_map[named] = "model-00001-of-00002.safetensors"
+    elif lie == "a key not listed":
+        del weight_map[named]
+    else:
+        named = "h.9.mlp.c_fc.weight"
+        weight_map[named] = "model-00002-of-00002.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match=named.replace(".", r"\.")):
+        zoo.load(str(tmp_path), device="cpu")
+    assert torch.is_tensor(state[keys[0]])
+
+
+def test_an_untied_gpt2_head_is_refused_not_run_wrong(tmp_path):
+    """tie_word_embeddings: false with its own lm_head.weight is another model: refused."""
+    import json
+
+    import zoo
+    from zoo.errors import ConfigError
+
+    write_checkpoint(get_catalog().converter("hf_gpt2"), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    with pytest.raises(ConfigError, match="tie_word_embeddings=False"):
+        zoo.load(str(tmp_path), device="cpu")
+    code, output = _zoo("run", tmp_path, "--ids", "1,2")
+    assert code == 2 and "tie_word_embeddings" in _one_line_error(output)

@@ -14,6 +14,7 @@ import mmap
 import os
 import struct
 import weakref
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -56,6 +57,8 @@ class WeightFiles:
 
     paths: List[Path]
     format: str  # "safetensors" or "pickle"
+    weight_map: Optional[Dict[str, str]] = None  # a sharded checkpoint's index: key -> shard file name
+    index: Optional[Path] = None
 
 
 def _check_not_lfs_pointer(path: Path) -> None:
@@ -156,10 +159,11 @@ def find_weights(folder: Path, allow_pickle: bool = False) -> WeightFiles:
         if index.is_file():
             if fmt == "pickle" and any(folder.glob("*.safetensors")):
                 break
-            shards = _read_index(index)
+            weight_map = _read_index(index)
             if fmt == "pickle":
                 refuse_pickle(index, allow_pickle)
-            return WeightFiles([folder / s for s in shards], fmt)
+            shards = sorted(set(weight_map.values()))
+            return WeightFiles([folder / s for s in shards], fmt, weight_map, index)
     single = folder / "model.safetensors"
     if single.is_file():
         return WeightFiles([single], "safetensors")
@@ -187,10 +191,11 @@ def refuse_pickle(path: Path, allow_pickle: bool) -> None:
         )
 
 
-def _read_index(index: Path) -> List[str]:
+def _read_index(index: Path) -> Dict[str, str]:
+    """The index's weight map (key -> shard), its shards checked to be files beside it."""
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-        weight_map = data["weight_map"]
+        weight_map = dict(data["weight_map"])
         shards = sorted(set(weight_map.values()))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{index}: malformed index ({exc.__class__.__name__}: {exc})") from None
@@ -199,7 +204,7 @@ def _read_index(index: Path) -> List[str]:
             raise CheckpointError(f"{index}: invalid shard name {shard!r}")
         if not (index.parent / shard).is_file():
             raise CheckpointError(f"{index}: names shard {shard!r}, which is missing from {index.parent}")
-    return shards
+    return weight_map
 
 
 def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
@@ -223,9 +228,11 @@ def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
             )
         raw = f.read(header_len)
         try:
-            header = json.loads(raw)
+            header = json.loads(raw, object_pairs_hook=_unique_keys)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{path}: corrupt safetensors header: {exc}") from None
+        except _DuplicateKey as exc:
+            raise CheckpointError(f"{path}: the safetensors header names tensor {exc.args[0]!r} twice") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
         header.pop("__metadata__", None)
@@ -238,6 +245,7 @@ def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
         _WRITTEN[base] = []
         weakref.finalize(buf, _WRITTEN.pop, base, None)
     tensors: Dict[str, torch.Tensor] = {}
+    spans = []
     for name, info in header.items():
         try:
             dtype = DTYPES[info["dtype"]]
@@ -261,12 +269,42 @@ def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
                 f"{path}: truncated: tensor {name!r} needs bytes up to {end}, the file holds "
                 f"{data_len} bytes of data"
             )
+        spans.append((begin, end, name))
         if numel == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
         else:
             flat = torch.frombuffer(buf, dtype=dtype, count=numel, offset=data_start + begin)
             tensors[name] = flat.view(shape)
+    _check_layout(path, spans, data_len)
     return tensors
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _check_layout(path: Path, spans, data_len: int) -> None:
+    """As strict as the safetensors library: the tensors' bytes follow one another from the
+    start of the data, without overlap or gap, and end where the file ends. (Two tensors on the
+    same bytes would load as a different model than the one saved.)"""
+    at, previous = 0, None
+    for begin, end, name in sorted(spans):
+        if begin < at:
+            raise CheckpointError(f"{path}: tensors {previous!r} and {name!r} overlap (bytes {begin}..{at})")
+        if begin > at:
+            raise CheckpointError(f"{path}: {begin - at} bytes before tensor {name!r} belong to no tensor")
+        at, previous = end, name
+    if at != data_len:
+        raise CheckpointError(f"{path}: {data_len - at} bytes after the last tensor belong to no tensor")
 
 
 def _span(t: torch.Tensor) -> tuple:
@@ -323,8 +361,17 @@ def release(t: torch.Tensor) -> int:
 
 
 def read_pickle(path: Path) -> Dict[str, torch.Tensor]:
-    """A pickled state dict, read with ``weights_only=True`` (no code runs)."""
+    """A pickled state dict, read with ``weights_only=True`` (no code runs). A zip archive (what
+    ``torch.save`` writes) must pass its CRC checks first: torch's reader does not check them."""
     _check_not_lfs_pointer(path)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: damaged zip archive ({exc})") from None
+        if bad is not None:
+            raise CheckpointError(f"{path}: damaged: {bad} in the archive fails its CRC check")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
@@ -347,7 +394,17 @@ def read_weights(files: WeightFiles) -> Dict[str, torch.Tensor]:
         for key in part:
             if key in out:
                 raise CheckpointError(f"{path}: tensor {key!r} also appears in another shard")
+            if files.weight_map is not None and files.weight_map.get(key) != path.name:
+                where = files.weight_map.get(key)
+                if where is None:
+                    raise CheckpointError(f"{files.index}: does not list tensor {key!r}, which {path.name} holds")
+                raise CheckpointError(f"{files.index}: says tensor {key!r} is in {where!r}, but {path.name} holds it")
         out.update(part)
+    if files.weight_map is not None:
+        missing = sorted(set(files.weight_map) - set(out))
+        if missing:
+            raise CheckpointError(f"{files.index}: lists tensor {missing[0]!r} in {files.weight_map[missing[0]]!r}, "
+                                  f"which does not hold it ({len(missing)} such)")
     return out
 
 
