@@ -349,6 +349,7 @@ def load(
     :param device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     :param dtype: ``None`` (float32), ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
     :param allow_pickle: read ``.bin`` pickles (with ``weights_only=True``); refused otherwise.
+    :param revision: the Hub revision (branch, tag or commit sha) instead of the pinned one.
     :param task: build for another task the architecture supports (e.g. without a head).
     :param fast: apply the speed layer (zoo.accel: packed weights, fused products, decoding
         steps); ``False`` gives the plain model, the model file's modules only.
