@@ -429,6 +429,17 @@ def from_config(config: Dict[str, Any], task: Optional[str] = None) -> Bert:
     return Bert(BertConfig.from_hf(config, task or TASKS[0]))
 
 
+def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
+    """The parameters :func:`from_config` builds, from the config alone (checked before building)."""
+    cfg = BertConfig.from_hf(config, task or TASKS[0])
+    H, inner = cfg.hidden_size, cfg.intermediate_size
+    embeddings = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * H + 2 * H
+    layer = 4 * (H * H + H) + 2 * H + (H * inner + inner) + (inner * H + H) + 2 * H
+    pooler = H * H + H if cfg.add_pooling_layer else 0
+    mlm = (H * H + H) + 2 * H + cfg.vocab_size if cfg.add_mlm_head else 0
+    return embeddings + cfg.num_hidden_layers * layer + pooler + mlm
+
+
 def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
     """Random ids, two segments (token types 0 then 1), and padding at the end of every row
     after the first, so verification exercises the mask and the token types."""

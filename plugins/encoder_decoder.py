@@ -719,6 +719,23 @@ def from_config(config: Dict[str, Any], task: Optional[str] = None) -> EncoderDe
     return model
 
 
+def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
+    """The parameters :func:`from_config` builds, from the config alone (checked before building)."""
+    cfg = EncoderDecoderConfig.from_hf(config)
+    d = cfg.d_model
+    attention, norm = 4 * (d * d + d), 2 * d
+
+    def ffn(width: int) -> int:
+        return (d * width + width) + (width * d + d)
+
+    encoder = cfg.encoder_layers * (attention + ffn(cfg.encoder_ffn_dim) + 2 * norm)
+    decoder = cfg.decoder_layers * (2 * attention + ffn(cfg.decoder_ffn_dim) + 3 * norm)
+    finals = 2 * norm if cfg.final_norms else 0
+    embeddings = cfg.src_vocab_size * d + (0 if cfg.share_embeddings else cfg.tgt_vocab_size * d)
+    head = 0 if cfg.tie_output else d * cfg.tgt_vocab_size + cfg.tgt_vocab_size
+    return embeddings + encoder + decoder + finals + head
+
+
 def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
     """Source ids with the last row right-padded (a padded batch), and target ids starting with
     the decoder start token; keyword names both zoo's model and MarianMTModel accept."""

@@ -208,6 +208,14 @@ def from_config(config: Dict[str, Any], task: Optional[str] = None) -> GPT2:
     return GPT2(GPT2Config.from_hf(config))
 
 
+def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
+    """The parameters :func:`from_config` builds, from the config alone (checked before building)."""
+    cfg = GPT2Config.from_hf(config)
+    C, inner = cfg.n_embd, cfg.n_inner or 4 * cfg.n_embd
+    block = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * inner + inner) + (inner * C + C)
+    return cfg.vocab_size * C + cfg.n_positions * C + cfg.n_layer * block + 2 * C
+
+
 def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
     vocab = int(config.get("vocab_size", 50257))
     seq = min(seq, int(config.get("n_positions", 1024)))

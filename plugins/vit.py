@@ -323,6 +323,21 @@ def from_config(config: Dict[str, Any], task: Optional[str] = None) -> ViT:
     return ViT(ViTConfig.from_hf(config), task or TASKS[0])
 
 
+def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
+    """The parameters :func:`from_config` builds, from the config alone (checked before building)."""
+    cfg, task = ViTConfig.from_hf(config), task or TASKS[0]
+    H, inner = cfg.hidden_size, cfg.intermediate_size
+    (ph, pw), (gh, gw) = cfg.patch_size, cfg.grid
+    qkv_bias = 3 * H if cfg.qkv_bias else 0
+    embeddings = cfg.num_channels * ph * pw * H + H + H + (1 + gh * gw) * H
+    layer = 2 * H + 3 * H * H + qkv_bias + (H * H + H) + 2 * H + (H * inner + inner) + (inner * H + H)
+    if task == "image-classification":
+        head = H * cfg.num_labels + cfg.num_labels
+    else:
+        head = H * cfg.pooler_output_size + cfg.pooler_output_size if cfg.add_pooling_layer else 0
+    return embeddings + cfg.num_hidden_layers * layer + 2 * H + head
+
+
 def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
     """Random pixel values at the trained resolution (``seq`` does not apply to images)."""
     cfg = ViTConfig.from_hf(config)

@@ -594,3 +594,72 @@ def test_an_untied_gpt2_head_is_refused_not_run_wrong(tmp_path):
         zoo.load(str(tmp_path), device="cpu")
     code, output = _zoo("run", tmp_path, "--ids", "1,2")
     assert code == 2 and "tie_word_embeddings" in _one_line_error(output)
+
+
+# ----------------------------------------------------------------------------- sizes read from files
+
+
+@pytest.mark.parametrize("field, value", [("n_layer", 10**7), ("vocab_size", 10**12), ("n_embd", 10**6)])
+def test_a_config_too_big_for_memory_is_refused_before_building(field, value, tmp_path):
+    """Sizes come from files: checked against the machine's memory before anything is built."""
+    import json
+    import time
+
+    import zoo
+    from zoo.memory import MemoryBoundError
+
+    write_checkpoint(get_catalog().converter("hf_gpt2"), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    extra = {"n_head": 1} if field == "n_embd" else {}
+    (tmp_path / "config.json").write_text(json.dumps({**config, field: value, **extra}))
+    start = time.monotonic()
+    with pytest.raises(MemoryBoundError, match=f"{field}={value}"):
+        zoo.load(str(tmp_path), device="cpu")
+    assert time.monotonic() - start < 10
+    code, output = _zoo("run", tmp_path, "--ids", "1")
+    assert code == 2 and "ZOO_MEMORY_CHECK=0" in _one_line_error(output)
+
+
+def test_a_catalog_entry_too_big_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "cat.toml"
+    path.write_text("[models.huge]\nconverter = 'hf_gpt2'\nconfig = { n_layer = 10000000 }\n")
+    monkeypatch.setenv("ZOO_REGISTRY", str(path))
+    code, output = _zoo("verify", "huge", "--random-weights")
+    assert code == 2 and "n_layer=10000000" in _one_line_error(output)
+
+
+def test_beams_too_many_for_memory_are_refused_before_allocating(hf):
+    import torch
+
+    import zoo
+    from zoo.memory import MemoryBoundError
+
+    model = zoo.load(str(hf), device="cpu")
+    with pytest.raises(MemoryBoundError, match="rows = batch x beams = 10000000"):
+        model.generate(torch.tensor([[1, 2]]), num_beams=10**7, max_new_tokens=4)
+
+
+def test_every_parameter_count_is_exact():
+    """Architecture.parameter_count against the model itself, built on the meta device: the
+    tiny config of every converter, and every catalog entry's recorded count."""
+    import torch
+
+    from zoo.loading import build_model
+    from zoo.types import import_ref
+    from conftest import converters
+
+    catalog = get_catalog()
+    for conv in converters():
+        arch = catalog.architecture(conv.architecture)
+        if arch.parameter_count is None:  # optional for a plugin's architecture
+            continue
+        for task in arch.tasks:
+            with torch.device("meta"):
+                model = arch.build(dict(conv.tiny_config), task)
+            want = sum(p.numel() for p in model.parameters())
+            assert import_ref(arch.parameter_count)(dict(conv.tiny_config), task) == want, (conv.name, task)
+    for entry in catalog.models.values():
+        arch = catalog.architecture(entry.architecture)
+        if entry.params and arch.parameter_count:
+            assert import_ref(arch.parameter_count)(dict(entry.config), entry.task) == entry.params, entry.name
+    assert build_model  # the loader's check uses the same function

@@ -18,6 +18,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from . import memory
 from .errors import InputError
 
 INITIAL_POSITIONS = 64
@@ -25,6 +26,10 @@ INITIAL_POSITIONS = 64
 
 class KVCache:
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_size: int, device, dtype):
+        # what the cache may grow to must fit in what is free now (zoo.memory), before any of it
+        need = n_layer * 2 * batch * n_head * max_len * head_size * torch.empty(0, dtype=dtype).element_size()
+        memory.check(need, f"a key/value cache of {batch} rows x {max_len} positions",
+                     f"rows = batch x beams = {batch}, {n_layer} layers", torch.device(device), available=True)
         self.max_len = max_len
         self.kv = torch.empty((n_layer, 2, batch, n_head, min(max_len, INITIAL_POSITIONS), head_size),
                               device=device, dtype=dtype)

@@ -25,12 +25,12 @@ import torch
 
 from . import accel
 from . import checkpoint as ckpt
-from . import hub
+from . import hub, memory
 from .convert import Report, convert
 from .device import pick_device, pick_dtype
 from .errors import CheckpointError, ConversionError, InputError, UnknownModelError
 from .registry import Catalog, get_catalog, task_for
-from .types import Architecture, Converter, ModelEntry
+from .types import Architecture, Converter, ModelEntry, import_ref
 
 
 @dataclass
@@ -91,7 +91,6 @@ def _sniff(path: Path, catalog: Catalog, overrides: Mapping[str, Any]):
     """A checkpoint without config.json: the converter whose key map accounts for every key,
     and the config it infers from the tensors."""
     from .convert import compile_key_map
-    from .types import import_ref
 
     if path.is_dir() and (path / ckpt.ZOO_META).is_file():  # written by `zoo convert --to zoo`
         raise CheckpointError(
@@ -160,13 +159,28 @@ def _skip_init():
             setattr(torch.nn.init, name, fn)
 
 
-def build_model(arch: Architecture, config: Mapping[str, Any], task: str, meta: bool = True):
+def build_model(arch: Architecture, config: Mapping[str, Any], task: str, meta: bool = True,
+                itemsize: int = 4, device=None):
     """The architecture's module: on the meta device, uninitialized (``meta=True``), or built
-    for real with its own initialization (for training from scratch)."""
+    for real with its own initialization (for training from scratch). First, the parameters
+    the config asks for (``Architecture.parameter_count``, at ``itemsize`` bytes each) must fit
+    in the memory of ``device`` (zoo.memory)."""
+    check_size(arch, config, task, itemsize, device)
     if meta:
         with torch.device("meta"), _skip_init():
             return arch.build(config, task)
     return arch.build(config, task)
+
+
+def check_size(arch: Architecture, config: Mapping[str, Any], task: str, itemsize: int = 4, device=None) -> None:
+    """Refuse a model whose parameters (``Architecture.parameter_count``, at ``itemsize`` bytes)
+    cannot fit in the memory of ``device``, naming the config's largest sizes (zoo.memory)."""
+    if arch.parameter_count is None:
+        return
+    n = import_ref(arch.parameter_count)(dict(config), task)
+    sizes = sorted(((v, k) for k, v in config.items() if isinstance(v, int) and not isinstance(v, bool)), reverse=True)
+    named = ", ".join(f"{k}={v}" for v, k in sizes[:4]) or "its config"
+    memory.check(n * itemsize, f"{arch.name} with {n:,} parameters", f"from {named}", device)
 
 
 def configure(entry: ModelEntry, folder: Optional[Path]) -> Dict[str, Any]:
@@ -219,16 +233,15 @@ def load_full(
 
     if files is None:  # an entry without weights: fresh initialization, for training
         with torch.device(target_device):
-            model = build_model(arch, config, task, meta=False)
+            model = build_model(arch, config, task, meta=False, itemsize=target_dtype.itemsize,
+                                device=target_device)
         model.to(dtype=target_dtype).eval()
         return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype)
 
     tensors = ckpt.read_weights(files)
     if converter.config_from_weights is not None:
-        from .types import import_ref
-
         config = dict(import_ref(converter.config_from_weights)(config, list(tensors)))
-    model = build_model(arch, config, task)
+    model = build_model(arch, config, task, itemsize=target_dtype.itemsize, device=target_device)
     expected = model.state_dict()
     state, report = convert(tensors, converter, expected)
     # weights the speed layer packs are read in their packed copy only: their plain layout does not matter

@@ -39,6 +39,9 @@ class Architecture:
         them.
     :param fast_paths: ``"module:attr"`` of a sequence of :class:`zoo.accel.FastPath` that the
         loader's last step applies to this architecture's models (the model file stays plain).
+    :param parameter_count: ``"module:attr"`` of ``(config, task) -> int``, the parameters the
+        factory would build, computed from the config alone: the loader checks that they fit in
+        memory before building anything (a config with ``n_layer = 10**7`` is refused at once).
     """
 
     name: str
@@ -47,6 +50,7 @@ class Architecture:
     description: str = ""
     example_inputs: Optional[Ref] = None
     fast_paths: Optional[Ref] = None
+    parameter_count: Optional[Ref] = None
 
     def build(self, config: Mapping[str, Any], task: Optional[str] = None):
         return import_ref(self.factory)(dict(config), task or self.tasks[0])

@@ -23,7 +23,7 @@ from . import checkpoint as ckpt
 from .version import __version__
 from .errors import DownloadError, InputError, ZooError
 from .generation import GENERATIVE_TASKS
-from .loading import weight_files, load_full, resolve
+from .loading import check_size, load_full, resolve, weight_files
 from .loading import non_finite as find_non_finite
 from .registry import get_catalog
 from .types import Converter, import_ref
@@ -181,7 +181,9 @@ def _timed(fn, repeats: int = 3) -> tuple:
 
 
 def write_random_checkpoint(converter: Converter, config: Dict[str, Any], task: str, seed: int, folder: Path):
-    """Build the reference with seeded random weights and save it in the Hub's key layout."""
+    """Build the reference with seeded random weights and save it in the Hub's key layout (its
+    size checked against memory first, as loading checks zoo's)."""
+    check_size(get_catalog().architecture(converter.architecture), config, task)
     torch.manual_seed(seed)
     ref = import_ref(converter.reference)(dict(config), task).eval()
     state = ref.state_dict()
