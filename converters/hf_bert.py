@@ -25,7 +25,7 @@ depends on the task: ``fill-mask`` has the MLM head and no pooler (as ``BertForM
 ``feature-extraction`` has the pooler and no MLM head (as ``BertModel``); the head a build lacks
 is dropped by a named ``unused`` reason. This module imports no torch at import time.
 """
-from zoo import Drop, Map, Rename, hookimpl
+from zoo import Drop, Map, Rename, fields, hookimpl
 from zoo.types import Converter
 
 _POOLER_UNUSED = "pooler: the fill-mask model has none (as BertForMaskedLM)"
@@ -171,6 +171,15 @@ def config_from_weights(config, keys):
     return config
 
 
+# the config.json fields the architecture reads, and what each must be
+CONFIG_FIELDS = {
+    "vocab_size": fields.SIZE, "hidden_size": fields.SIZE, "num_hidden_layers": fields.SIZE,
+    "num_attention_heads": fields.SIZE, "intermediate_size": fields.SIZE, "hidden_act": fields.NAME,
+    "layer_norm_eps": fields.POSITIVE, "max_position_embeddings": fields.SIZE, "type_vocab_size": fields.SIZE,
+    "pad_token_id": fields.TOKEN_ID, "hidden_dropout_prob": fields.PROBABILITY,
+    "attention_probs_dropout_prob": fields.PROBABILITY,
+}
+
 CONVERTER = Converter(
     name="hf_bert",
     architecture="bert",
@@ -185,6 +194,7 @@ CONVERTER = Converter(
                  "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 64,
                  "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "pad_token_id": 0},
     description="Hugging Face BERT (Hub pretraining files, BertModel/BertForMaskedLM save_pretrained)",
+    config_fields=CONFIG_FIELDS,
 )
 
 

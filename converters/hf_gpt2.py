@@ -9,7 +9,7 @@ Two layouts are read:
 
 This module imports no torch: transforms use tensor methods only.
 """
-from zoo import Drop, Map, Rename, Transform, hookimpl
+from zoo import Drop, Map, Rename, Transform, fields, hookimpl
 from zoo.types import Converter
 
 
@@ -86,6 +86,15 @@ def hub_layout(state_dict, config):
     return out
 
 
+# the config.json fields the architecture reads, and what each must be
+CONFIG_FIELDS = {
+    "vocab_size": fields.SIZE, "n_positions": fields.SIZE, "n_embd": fields.SIZE, "n_layer": fields.SIZE,
+    "n_head": fields.SIZE, "n_inner": fields.SIZE, "activation_function": fields.NAME,
+    "layer_norm_epsilon": fields.POSITIVE, "eos_token_id": fields.TOKEN_IDS, "bos_token_id": fields.TOKEN_IDS,
+    "tie_word_embeddings": fields.FLAG, "scale_attn_weights": fields.FLAG,
+    "scale_attn_by_inverse_layer_idx": fields.FLAG, "add_cross_attention": fields.FLAG,
+}
+
 CONVERTER = Converter(
     name="hf_gpt2",
     architecture="gpt2",
@@ -98,6 +107,7 @@ CONVERTER = Converter(
     tiny_config={"vocab_size": 96, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4,
                  "bos_token_id": 0, "eos_token_id": 0},
     description="Hugging Face GPT-2 (Hub files and transformers save_pretrained)",
+    config_fields=CONFIG_FIELDS,
 )
 
 

@@ -16,7 +16,7 @@ sublayer they follow.
 
 This module imports no torch at import time.
 """
-from zoo import Drop, Map, hookimpl
+from zoo import Drop, Map, fields, hookimpl
 from zoo.types import Converter
 
 _PROJ = (("q_proj", 0), ("k_proj", 1), ("v_proj", 2), ("out_proj", 3))
@@ -105,6 +105,18 @@ TINY_CONFIG = {
     "init_std": 0.3,  # peaked attention: a swapped q/k projection shows in the outputs
 }
 
+# the config.json fields the architecture reads, and what each must be
+CONFIG_FIELDS = {
+    "vocab_size": fields.SIZE, "decoder_vocab_size": fields.SIZE, "d_model": fields.SIZE,
+    "encoder_layers": fields.SIZE, "decoder_layers": fields.SIZE, "encoder_attention_heads": fields.SIZE,
+    "decoder_attention_heads": fields.SIZE, "encoder_ffn_dim": fields.SIZE, "decoder_ffn_dim": fields.SIZE,
+    "max_position_embeddings": fields.SIZE, "activation_function": fields.NAME, "scale_embedding": fields.FLAG,
+    "dropout": fields.PROBABILITY, "attention_dropout": fields.PROBABILITY, "activation_dropout": fields.PROBABILITY,
+    "pad_token_id": fields.TOKEN_ID, "eos_token_id": fields.TOKEN_ID, "decoder_start_token_id": fields.TOKEN_ID,
+    "forced_eos_token_id": fields.TOKEN_ID, "num_beams": fields.COUNT, "max_length": fields.COUNT,
+    "length_penalty": fields.NUMBER,
+}
+
 CONVERTER = Converter(
     name="hf_marian",
     architecture="encoder_decoder",
@@ -115,6 +127,7 @@ CONVERTER = Converter(
     hub_layout="zoo.converters.hf_marian:hub_layout",
     tiny_config=TINY_CONFIG,
     description="Hugging Face Marian / opus-mt (Hub files and transformers save_pretrained)",
+    config_fields=CONFIG_FIELDS,
 )
 
 

@@ -20,7 +20,7 @@ Layouts read (all 1:1 apart from names; no tensor changes shape):
 
 This module imports no torch.
 """
-from zoo import Drop, Map, Rename, hookimpl
+from zoo import Drop, Map, Rename, fields, hookimpl
 from zoo.types import Converter
 
 _L = "encoder.layer.{}."
@@ -143,6 +143,15 @@ def hub_layout(state_dict, config):
     return out
 
 
+# the config.json fields the architecture reads, and what each must be
+CONFIG_FIELDS = {
+    "image_size": fields.SIZE_2D, "patch_size": fields.SIZE_2D, "num_channels": fields.SIZE,
+    "hidden_size": fields.SIZE, "num_hidden_layers": fields.SIZE, "num_attention_heads": fields.SIZE,
+    "intermediate_size": fields.SIZE, "hidden_act": fields.NAME, "layer_norm_eps": fields.POSITIVE,
+    "qkv_bias": fields.FLAG, "num_labels": fields.SIZE, "pooler_output_size": fields.SIZE,
+    "pooler_act": fields.NAME,
+}
+
 CONVERTER = Converter(
     name="hf_vit",
     architecture="vit",
@@ -159,6 +168,7 @@ CONVERTER = Converter(
     config_from_weights="zoo.converters.hf_vit:config_from_weights",
     tiny_config=TINY_CONFIG,
     description="Hugging Face ViT (Hub files, transformers save_pretrained, transformers 5.x module names)",
+    config_fields=CONFIG_FIELDS,
 )
 
 

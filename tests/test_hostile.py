@@ -663,3 +663,71 @@ def test_every_parameter_count_is_exact():
         if entry.params and arch.parameter_count:
             assert import_ref(arch.parameter_count)(dict(entry.config), entry.task) == entry.params, entry.name
     assert build_model  # the loader's check uses the same function
+
+
+# ----------------------------------------------------------------------------- values read from files
+
+BAD_CONFIGS = [
+    ("hf_gpt2", "n_head", "4", "field n_head must be an integer >= 1, got \"4\""),
+    ("hf_gpt2", "n_layer", 2.0, "field n_layer must be an integer >= 1, got 2.0"),
+    ("hf_gpt2", "n_head", 0, "field n_head must be an integer >= 1, got 0"),
+    ("hf_gpt2", "layer_norm_epsilon", float("nan"), "field layer_norm_epsilon must be a finite number > 0"),
+    ("hf_gpt2", "architectures", "GPT2LMHeadModel", "field architectures must be a list of strings"),
+    ("hf_bert", "hidden_dropout_prob", 2, "field hidden_dropout_prob must be a number from 0 to 1"),
+    ("hf_bert", "num_attention_heads", -4, "field num_attention_heads must be an integer >= 1"),
+    ("hf_vit", "image_size", [0, 0], "field image_size must be an integer >= 1 or [height, width]"),
+    ("hf_vit", "layer_norm_eps", -1e-12, "field layer_norm_eps must be a finite number > 0"),
+    ("hf_marian", "d_model", "512", "field d_model must be an integer >= 1"),
+    ("hf_marian", "decoder_start_token_id", -1, "field decoder_start_token_id must be a token id"),
+]
+
+
+@pytest.mark.parametrize("conv, field, value, message", BAD_CONFIGS,
+                         ids=[f"{c}-{f}={v!r}" for c, f, v, _ in BAD_CONFIGS])
+def test_a_config_value_of_the_wrong_kind_names_file_field_and_value(conv, field, value, message, tmp_path):
+    import json
+
+    import zoo
+    from zoo.errors import ConfigError
+
+    write_checkpoint(get_catalog().converter(conv), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ConfigError) as err:
+        zoo.load(str(tmp_path), device="cpu")
+    assert str(tmp_path / "config.json") in str(err.value) and message in str(err.value)
+    code, output = _zoo("verify", tmp_path)
+    assert code == 2 and message in _one_line_error(output)
+
+
+def test_a_catalog_config_value_of_the_wrong_kind_names_the_entry(tmp_path, monkeypatch):
+    path = tmp_path / "cat.toml"
+    path.write_text("[models.m]\nconverter = 'hf_gpt2'\nconfig = { n_head = '4' }\n")
+    monkeypatch.setenv("ZOO_REGISTRY", str(path))
+    code, output = _zoo("list")
+    assert code == 2 and "[models.m]: config: field n_head must be an integer >= 1" in _one_line_error(output)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"image_std": [0, 0, 0]}, "image_std finite and > 0"),
+    ({"rescale_factor": 0}, "rescale_factor must be a finite number > 0"),
+    ({"size": {"height": 0, "width": 224}}, "size must be whole pixels > 0"),
+])
+def test_preprocessing_values_that_make_nonsense_are_refused(settings, message):
+    from zoo.errors import ConfigError
+    from zoo.imaging import resolve_settings
+
+    with pytest.raises(ConfigError, match=message):
+        resolve_settings({"size": {"height": 224, "width": 224}, **settings}, {"num_channels": 3})
+
+
+def test_an_image_too_large_to_decode_is_one_line(tmp_path):
+    from PIL import Image
+
+    from zoo.errors import InputError
+    from zoo.imaging import open_image
+
+    path = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(path)  # a few KB on disk, 400 million pixels decoded
+    with pytest.raises(InputError, match="too large to decode safely"):
+        open_image(str(path))

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from . import fields
 from .errors import CheckpointError
 
 DTYPES = {
@@ -84,43 +85,29 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-def _is_int(v, least: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= least
-
-
-def _is_ids(v) -> bool:
-    return _is_int(v, 0) or (isinstance(v, list) and bool(v) and all(_is_int(t, 0) for t in v))
-
-
-_TOKEN_ID = (lambda v: _is_int(v, 0), "a token id (an integer >= 0)")
-_TOKEN_IDS = (_is_ids, "a token id (an integer >= 0) or a list of token ids")
-_COUNT = (lambda v: _is_int(v, 1), "an integer >= 1")
-_NUMBER = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
-_FLAG = (lambda v: isinstance(v, bool), "true or false")
-
 # The decoding defaults zoo takes from generation_config.json, with what each value must be.
 # Other entries of the file (transformers' output switches, its version) are not model settings.
 GENERATION_FIELDS = {
-    "bos_token_id": _TOKEN_IDS,
-    "eos_token_id": _TOKEN_IDS,
-    "pad_token_id": _TOKEN_ID,
-    "decoder_start_token_id": _TOKEN_ID,
-    "forced_bos_token_id": _TOKEN_ID,
-    "forced_eos_token_id": _TOKEN_ID,
+    "bos_token_id": fields.TOKEN_IDS,
+    "eos_token_id": fields.TOKEN_IDS,
+    "pad_token_id": fields.TOKEN_ID,
+    "decoder_start_token_id": fields.TOKEN_ID,
+    "forced_bos_token_id": fields.TOKEN_ID,
+    "forced_eos_token_id": fields.TOKEN_ID,
     "bad_words_ids": (
-        lambda v: isinstance(v, list) and all(isinstance(w, list) and w and all(_is_int(t, 0) for t in w) for w in v),
+        lambda v: isinstance(v, list) and all(isinstance(w, list) and w and all(fields.TOKEN_ID[0](t) for t in w) for w in v),
         "a list of token-id lists, e.g. [[58100]]",
     ),
-    "max_length": _COUNT,
-    "max_new_tokens": _COUNT,
-    "num_beams": _COUNT,
-    "length_penalty": _NUMBER,
+    "max_length": fields.COUNT,
+    "max_new_tokens": fields.COUNT,
+    "num_beams": fields.COUNT,
+    "length_penalty": fields.NUMBER,
     "early_stopping": (lambda v: isinstance(v, bool) or v == "never", 'true, false or "never"'),
-    "renormalize_logits": _FLAG,
-    "do_sample": _FLAG,
-    "temperature": _NUMBER,
-    "top_k": (lambda v: _is_int(v, 0), "an integer >= 0"),
-    "top_p": _NUMBER,
+    "renormalize_logits": fields.FLAG,
+    "do_sample": fields.FLAG,
+    "temperature": (lambda v: fields.NUMBER[0](v) and v >= 0, "a finite number >= 0"),
+    "top_k": fields.TOKEN_ID[:1] + ("an integer >= 0",),
+    "top_p": (lambda v: fields.NUMBER[0](v) and 0 < v <= 1, "a number in (0, 1]"),
 }
 
 

@@ -139,7 +139,7 @@ def read_source(
     folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
     if files is None:
         raise ExportError(f"{entry.name}: the catalog entry names no weights to convert")
-    config = configure(entry, folder)
+    config = configure(entry, folder, converter)
     tensors = ckpt.read_weights(files)
     if converter.config_from_weights is not None:
         config = dict(import_ref(converter.config_from_weights)(config, list(tensors)))

@@ -14,6 +14,7 @@ Pillow and torch are imported when first used.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -75,13 +76,20 @@ def resolve_settings(raw: Mapping[str, Any], config: Mapping[str, Any], where: s
     std = [float(std)] * channels if isinstance(std, (int, float)) else [float(s) for s in std]
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(f"{where}: image_mean/image_std need {channels} values, got {mean} / {std}")
+    if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+        raise ConfigError(f"{where}: image_mean must be finite and image_std finite and > 0, got {mean} / {std}")
+    if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
+        raise ConfigError(f"{where}: size must be whole pixels > 0, got {height}x{width}")
+    rescale = raw.get("rescale_factor", 1 / 255)
+    if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not math.isfinite(rescale) or rescale <= 0:
+        raise ConfigError(f"{where}: rescale_factor must be a finite number > 0, got {rescale!r}")
     return {
         "do_resize": bool(raw.get("do_resize", True)),
         "height": int(height),
         "width": int(width),
         "resample": int(resample),
         "do_rescale": bool(raw.get("do_rescale", True)),
-        "rescale_factor": float(raw.get("rescale_factor", 1 / 255)),
+        "rescale_factor": float(rescale),
         "do_normalize": bool(raw.get("do_normalize", True)),
         "image_mean": mean,
         "image_std": std,
@@ -101,6 +109,8 @@ def open_image(path: str):
         with Image.open(p) as im:
             im.load()
             return im.convert("RGB")
+    except Image.DecompressionBombError as exc:  # Pillow's guard against images that expand without bound
+        raise InputError(f"{path}: too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{path}: not an image Pillow can read ({exc.__class__.__name__}: {exc})") from None
 

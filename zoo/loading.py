@@ -25,10 +25,10 @@ import torch
 
 from . import accel
 from . import checkpoint as ckpt
-from . import hub, memory
+from . import fields, hub, memory
 from .convert import Report, convert
 from .device import pick_device, pick_dtype
-from .errors import CheckpointError, ConversionError, InputError, UnknownModelError
+from .errors import CheckpointError, ConfigError, ConversionError, InputError, UnknownModelError
 from .registry import Catalog, get_catalog, task_for
 from .types import Architecture, Converter, ModelEntry, import_ref
 
@@ -183,13 +183,17 @@ def check_size(arch: Architecture, config: Mapping[str, Any], task: str, itemsiz
     memory.check(n * itemsize, f"{arch.name} with {n:,} parameters", f"from {named}", device)
 
 
-def configure(entry: ModelEntry, folder: Optional[Path]) -> Dict[str, Any]:
+def configure(entry: ModelEntry, folder: Optional[Path], converter: Optional[Converter] = None) -> Dict[str, Any]:
     """The config an architecture gets: the catalog entry's, then the checkpoint folder's
-    config.json over it, then its generation_config.json over that (transformers reads decoding
-    defaults from there; config.json's copies of them are legacy)."""
+    config.json over it (each value of the kind ``converter.config_fields`` says), then its
+    generation_config.json over that (transformers reads decoding defaults from there;
+    config.json's copies of them are legacy)."""
     config = dict(entry.config)
     if folder is not None and (folder / "config.json").is_file():
-        config.update(ckpt.read_config(folder))
+        read = ckpt.read_config(folder)
+        if converter is not None:
+            fields.check(read, converter.config_fields, str(folder / "config.json"), ConfigError)
+        config.update(read)
         config.update(ckpt.read_generation_config(folder))
     return config
 
@@ -227,8 +231,9 @@ def load_full(
         raise UnknownModelError(f"architecture {arch.name!r} has no task {task!r} (tasks: {', '.join(arch.tasks)})")
 
     folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
-    config = configure(entry, folder)
+    config = configure(entry, folder, converter)
     _check_overrides(config_overrides or {}, config)
+    fields.check(config_overrides or {}, converter.config_fields, "zoo.load()", ConfigError)
     config.update(config_overrides or {})
 
     if files is None:  # an entry without weights: fresh initialization, for training

@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from . import pluginmanager
+from . import fields, pluginmanager
 from .errors import RegistryError, UnknownModelError
 from .types import Architecture, Converter, ModelEntry, Task
 
@@ -226,6 +226,7 @@ def complete_entry(entry: ModelEntry, architectures: Mapping[str, Architecture],
     if arch is None:
         raise _Unregistered(f"{ctx}: converter {converter.name!r} fills architecture {converter.architecture!r}, "
                             f"which no plugin registered")
+    fields.check(entry.config, converter.config_fields, f"{ctx}: config", RegistryError)
     task = entry.task or task_for(converter, arch, entry.config)
     if task not in arch.tasks:
         raise RegistryError(f"{ctx}: field 'task' is {task!r}; architecture {arch.name!r} has {', '.join(arch.tasks)}")

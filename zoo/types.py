@@ -169,6 +169,9 @@ class Converter:
     :param config_from_weights: ``"module:attr"`` of ``(config, keys) -> config`` for config values
         only the weights can tell (e.g. whether a ViT encoder checkpoint has a pooler): called
         with the merged config and the checkpoint's key names before the model is built.
+    :param config_fields: the config.json fields the architecture reads, each with the kind of
+        value it must be (:mod:`zoo.fields`: ``{"n_layer": fields.COUNT, ...}``); a value of
+        another kind is refused where it is read, naming the file (or catalog entry) and field.
     :param version: bumped when the mapping changes (recorded in provenance).
     """
 
@@ -183,6 +186,7 @@ class Converter:
     infer_config: Optional[Ref] = None
     tiny_config: Mapping[str, Any] = field(default_factory=dict)
     config_from_weights: Optional[Ref] = None
+    config_fields: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     version: str = "1"
 
