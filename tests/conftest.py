@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+os.environ.setdefault("ZOO_CACHE", tempfile.mkdtemp(prefix="zoo-test-cache-"))  # random weights land here
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
@@ -40,7 +42,7 @@ def write_checkpoint(converter, folder: Path, layout: str = "hub", config=None, 
     import torch
 
     from zoo.types import import_ref
-    from zoo.verification import write_random_checkpoint
+    from zoo.randomweights import write as write_random_checkpoint
 
     config = dict(config or converter.tiny_config)
     task = next(iter(converter.tasks.values()), None)

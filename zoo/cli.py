@@ -275,6 +275,8 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
               help="Beam search width (text generation, translation). Default: the checkpoint's num_beams "
                    "(generation_config.json), else 1.")
 @click.option("--embed", is_flag=True, help="Print a sentence embedding instead (encoders).")
+@click.option("--random-weights", is_flag=True,
+              help="Seeded random weights in the Hub's layout instead of the checkpoint (no download; outputs mean nothing).")
 @click.option("--task", "task_name", default=None,
               help="Run this task (any registered one, see `zoo plugins`) instead of the model's own.")
 @click.option("--top", default=5, show_default=True, type=COUNT, help="How many candidates/labels to show.")
@@ -282,7 +284,7 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, temperature, top_k, top_p, seed, ids,
-        beams, embed, task_name, top, allow_pickle, as_json):
+        beams, embed, random_weights, task_name, top, allow_pickle, as_json):
     """Run a model on INPUTS (a prompt, a sentence, an image file ...)."""
     from .errors import InputError
     from .loading import load_full
@@ -301,8 +303,10 @@ def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, te
     catalog = get_catalog()
     task = catalog.task(task_name or "feature-extraction") if (task_name or embed) else None
     runner = get_runner(task, given) if task is not None else None  # options checked before loading
-    loaded = load_full(name_or_path, checkpoint=checkpoint, device=device, dtype=dtype,
-                       allow_pickle=allow_pickle, task=task and (task.builds or task.name))
+    loaded = load_full(name_or_path, checkpoint=checkpoint, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                       task=task and (task.builds or task.name), random_weights=random_weights)
+    if random_weights:
+        click.echo("zoo: random weights (seed 0), not the checkpoint's: the outputs mean nothing", err=True)
     if runner is None:
         runner = get_runner(loaded.task, given)
     click.echo(f"zoo: {loaded.entry.name} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')})", err=True)
@@ -345,8 +349,10 @@ def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, promp
 @click.option("--force", is_flag=True, help="Replace an existing, non-empty output folder.")
 @click.option("--checkpoint", type=click.Path(exists=True), help="Local checkpoint folder or file to read.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
+@click.option("--random-weights", is_flag=True,
+              help="Seeded random weights in the Hub's layout instead of the checkpoint (no download).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def convert_cmd(name_or_path, to, out, force, checkpoint, allow_pickle, as_json):
+def convert_cmd(name_or_path, to, out, force, checkpoint, allow_pickle, random_weights, as_json):
     """Write a checkpoint as a Hugging Face folder (--to hf) or zoo-native files (--to zoo).
 
     Export reads the converter's key map backwards: HF -> zoo -> HF gives the same keys and
@@ -355,7 +361,9 @@ def convert_cmd(name_or_path, to, out, force, checkpoint, allow_pickle, as_json)
     from .export import convert_checkpoint
 
     result = convert_checkpoint(name_or_path, to, out, force=force, checkpoint=checkpoint,
-                                allow_pickle=allow_pickle)
+                                allow_pickle=allow_pickle, random_weights=random_weights)
+    if random_weights:
+        click.echo("zoo: random weights (seed 0), not the checkpoint's", err=True)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.render())
 
 

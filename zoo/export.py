@@ -36,6 +36,7 @@ import torch
 
 from .version import __version__
 from . import checkpoint as ckpt
+from . import randomweights
 from .convert import compile_key_map, fill_template, convert, export as export_keys
 from .errors import ZooError
 from .generation import GENERATIVE_TASKS
@@ -122,6 +123,7 @@ def read_source(
     revision: Optional[str] = None,
     allow_pickle: bool = False,
     task: Optional[str] = None,
+    random_weights: bool = False,
 ) -> Source:
     """Read a registry name / alias / checkpoint folder (or a zoo-native folder) and convert
     its tensors to zoo's names exactly (no dtype change, no model built but on the meta
@@ -136,6 +138,10 @@ def read_source(
     converter = catalog.converter(entry.converter)
     arch = catalog.architecture(entry.architecture)
     task = task or entry.task
+    if random_weights:
+        if checkpoint is not None:
+            raise ExportError("random weights or a checkpoint: give one of them, not both")
+        checkpoint = randomweights.cached(entry.name, converter, dict(entry.config), task, 0)
     folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
     if files is None:
         raise ExportError(f"{entry.name}: the catalog entry names no weights to convert")

@@ -25,7 +25,7 @@ import torch
 
 from . import accel
 from . import checkpoint as ckpt
-from . import fields, hub, memory
+from . import fields, hub, memory, randomweights
 from .convert import Report, convert
 from .device import pick_device, pick_dtype
 from .errors import CheckpointError, ConfigError, ConversionError, InputError, UnknownModelError
@@ -48,6 +48,7 @@ class Loaded:
     folder: Optional[Path] = None
     files: List[Path] = field(default_factory=list)
     report: Optional[Report] = None
+    random_seed: Optional[int] = None  # the weights are seeded random ones (zoo.randomweights)
 
 
 def _is_path(name: str) -> bool:
@@ -165,22 +166,11 @@ def build_model(arch: Architecture, config: Mapping[str, Any], task: str, meta: 
     for real with its own initialization (for training from scratch). First, the parameters
     the config asks for (``Architecture.parameter_count``, at ``itemsize`` bytes each) must fit
     in the memory of ``device`` (zoo.memory)."""
-    check_size(arch, config, task, itemsize, device)
+    memory.check_size(arch, config, task, itemsize, device)
     if meta:
         with torch.device("meta"), _skip_init():
             return arch.build(config, task)
     return arch.build(config, task)
-
-
-def check_size(arch: Architecture, config: Mapping[str, Any], task: str, itemsize: int = 4, device=None) -> None:
-    """Refuse a model whose parameters (``Architecture.parameter_count``, at ``itemsize`` bytes)
-    cannot fit in the memory of ``device``, naming the config's largest sizes (zoo.memory)."""
-    if arch.parameter_count is None:
-        return
-    n = import_ref(arch.parameter_count)(dict(config), task)
-    sizes = sorted(((v, k) for k, v in config.items() if isinstance(v, int) and not isinstance(v, bool)), reverse=True)
-    named = ", ".join(f"{k}={v}" for v, k in sizes[:4]) or "its config"
-    memory.check(n * itemsize, f"{arch.name} with {n:,} parameters", f"from {named}", device)
 
 
 def configure(entry: ModelEntry, folder: Optional[Path], converter: Optional[Converter] = None) -> Dict[str, Any]:
@@ -210,6 +200,8 @@ def load_full(
     converter: Optional[Converter] = None,
     config_overrides: Optional[Mapping[str, Any]] = None,
     fast: bool = True,
+    random_weights: bool = False,
+    seed: int = 0,
 ) -> Loaded:
     """Run the whole pipeline and return the model with its provenance (:class:`Loaded`).
     ``fast=False`` skips the last step, the speed layer (:func:`zoo.accel.accelerate`)."""
@@ -230,6 +222,10 @@ def load_full(
     if task not in arch.tasks:
         raise UnknownModelError(f"architecture {arch.name!r} has no task {task!r} (tasks: {', '.join(arch.tasks)})")
 
+    if random_weights:
+        if checkpoint is not None:
+            raise InputError("random weights or a checkpoint: give one of them, not both")
+        checkpoint = randomweights.cached(entry.name, converter, dict(entry.config), task, int(seed))
     folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
     config = configure(entry, folder, converter)
     _check_overrides(config_overrides or {}, config)
@@ -271,10 +267,11 @@ def load_full(
         # the packed copies are what forward reads: the plain weights' pages go back to the page
         # cache (re-read from the file if touched), so memory stays near the file's size
         accel.accelerate(model, arch, release=ckpt.release)
-    return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype, folder, files.paths, report)
+    return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype, folder, files.paths, report,
+                  random_seed=int(seed) if random_weights else None)
 
 
-LOAD_KEYWORDS = ("checkpoint", "device", "dtype", "allow_pickle", "revision", "task", "fast")
+LOAD_KEYWORDS = ("checkpoint", "device", "dtype", "allow_pickle", "revision", "task", "fast", "random_weights", "seed")
 
 
 def _check_overrides(overrides: Mapping[str, Any], config: Mapping[str, Any]) -> None:
@@ -357,6 +354,8 @@ def load(
     revision: Optional[str] = None,
     task: Optional[str] = None,
     fast: bool = True,
+    random_weights: bool = False,
+    seed: int = 0,
     **config_overrides: Any,
 ) -> torch.nn.Module:
     """Load a model by registry name, alias, or local checkpoint folder; returns it in eval mode.
@@ -371,6 +370,9 @@ def load(
     :param task: build for another task the architecture supports (e.g. without a head).
     :param fast: apply the speed layer (zoo.accel: packed weights, fused products, decoding
         steps); ``False`` gives the plain model, the model file's modules only.
+    :param random_weights: seeded random weights (``seed``) in the Hub's layout instead of the
+        checkpoint, for trying zoo without the Hub: every step is real, outputs are meaningless
+        (zoo.randomweights; kept in a cache folder, so the second time is fast).
     :param config_overrides: config values the weights cannot tell (e.g. ``heads=8``).
     """
     return load_full(
@@ -383,4 +385,6 @@ def load(
         task=task,
         config_overrides=config_overrides,
         fast=fast,
+        random_weights=random_weights,
+        seed=seed,
     ).model

@@ -9,9 +9,10 @@ memory there is, when it cannot fit. ``ZOO_MEMORY_CHECK=0`` lets a user who mean
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from .errors import InputError
+from .types import Architecture, import_ref
 
 ENV = "ZOO_MEMORY_CHECK"
 
@@ -68,3 +69,14 @@ def check(need: int, what: str, fields: str, device=None, available: bool = Fals
             f"{what} needs about {human(need)} ({fields}); this machine has {human(have)} {where}. "
             f"Check those values; {ENV}=0 goes past this check"
         )
+
+
+def check_size(arch: Architecture, config: Mapping[str, Any], task: str, itemsize: int = 4, device=None) -> None:
+    """Refuse a model whose parameters (``Architecture.parameter_count``, at ``itemsize`` bytes)
+    cannot fit in the memory of ``device``, naming the config's largest sizes."""
+    if arch.parameter_count is None:
+        return
+    n = import_ref(arch.parameter_count)(dict(config), task)
+    sizes = sorted(((v, k) for k, v in config.items() if isinstance(v, int) and not isinstance(v, bool)), reverse=True)
+    named = ", ".join(f"{k}={v}" for v, k in sizes[:4]) or "its config"
+    check(n * itemsize, f"{arch.name} with {n:,} parameters", f"from {named}", device)

@@ -79,7 +79,7 @@ def write_reference_checkpoint(conv: Union[str, Converter], folder, layout: str 
     Hub layout (``layout="hub"``) or as ``save_pretrained`` writes it. Returns the model."""
     import torch
 
-    from .verification import write_random_checkpoint
+    from .randomweights import write as write_random_checkpoint
 
     conv = _converter(conv)
     config = dict(config or conv.tiny_config)

@@ -18,12 +18,12 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from . import accel
+from . import accel, randomweights
 from . import checkpoint as ckpt
 from .version import __version__
 from .errors import DownloadError, InputError, ZooError
 from .generation import GENERATIVE_TASKS
-from .loading import check_size, load_full, resolve, weight_files
+from .loading import load_full, resolve, weight_files
 from .loading import non_finite as find_non_finite
 from .registry import get_catalog
 from .types import Converter, import_ref
@@ -180,21 +180,6 @@ def _timed(fn, repeats: int = 3) -> tuple:
     return out, sorted(times)[len(times) // 2]
 
 
-def write_random_checkpoint(converter: Converter, config: Dict[str, Any], task: str, seed: int, folder: Path):
-    """Build the reference with seeded random weights and save it in the Hub's key layout (its
-    size checked against memory first, as loading checks zoo's)."""
-    check_size(get_catalog().architecture(converter.architecture), config, task)
-    torch.manual_seed(seed)
-    ref = import_ref(converter.reference)(dict(config), task).eval()
-    state = ref.state_dict()
-    if converter.hub_layout is not None:
-        state = import_ref(converter.hub_layout)(state, dict(config))
-    ckpt.save_safetensors({k: v.detach().clone() for k, v in state.items()}, folder / "model.safetensors",
-                          metadata={"format": "pt"})
-    ref.config.to_json_file(str(folder / "config.json"))
-    return ref
-
-
 @dataclass
 class WeightSource:
     """Where verify/bench get weights: a real checkpoint folder, or random ones written to a
@@ -247,7 +232,7 @@ def prepare_weights(entry, converter: Converter, checkpoint=None, allow_pickle: 
             return WeightSource(entry, converter, folder, _load_name(entry, folder))
     tmp = tempfile.TemporaryDirectory(prefix="zoo-weights-")
     folder = Path(tmp.name)
-    ref = write_random_checkpoint(converter, dict(entry.config), entry.task, seed, folder)
+    ref = randomweights.write(converter, dict(entry.config), entry.task, seed, folder)
     return WeightSource(entry, converter, folder, _load_name(entry, folder), random_seed=seed, tmp=tmp, _ref=ref,
                         random_why=why)
 
