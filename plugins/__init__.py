@@ -21,7 +21,7 @@ ARCHITECTURES = (
         factory="zoo.plugins.bert:from_config",
         example_inputs="zoo.plugins.bert:example_inputs",
         parameter_count="zoo.plugins.bert:parameter_count",
-        fast_paths="zoo.accel.fused_qkv:BERT",
+        fast_paths="zoo.accel.bert:FAST_PATHS",
         tasks=("fill-mask", "feature-extraction"),
         description="BERT bidirectional encoder (MLM head or pooler), sized from its config",
     ),

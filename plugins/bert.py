@@ -17,12 +17,8 @@ Submodules carry the names of the Hugging Face checkpoint without its ``bert.`` 
 The whole size of the model comes from the config; any config value this file does not
 implement raises :class:`zoo.errors.ConfigError` naming the field and the value.
 
-Padding is skipped ("unpadding"): when ``attention_mask`` has zeros, the tokens of the batch are
-gathered into one flat ``[N, H]`` tensor and every linear layer, LayerNorm and activation (and
-the MLM head) runs on those N tokens only; attention alone puts them back into the padded
-``[B, nh, T, hs]`` layout for SDPA. A padded batch costs about what its real tokens cost. What
-that changes for callers: outputs hold zeros at padding positions, where transformers computes
-values that no real token ever reads (its own flash-attention-2 path returns zeros there too).
+Padding is masked: with ``attention_mask``, no token attends to a padding position. (The
+speed layer, zoo.accel.bert, skips the work of padding tokens altogether.)
 """
 from __future__ import annotations
 
@@ -112,58 +108,6 @@ class BertConfig:
         return cfg
 
 
-# ----------------------------------------------------------------------------- padding
-
-
-class Padding:
-    """Which positions of a padded batch the model computes, and the moves between the padded
-    layout ``(B, T, ...)`` and the flat layout ``(N, ...)`` of those N positions.
-
-    Computed are the real tokens and, in every row, position 0 even where it is padding (a
-    left-padded or an empty row): the pooler reads position 0, and transformers computes it.
-    No real token attends to padding (``key_mask``), so nothing else of it is ever read.
-    """
-
-    def __init__(self, attention_mask: torch.Tensor):
-        real = attention_mask.bool()  # (B, T)
-        computed = real.clone()
-        computed[:, 0] = True
-        self.shape = tuple(real.shape)
-        self.rows, self.cols = computed.nonzero(as_tuple=True)  # (N,) each, row by row
-        per_row = computed.sum(1)
-        self.first = per_row.cumsum(0) - per_row  # (B,) where each row's position 0 sits in N
-        self.padding = (~real).nonzero(as_tuple=True)  # ((P,), (P,)): position 0 included
-        # (B, 1, 1, T): every query (and every head) sees the real tokens of its row only.
-        # A row of padding only sees nothing: SDPA then gives zeros, as transformers' own
-        # (sdpa) BertModel does.
-        self.key_mask = real[:, None, None, :]
-        self._qkv: Optional[torch.Tensor] = None
-
-    def unpad(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) -> (N, ...); takes a strided view (attention's transposed output) as is."""
-        return x[self.rows, self.cols]
-
-    def pad_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """The flat (N, H) q, k, v in the padded layout SDPA wants: three (B, T, H) views of
-        one (B, T, 3, H) buffer, zeros at padding. The buffer is zeroed once and serves every
-        layer: only computed positions are ever written, and SDPA of the layer before has read
-        it. (When autograd records, each layer gets its own: backward reads them again.)"""
-        if self._qkv is None or q.requires_grad:
-            self._qkv = q.new_zeros(*self.shape, 3, q.shape[-1])
-        for i, t in enumerate((q, k, v)):
-            self._qkv[self.rows, self.cols, i] = t
-        return self._qkv.unbind(2)
-
-    def output(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, ...) -> (B, T, ...) for the caller, zeros at every padding position (position 0
-        of a row that starts with padding too: computed for the pooler only). Written once:
-        the computed positions, then zeros over the padding (MLM logits are large)."""
-        out = x.new_empty(*self.shape, *x.shape[1:])
-        out[self.rows, self.cols] = x
-        out[self.padding] = 0
-        return out
-
-
 # ----------------------------------------------------------------------------- embeddings
 
 
@@ -204,26 +148,17 @@ class SelfAttention(nn.Module):
         """``(query(x), key(x), value(x))``."""
         return self.query(x), self.key(x), self.value(x)
 
-    def forward(self, x: torch.Tensor, padding: Optional[Padding]) -> torch.Tensor:
-        H = x.shape[-1]
-        # (B, T, H) each, or (N, H) unpadded
-        q, k, v = self.project_qkv(x)
-        mask = None  # no padding: no mask at all, as transformers
-        if padding is not None:
-            # SDPA wants the padded layout: scatter the N tokens back (zeros at padding) and
-            # hide the padding keys; padding queries are computed and thrown away below
-            q, k, v, mask = *padding.pad_qkv(q, k, v), padding.key_mask
-        B, T, _ = q.shape
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, T, H) -> (B, T, H); ``mask`` (B, 1, 1, T) bool: which keys each row may attend to."""
+        B, T, H = x.shape
         hs = H // self.n_head
+        q, k, v = self.project_qkv(x)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
         p = self.dropout_p if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = y.transpose(1, 2)  # (B, T, nh, hs)
-        if padding is not None:
-            return padding.unpad(y).reshape(-1, H)  # (N, H): the real rows again
-        return y.reshape(B, T, H)  # heads side by side again
+        return y.transpose(1, 2).reshape(B, T, H)  # heads side by side again
 
 
 class SelfOutput(nn.Module):
@@ -245,8 +180,8 @@ class Attention(nn.Module):
         self.self = SelfAttention(cfg)  # named "self" as in the checkpoint: attention.self.query
         self.output = SelfOutput(cfg)
 
-    def forward(self, x: torch.Tensor, padding: Optional[Padding]) -> torch.Tensor:
-        return self.output(self.self(x, padding), x)
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.output(self.self(x, mask), x)
 
 
 class Intermediate(nn.Module):
@@ -281,10 +216,8 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(cfg)
         self.output = Output(cfg)
 
-    def forward(self, x: torch.Tensor, padding: Optional[Padding]) -> torch.Tensor:
-        # x: (B, T, H), or the flat (N, H) tokens when there is padding; only attention mixes
-        # positions, everything else works token by token in either layout
-        x = self.attention(x, padding)
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.attention(x, mask)  # only attention mixes positions: the rest works token by token
         return self.output(self.intermediate(x), x)
 
 
@@ -349,9 +282,8 @@ class Bert(nn.Module):
     with ``last_hidden_state`` [B, T, H], ``pooler_output`` [B, H] when built with a pooler,
     and ``logits`` [B, T, vocab] when built with the MLM head.
 
-    Padding positions (``attention_mask`` 0) are not computed: ``last_hidden_state``,
-    ``hidden_states`` and ``logits`` hold zeros there. Real positions and ``pooler_output``
-    (position 0 of each row, padding or not) match transformers' BertModel / BertForMaskedLM.
+    Outputs match transformers' BertModel / BertForMaskedLM (zoo.accel.bert's unpadding leaves
+    zeros at padding positions instead).
     """
 
     def __init__(self, cfg: BertConfig):
@@ -399,28 +331,21 @@ class Bert(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)  # one segment, as in the reference
         # positions are 0..T-1 for every row, padding or not (as in the reference)
         positions = torch.arange(input_ids.size(1), device=input_ids.device)
-        padding = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            # work on the flat (N, H) tokens from here on: padding costs nothing but its
-            # share of attention
-            padding = Padding(attention_mask)
-            input_ids, token_type_ids = padding.unpad(input_ids), padding.unpad(token_type_ids)
-            positions = padding.cols
-        x = self.embeddings(input_ids, token_type_ids, positions)  # (B, T, H) or (N, H)
+        x = self.embeddings(input_ids, token_type_ids, positions)  # (B, T, H)
         hidden = [x] if output_hidden_states else None  # transformers: embeddings, then each layer
+        mask = None  # no padding: no mask at all, as transformers
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys each row may see
         for layer in self.encoder.layer:
-            x = layer(x, padding)
+            x = layer(x, mask)
             if hidden is not None:
                 hidden.append(x)
-        pooled = logits = None
-        if self.config.add_pooling_layer:
-            pooled = self.pooler(x[:, 0] if padding is None else x[padding.first])
-        if self.config.add_mlm_head:
-            logits = self.cls.predictions(x, self.embeddings.word_embeddings.weight)
-        if padding is not None:  # back to the caller's (B, T, ...), zeros at padding
-            x = padding.output(x)
-            logits = padding.output(logits) if logits is not None else None
-            hidden = [padding.output(h) for h in hidden[:-1]] + [x] if hidden else None
+        return self.heads(x, hidden)
+
+    def heads(self, x: torch.Tensor, hidden: Optional[list] = None) -> ModelOutput:
+        """The pooler (position 0) and the MLM head over the last hidden states (B, T, H)."""
+        pooled = self.pooler(x[:, 0]) if self.config.add_pooling_layer else None
+        logits = self.cls.predictions(x, self.embeddings.word_embeddings.weight) if self.config.add_mlm_head else None
         return ModelOutput(last_hidden_state=x, pooler_output=pooled, logits=logits,
                            hidden_states=tuple(hidden) if hidden else None)
 

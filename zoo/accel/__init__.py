@@ -13,10 +13,11 @@ and one shows that a broken path is caught):
   ``nn.Linear`` becomes :class:`zoo.accel.ops.Linear` (same parameters, same state-dict keys)
   holding its weight in MKL's packed GEMM layout, and a few rows times a wide weight is
   computed as ``(W @ xᵀ)ᵀ``;
-- per architecture, what its :attr:`zoo.types.Architecture.fast_paths` names (GPT-2's decoding
-  step in :mod:`zoo.accel.gpt2`, BERT's and ViT's fused q|k|v product in
-  :mod:`zoo.accel.fused_qkv`, a ViT classifier's class-token-only last block in
-  :mod:`zoo.accel.vit`);
+- per architecture, what its :attr:`zoo.types.Architecture.fast_paths` names: GPT-2's decoding
+  step and few-row head (:mod:`zoo.accel.gpt2`), BERT's unpadding (:mod:`zoo.accel.bert`),
+  BERT's and ViT's fused q|k|v product (:mod:`zoo.accel.fused_qkv`), a ViT classifier's
+  class-token-only last block (:mod:`zoo.accel.vit`), the encoder-decoder's few-row head
+  (:mod:`zoo.accel.encoder_decoder`);
 - used by :mod:`zoo.generation` when it applies: greedy decoding's bfloat16 screen of the
   output head (:mod:`zoo.accel.argmax`) and the architecture's decoding step
   (:func:`decode_step`).

@@ -1,0 +1,123 @@
+"""BERT's fast paths: padding skipped ("unpadding"), and q, k and v as one product.
+
+When ``attention_mask`` has zeros, :class:`UnpaddedBert` (the model's class swapped by
+:func:`zoo.accel.accelerate`) gathers the batch's tokens into one flat ``[N, H]`` tensor, and
+every linear layer, LayerNorm and activation (and the MLM head) runs on those N tokens only;
+attention alone puts them back into the padded ``[B, nh, T, hs]`` layout for SDPA. A padded
+batch costs about what its real tokens cost. What that changes for callers: outputs hold zeros
+at padding positions, where the plain model (as transformers) computes values that no real
+token ever reads. Real positions, ``pooler_output`` and gradients match the plain model.
+
+It runs each layer's arithmetic itself (through the layer's own submodules, so the fused q|k|v
+product and the packed weights still apply), and steps aside (the plain forward runs) in
+training mode and where hooks are set, as they would miss the layers it does not call.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..outputs import ModelOutput
+from ..plugins import bert
+from . import class_swap, fused_qkv, ops
+
+
+class Padding:
+    """Which positions of a padded batch are computed, and the moves between the padded layout
+    ``(B, T, ...)`` and the flat layout ``(N, ...)`` of those N positions.
+
+    Computed are the real tokens and, in every row, position 0 even where it is padding (a
+    left-padded or an empty row): the pooler reads position 0, and transformers computes it.
+    No real token attends to padding (``key_mask``), so nothing else of it is ever read.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor):
+        real = attention_mask.bool()  # (B, T)
+        computed = real.clone()
+        computed[:, 0] = True
+        self.shape = tuple(real.shape)
+        self.rows, self.cols = computed.nonzero(as_tuple=True)  # (N,) each, row by row
+        per_row = computed.sum(1)
+        self.first = per_row.cumsum(0) - per_row  # (B,) where each row's position 0 sits in N
+        self.padding = (~real).nonzero(as_tuple=True)  # ((P,), (P,)): position 0 included
+        # (B, 1, 1, T): every query (and every head) sees the real tokens of its row only.
+        # A row of padding only sees nothing: SDPA then gives zeros, as transformers' does.
+        self.key_mask = real[:, None, None, :]
+        self._qkv: Optional[torch.Tensor] = None
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...); takes a strided view (attention's transposed output) as is."""
+        return x[self.rows, self.cols]
+
+    def pad_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """The flat (N, H) q, k, v in the padded layout SDPA wants: three (B, T, H) views of
+        one (B, T, 3, H) buffer, zeros at padding. The buffer is zeroed once and serves every
+        layer: only computed positions are ever written, and SDPA of the layer before has read
+        it. (When autograd records, each layer gets its own: backward reads them again.)"""
+        if self._qkv is None or q.requires_grad:
+            self._qkv = q.new_zeros(*self.shape, 3, q.shape[-1])
+        for i, t in enumerate((q, k, v)):
+            self._qkv[self.rows, self.cols, i] = t
+        return self._qkv.unbind(2)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, T, ...) for the caller, zeros at every padding position (position 0
+        of a row that starts with padding too: computed for the pooler only). Written once:
+        the computed positions, then zeros over the padding (MLM logits are large)."""
+        out = x.new_empty(*self.shape, *x.shape[1:])
+        out[self.rows, self.cols] = x
+        out[self.padding] = 0
+        return out
+
+
+def _attend(sa: bert.SelfAttention, x: torch.Tensor, padding: Padding) -> torch.Tensor:
+    """``SelfAttention`` on the flat (N, H) tokens: q, k, v projected flat, attention in the
+    padded layout, the result flat again."""
+    q, k, v = padding.pad_qkv(*sa.project_qkv(x))  # (B, T, H) each, zeros at padding
+    B, T, H = q.shape
+    hs = H // sa.n_head
+    q, k, v = (t.view(B, T, sa.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=padding.key_mask)
+    return padding.unpad(y.transpose(1, 2)).reshape(-1, H)  # (N, H): the computed rows again
+
+
+def _layer(layer: bert.Layer, x: torch.Tensor, padding: Padding) -> torch.Tensor:
+    """``Layer.forward`` on the flat tokens (everything but attention works token by token)."""
+    x = layer.attention.output(_attend(layer.attention.self, x, padding), x)
+    return layer.output(layer.intermediate(x), x)
+
+
+class UnpaddedBert(bert.Bert):
+    """``bert.Bert`` that computes only the real tokens of a padded batch (module docstring)."""
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states: bool = False):
+        if attention_mask is None or self.training or ops.hooks_set(self):
+            return super().forward(input_ids, attention_mask, token_type_ids, output_hidden_states)
+        self._check(input_ids, attention_mask, token_type_ids)
+        if bool(attention_mask.all()):
+            return super().forward(input_ids, attention_mask, token_type_ids, output_hidden_states)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        padding = Padding(attention_mask)
+        x = self.embeddings(padding.unpad(input_ids), padding.unpad(token_type_ids), padding.cols)  # (N, H)
+        hidden = [x] if output_hidden_states else None
+        for layer in self.encoder.layer:
+            x = _layer(layer, x, padding)
+            if hidden is not None:
+                hidden.append(x)
+        cfg = self.config
+        pooled = self.pooler(x[padding.first]) if cfg.add_pooling_layer else None  # each row's position 0
+        logits = None
+        if cfg.add_mlm_head:
+            logits = padding.output(self.cls.predictions(x, self.embeddings.word_embeddings.weight))
+        return ModelOutput(last_hidden_state=padding.output(x), pooler_output=pooled, logits=logits,
+                           hidden_states=tuple(padding.output(h) for h in hidden) if hidden else None)
+
+
+FAST_PATHS = (
+    *fused_qkv.BERT,
+    class_swap("bert-unpadding", bert.Bert, UnpaddedBert, "padding tokens skipped: work on the real tokens only",
+               packed=False),
+)
