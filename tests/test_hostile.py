@@ -731,3 +731,8 @@ def test_an_image_too_large_to_decode_is_one_line(tmp_path):
     Image.new("1", (20000, 20000)).save(path)  # a few KB on disk, 400 million pixels decoded
     with pytest.raises(InputError, match="too large to decode safely"):
         open_image(str(path))
+
+
+def test_bench_seq_beyond_the_context_is_an_error_not_a_shorter_measure(hf):
+    code, output = _zoo("bench", hf, "--seq", "100000", "--device", "cpu")
+    assert code == 2 and "--seq 100000 exceeds the 32 positions" in _one_line_error(output)

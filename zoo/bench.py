@@ -152,6 +152,9 @@ def bench(
     gen = torch.Generator().manual_seed(seed)
     make_inputs = import_ref(loaded.architecture.example_inputs)
     inputs = _to(make_inputs(loaded.config, loaded.task, batch, seq, gen), loaded)
+    ids = inputs.get("input_ids")
+    if ids is not None and ids.shape[-1] < seq:  # example_inputs keeps to the model's context
+        raise InputError(f"--seq {seq} exceeds the {ids.shape[-1]} positions {entry.name} takes")
     shape = "x".join(str(d) for d in next(iter(inputs.values())).shape)
     with torch.inference_mode():
         z, r, ratios = _ab(lambda: model(**inputs), (lambda: ref(**inputs)) if ref is not None else None, repeats)
