@@ -736,3 +736,38 @@ def test_an_image_too_large_to_decode_is_one_line(tmp_path):
 def test_bench_seq_beyond_the_context_is_an_error_not_a_shorter_measure(hf):
     code, output = _zoo("bench", hf, "--seq", "100000", "--device", "cpu")
     assert code == 2 and "--seq 100000 exceeds the 32 positions" in _one_line_error(output)
+
+
+# ----------------------------------------------------------------------------- long work is not silent
+
+
+def test_progress_shows_on_a_terminal_and_never_under_json(hf, monkeypatch):
+    """verify says what it is doing on a terminal's stderr; under --json, or when stderr is not a
+    terminal (pipes, logs), nothing."""
+    from zoo import progress
+
+    monkeypatch.setattr(progress, "_isatty", lambda: True)
+    result = CliRunner().invoke(cli, ["verify", str(hf), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "zoo: building transformers' model on the same weights..." in result.stderr
+    result = CliRunner().invoke(cli, ["verify", str(hf), "--device", "cpu", "--json"])
+    assert result.exit_code == 0 and "zoo: building" not in result.stderr
+    monkeypatch.setattr(progress, "_isatty", lambda: False)
+    result = CliRunner().invoke(cli, ["verify", str(hf), "--device", "cpu"])
+    assert "zoo: building" not in result.stderr
+
+
+def test_a_long_generation_shows_a_bar(monkeypatch, capsys):
+    import torch
+
+    from zoo import generation, progress
+
+    monkeypatch.setattr(progress, "_isatty", lambda: True)
+    progress.enable(True)
+    try:
+        out = generation.token_by_token(lambda tokens, cur: torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long),
+                                        80, None, 0)
+    finally:
+        progress.enable(False)
+    assert out.shape == (1, 81)
+    assert "generating" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from .accel.argmax import screen_of
 from .loading import load_full, resolve
 from .registry import get_catalog
 from .types import import_ref
+from . import progress
 from .errors import InputError
 from .generation import GENERATIVE_TASKS
 from .verification import generate_kwargs, prepare_weights
@@ -74,19 +75,22 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _ab(zoo_fn, ref_fn, repeats: int, higher_is_better: bool = False):
+def _ab(zoo_fn, ref_fn, repeats: int, higher_is_better: bool = False, what: str = "timing"):
     """Interleaved A/B timing; returns (zoo median, ref median, ratios)."""
-    zoo_fn()
-    if ref_fn:
-        ref_fn()
     zs, rs, ratios = [], [], []
-    for _ in range(repeats):
-        z = _time(zoo_fn)
-        zs.append(z)
+    with progress.bar(repeats + 1, what, unit="run") as shown:
+        zoo_fn()
         if ref_fn:
-            r = _time(ref_fn)
-            rs.append(r)
-            ratios.append(r / z if higher_is_better else z / r)
+            ref_fn()
+        for _ in range(repeats):
+            if shown is not None:
+                shown.update()
+            z = _time(zoo_fn)
+            zs.append(z)
+            if ref_fn:
+                r = _time(ref_fn)
+                rs.append(r)
+                ratios.append(r / z if higher_is_better else z / r)
     return statistics.median(zs), (statistics.median(rs) if rs else None), ratios
 
 
@@ -132,7 +136,9 @@ def bench(
         raise InputError(f"--beams applies to models that generate ({', '.join(GENERATIVE_TASKS)}); "
                          f"{entry.name} is {entry.task}")
     converter = catalog.converter(entry.converter)
+    progress.step(f"preparing the weights of {entry.name}")
     source = prepare_weights(entry, converter, checkpoint, seed=seed)
+    progress.step("loading them into zoo")
     t0 = time.perf_counter()
     loaded = load_full(source.load_name, checkpoint=source.folder, device=device, dtype=dtype)
     load_s = time.perf_counter() - t0
@@ -141,6 +147,7 @@ def bench(
                          source.describe(loaded), torch.get_num_threads())
     ref = None
     if compare:
+        progress.step("building transformers' model on the same weights")
         t0 = time.perf_counter()
         ref = source.reference(loaded).to(device=loaded.device, dtype=loaded.dtype)
         ref_load_s = time.perf_counter() - t0 if source.random_seed is None else None
@@ -157,7 +164,8 @@ def bench(
         raise InputError(f"--seq {seq} exceeds the {ids.shape[-1]} positions {entry.name} takes")
     shape = "x".join(str(d) for d in next(iter(inputs.values())).shape)
     with torch.inference_mode():
-        z, r, ratios = _ab(lambda: model(**inputs), (lambda: ref(**inputs)) if ref is not None else None, repeats)
+        z, r, ratios = _ab(lambda: model(**inputs), (lambda: ref(**inputs)) if ref is not None else None, repeats,
+                           what=f"forward [{shape}]")
         report.stats.append(_stat(f"forward [{shape}]", "ms", z * 1e3, r * 1e3 if r else None, ratios))
         if hasattr(model, "generate") and loaded.task in GENERATIVE_TASKS:
             _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, prompt, num_beams)
@@ -190,7 +198,7 @@ def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, promp
         identical = ours.shape == theirs.shape and bool((ours == theirs).all())
         ref_fn = lambda: ref.generate(**kwargs, **gen_kwargs)
     # a decode run is long: half the repeats, but at least 3 (a median of 2 is their mean)
-    z, r, ratios = _ab(zoo_fn, ref_fn, max(3, (repeats + 1) // 2), higher_is_better=True)
+    z, r, ratios = _ab(zoo_fn, ref_fn, max(3, (repeats + 1) // 2), higher_is_better=True, what="decoding")
     rows = kwargs["input_ids"].shape[0]
     tps = rows * n_new / z
     note = "" if identical is None else ("identical tokens" if identical else "TOKENS DIFFER")

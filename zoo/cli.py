@@ -237,7 +237,10 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
 
     Exit code 0 when outputs agree within tolerance, 1 when they do not, 2 on bad input.
     """
+    from . import progress
     from .verification import verify as run_verify
+
+    progress.enable(not as_json)
 
     report = run_verify(
         name_or_path,
@@ -286,10 +289,13 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
 def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, temperature, top_k, top_p, seed, ids,
         beams, embed, random_weights, task_name, top, allow_pickle, as_json):
     """Run a model on INPUTS (a prompt, a sentence, an image file ...)."""
+    from . import progress
     from .errors import InputError
     from .loading import load_full
     from .registry import get_catalog
     from .tasks import RunOptions, get_runner, parse_ids
+
+    progress.enable(not as_json)
 
     given = [name for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "ids", "beams", "embed", "top")
              if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
@@ -333,8 +339,10 @@ def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, te
 def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, prompt, beams, repeats, compare, cold,
           scaling, as_json):
     """Measure load, forward and decode speed (and with --compare, ratios to transformers)."""
+    from . import progress
     from .bench import bench as run_bench
 
+    progress.enable(not as_json)
     report = run_bench(name_or_path, checkpoint=checkpoint, device=device, dtype=dtype, batch=batch, seq=seq,
                        new_tokens=new_tokens, prompt=prompt, num_beams=beams, repeats=repeats, compare=compare,
                        cold=cold, scaling=scaling)
@@ -358,7 +366,10 @@ def convert_cmd(name_or_path, to, out, force, checkpoint, allow_pickle, random_w
     Export reads the converter's key map backwards: HF -> zoo -> HF gives the same keys and
     bit-identical tensors. Files are written to a temporary folder and renamed into place.
     """
+    from . import progress
     from .export import convert_checkpoint
+
+    progress.enable(not as_json)
 
     result = convert_checkpoint(name_or_path, to, out, force=force, checkpoint=checkpoint,
                                 allow_pickle=allow_pickle, random_weights=random_weights)

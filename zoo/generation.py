@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from . import progress
 from .errors import InputError
 
 # the tasks whose models generate (and whose checkpoints carry decoding defaults)
@@ -201,19 +202,23 @@ def token_by_token(
     out[:, :T0] = start
     done = torch.zeros(B, dtype=torch.bool, device=start.device)
     tokens, n = start, T0
-    for _ in range(max_new_tokens):
-        nxt = pick(tokens, n)
-        if eos_token_id is not None:
-            nxt = torch.where(done, pad_token_id, nxt)  # finished rows get padding
-        out[:, n] = nxt
-        n += 1
-        if callback is not None:
-            callback(nxt)
-        tokens = out[:, n - 1 : n]
-        if eos_token_id is not None:
-            done |= torch.isin(nxt, eos_token_id)
-            if bool(done.all()):
-                break
+    # streamed tokens show themselves; otherwise a bar for long generations
+    with progress.bar(0 if callback else max_new_tokens, "generating", unit="token", at_least=64) as shown:
+        for _ in range(max_new_tokens):
+            if shown is not None:
+                shown.update()
+            nxt = pick(tokens, n)
+            if eos_token_id is not None:
+                nxt = torch.where(done, pad_token_id, nxt)  # finished rows get padding
+            out[:, n] = nxt
+            n += 1
+            if callback is not None:
+                callback(nxt)
+            tokens = out[:, n - 1 : n]
+            if eos_token_id is not None:
+                done |= torch.isin(nxt, eos_token_id)
+                if bool(done.all()):
+                    break
     return out[:, :n]
 
 
@@ -356,52 +361,55 @@ def beam_search(
 
     cur = T0
     tokens = running[:, :, :T0].reshape(B * nb, T0)
-    while True:
-        logp = step(tokens, cur)  # (B*nb, V)
-        V = logp.size(-1)
-        total = (logp.view(B, nb, V) + run_scores[:, :, None]).view(B, nb * V)
-        cand_scores, cand = torch.topk(total, K)  # (B, K)
-        beam, token = cand // V, cand % V
-        cand_seqs = torch.take_along_dim(running, beam[:, :, None], dim=1)  # (B, K, max_length)
-        cand_seqs[:, :, cur] = token
-        generated = cur + 1 - T0
-        stop = torch.isin(token, eos_token_id) if eos_token_id is not None else torch.zeros_like(token, dtype=torch.bool)
-        stop = stop | (cur + 1 >= max_length)  # the length limit ends every candidate
+    with progress.bar(max_length - T0, f"beam search, {nb} beams", unit="token", at_least=64) as shown:
+        while True:
+            if shown is not None:
+                shown.update()
+            logp = step(tokens, cur)  # (B*nb, V)
+            V = logp.size(-1)
+            total = (logp.view(B, nb, V) + run_scores[:, :, None]).view(B, nb * V)
+            cand_scores, cand = torch.topk(total, K)  # (B, K)
+            beam, token = cand // V, cand % V
+            cand_seqs = torch.take_along_dim(running, beam[:, :, None], dim=1)  # (B, K, max_length)
+            cand_seqs[:, :, cur] = token
+            generated = cur + 1 - T0
+            stop = torch.isin(token, eos_token_id) if eos_token_id is not None else torch.zeros_like(token, dtype=torch.bool)
+            stop = stop | (cur + 1 >= max_length)  # the length limit ends every candidate
 
-        # the best nb candidates that did not stop keep running
-        alive_scores = cand_scores + stop.float() * NEG
-        keep = torch.topk(alive_scores, nb).indices
-        running = torch.take_along_dim(cand_seqs, keep[:, :, None], dim=1)
-        run_scores = torch.take_along_dim(alive_scores, keep, dim=1)
-        rows = (item * nb + torch.take_along_dim(beam, keep, dim=1)).reshape(-1)
+            # the best nb candidates that did not stop keep running
+            alive_scores = cand_scores + stop.float() * NEG
+            keep = torch.topk(alive_scores, nb).indices
+            running = torch.take_along_dim(cand_seqs, keep[:, :, None], dim=1)
+            run_scores = torch.take_along_dim(alive_scores, keep, dim=1)
+            rows = (item * nb + torch.take_along_dim(beam, keep, dim=1)).reshape(-1)
 
-        # candidates that stopped join the finished hypotheses if they are among the best
-        just_fin = stop & top_nb[None, :]
-        new_scores = cand_scores / (generated**length_penalty)
-        full = is_fin.all(dim=1, keepdim=True) & (early_stopping is True)
-        new_scores = new_scores + full.float() * NEG + (~can_improve).float() * NEG + (~just_fin).float() * NEG
-        all_seqs = torch.cat((finished, cand_seqs), dim=1)
-        all_scores = torch.cat((fin_scores, new_scores), dim=1)
-        all_len = torch.cat((fin_len, torch.full_like(cand, generated)), dim=1)
-        all_fin = torch.cat((is_fin, just_fin), dim=1)
-        best = torch.topk(all_scores, nb).indices
-        finished = torch.take_along_dim(all_seqs, best[:, :, None], dim=1)
-        fin_scores = torch.take_along_dim(all_scores, best, dim=1)
-        fin_len = torch.take_along_dim(all_len, best, dim=1)
-        is_fin = torch.take_along_dim(all_fin, best, dim=1)
+            # candidates that stopped join the finished hypotheses if they are among the best
+            just_fin = stop & top_nb[None, :]
+            new_scores = cand_scores / (generated**length_penalty)
+            full = is_fin.all(dim=1, keepdim=True) & (early_stopping is True)
+            new_scores = new_scores + full.float() * NEG + (~can_improve).float() * NEG + (~just_fin).float() * NEG
+            all_seqs = torch.cat((finished, cand_seqs), dim=1)
+            all_scores = torch.cat((fin_scores, new_scores), dim=1)
+            all_len = torch.cat((fin_len, torch.full_like(cand, generated)), dim=1)
+            all_fin = torch.cat((is_fin, just_fin), dim=1)
+            best = torch.topk(all_scores, nb).indices
+            finished = torch.take_along_dim(all_seqs, best[:, :, None], dim=1)
+            fin_scores = torch.take_along_dim(all_scores, best, dim=1)
+            fin_len = torch.take_along_dim(all_len, best, dim=1)
+            is_fin = torch.take_along_dim(all_fin, best, dim=1)
 
-        reorder(rows)
-        cur += 1
-        tokens = running[:, :, cur - 1].reshape(B * nb, 1)
-        # can the best running beam still beat the worst finished hypothesis?
-        best_len = (max_length - T0) if (early_stopping == "never" and length_penalty > 0.0) else (cur - T0)
-        best_possible = run_scores[:, :1] / (best_len**length_penalty)
-        worst = torch.where(is_fin, fin_scores.min(dim=1, keepdim=True).values, NEG)
-        can_improve = can_improve & (best_possible > worst).any(dim=-1, keepdim=True)
-        if not bool(can_improve.any()):
-            break
-        if bool(is_fin.all()) and early_stopping is True:
-            break
-        if bool(stop.all()):
-            break
+            reorder(rows)
+            cur += 1
+            tokens = running[:, :, cur - 1].reshape(B * nb, 1)
+            # can the best running beam still beat the worst finished hypothesis?
+            best_len = (max_length - T0) if (early_stopping == "never" and length_penalty > 0.0) else (cur - T0)
+            best_possible = run_scores[:, :1] / (best_len**length_penalty)
+            worst = torch.where(is_fin, fin_scores.min(dim=1, keepdim=True).values, NEG)
+            can_improve = can_improve & (best_possible > worst).any(dim=-1, keepdim=True)
+            if not bool(can_improve.any()):
+                break
+            if bool(is_fin.all()) and early_stopping is True:
+                break
+            if bool(stop.all()):
+                break
     return finished[:, 0, : T0 + int(fin_len[:, 0].max())]

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from . import accel, randomweights
+from . import accel, progress, randomweights
 from . import checkpoint as ckpt
 from .version import __version__
 from .errors import DownloadError, InputError, ZooError
@@ -270,11 +270,14 @@ def verify(
     entry = resolve(str(name_or_path), catalog)
     converter = converter or catalog.converter(entry.converter)
 
+    progress.step(f"preparing the weights of {entry.name}")
     source = prepare_weights(entry, converter, checkpoint, allow_pickle, random_weights, seed)
+    progress.step("loading them into zoo")
     t0 = time.perf_counter()
     loaded = load_full(source.load_name, checkpoint=source.folder, device=device, dtype=dtype,
                        allow_pickle=allow_pickle, converter=converter, fast=not plain)
     zoo_load_ms = (time.perf_counter() - t0) * 1000
+    progress.step("building transformers' model on the same weights")
     ref = source.reference(loaded)
     weights, tmp = source.describe(loaded), source.tmp
     ref = ref.to(device=loaded.device, dtype=loaded.dtype).eval()
