@@ -145,6 +145,14 @@ def test_scaffolded_plugin_passes_its_own_tests(tmp_path):
     assert "4 passed" in run.stdout
     listed = subprocess.run([sys.executable, "-m", "zoo.cli", "plugins"], capture_output=True, text=True, env=env)
     assert "zoo-tinymlp 0.1.0" in listed.stdout, listed.stdout + listed.stderr
+    # the commands the package's README gives, as a plugin author runs them
+    readme = (pkg / "README.md").read_text()
+    commands = [line.split("#")[0].split() for line in readme.splitlines() if line.strip().startswith("zoo ")]
+    assert [c[:2] for c in commands] == [["zoo", "plugins"], ["zoo", "verify"], ["zoo", "run"]], commands
+    for command in commands:
+        ran = subprocess.run([sys.executable, "-m", "zoo", *command[1:]], capture_output=True, text=True, env=env,
+                             cwd=str(tmp_path))
+        assert ran.returncode == 0, (command, ran.stdout[-2000:], ran.stderr[-2000:])
 
 
 def test_docs_cover_every_hookspec_and_parameter():

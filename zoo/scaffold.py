@@ -62,6 +62,7 @@ def files(name: str) -> Dict[str, str]:
                 pip install -e .
                 zoo plugins                 # lists {NAME} ({DIST} 0.1.0)
                 zoo verify {NAME}-tiny      # parity with the reference on random weights
+                zoo run {NAME}-tiny --ids 1,2,3 --random-weights   # an embedding of three tokens
                 python -m pytest tests
             '''),
         f"{mod}/__init__.py": fill('''
@@ -175,7 +176,9 @@ def files(name: str) -> Dict[str, str]:
                     self.ln = nn.LayerNorm(cfg.hidden_size)
                     self.mlp = MLP(cfg)
 
-                def forward(self, input_ids, output_hidden_states=False):
+                def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+                    # the feature-extraction task passes attention_mask (docs/plugins.md: the forward
+                    # contract of each task); every token here is computed alone, so it changes nothing
                     if input_ids.dim() != 2 or input_ids.numel() == 0:
                         raise InputError(f"{NAME} expects token ids of shape [B, T], got {list(input_ids.shape)}")
                     if int(input_ids.min()) < 0 or int(input_ids.max()) >= self.cfg.vocab_size:

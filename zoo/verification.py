@@ -223,13 +223,15 @@ def prepare_weights(entry, converter: Converter, checkpoint=None, allow_pickle: 
     why = "requested"
     if not random_weights:
         try:
-            folder, _files = weight_files(entry, checkpoint, allow_pickle, None)
+            folder, files = weight_files(entry, checkpoint, allow_pickle, None)
         except DownloadError as exc:
             if checkpoint is not None:
                 raise
             why = "no checkpoint available: " + str(exc).split(";")[0]
         else:
-            return WeightSource(entry, converter, folder, _load_name(entry, folder))
+            if files is not None:
+                return WeightSource(entry, converter, folder, _load_name(entry, folder))
+            why = "the catalog entry names no weights"
     tmp = tempfile.TemporaryDirectory(prefix="zoo-weights-")
     folder = Path(tmp.name)
     ref = randomweights.write(converter, dict(entry.config), entry.task, seed, folder)
