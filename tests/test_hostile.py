@@ -771,3 +771,13 @@ def test_a_long_generation_shows_a_bar(monkeypatch, capsys):
         progress.enable(False)
     assert out.shape == (1, 81)
     assert "generating" in capsys.readouterr().err
+
+
+def test_fill_mask_without_a_tokenizer_does_not_send_the_user_to_ids(tmp_path):
+    """Without a tokenizer, fill-mask cannot find the mask token: one line that says what to
+    pass, and --ids does not lead to a second, contradicting error."""
+    write_checkpoint(get_catalog().converter("hf_bert"), tmp_path)
+    for args in (["Paris is the [MASK] of France."], ["--ids", "1,2,3"]):
+        code, output = _zoo("run", tmp_path, *args, "--device", "cpu")
+        line = _one_line_error("\n".join(l for l in output.splitlines() if not l.startswith("zoo: ") or "error" in l))
+        assert code == 2 and "needs the checkpoint's tokenizer" in line and "--ids 1" not in line

@@ -8,15 +8,19 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from . import feature_extraction
+from . import feature_extraction, load_tokenizer
 
 
 def run(loaded, inputs, opts, emit):
     if opts.embed:
         return feature_extraction.run(loaded, inputs, opts, emit)
+    tok = load_tokenizer(loaded)
+    if tok is None or tok.mask_token_id is None:  # before anything else: --ids cannot stand in for it
+        raise InputError(
+            f"{loaded.entry.name}: fill-mask needs the checkpoint's tokenizer, which knows the mask token; "
+            f"pass a --checkpoint folder with vocab.txt / tokenizer.json (--embed works from --ids alone)"
+        )
     ids, tok = feature_extraction.encode(loaded, inputs, opts)
-    if tok is None or tok.mask_token_id is None:
-        raise InputError(f"{loaded.entry.name}: fill-mask needs the checkpoint's tokenizer (it knows the mask token)")
     mask_id = tok.mask_token_id
     positions = [i for i, t in enumerate(ids) if t == mask_id]
     if not positions:
