@@ -71,6 +71,22 @@ def _check_not_lfs_pointer(path: Path) -> None:
         )
 
 
+def read_zoo_meta(folder: Path) -> dict:
+    """The ``zoo.json`` of a folder written by ``zoo convert --to zoo``: its architecture,
+    converter, task and config (what the tensors, already in zoo's names, were converted with)."""
+    path = Path(folder) / ZOO_META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if meta.get("format") != ZOO_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {ZOO_FORMAT!r}")
+        for key, kind in (("architecture", str), ("converter", str), ("task", str), ("config", dict)):
+            if not isinstance(meta[key], kind):
+                raise TypeError(f"{key} must be a {kind.__name__}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: not a zoo-native checkpoint description: {exc}") from None
+    return meta
+
+
 def read_config(folder: Path) -> dict:
     """``config.json`` of a checkpoint folder, with a clear error when malformed."""
     path = folder / "config.json"

@@ -100,20 +100,14 @@ def _file_hashes(paths) -> Dict[str, str]:
 
 def read_zoo_native(folder: Path) -> Source:
     """A folder written by ``--to zoo``: tensors already in zoo's names."""
-    meta_path = Path(folder) / ZOO_META
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
-        arch, conv_name, task, config = meta["architecture"], meta["converter"], meta["task"], meta["config"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ExportError(f"{meta_path}: not a zoo-native checkpoint description: {exc}") from None
-    converter = get_catalog().converter(conv_name)
+    meta = ckpt.read_zoo_meta(folder)
+    converter = get_catalog().converter(meta["converter"])
     path = Path(folder) / "model.safetensors"
     state = dict(ckpt.read_safetensors(path))
     provenance = dict(meta.get("provenance", {}))
-    provenance["zoo_native"] = {"folder": str(folder), "files": _file_hashes([path, meta_path])}
-    return Source(state, converter, arch, task, dict(config), provenance, [Path(folder)])
+    provenance["zoo_native"] = {"folder": str(folder), "files": _file_hashes([path, Path(folder) / ZOO_META])}
+    return Source(state, converter, meta["architecture"], meta["task"], dict(meta["config"]), provenance,
+                  [Path(folder)])
 
 
 def read_source(

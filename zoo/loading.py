@@ -30,7 +30,7 @@ from .convert import Report, convert
 from .device import pick_device, pick_dtype
 from .errors import CheckpointError, ConfigError, ConversionError, InputError, UnknownModelError
 from .registry import Catalog, get_catalog, task_for
-from .types import Architecture, Converter, ModelEntry, import_ref
+from .types import Architecture, Converter, Map, ModelEntry, import_ref
 
 
 @dataclass
@@ -71,6 +71,10 @@ def _entry_for_path(path: Path, catalog: Catalog, overrides: Optional[Mapping[st
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     folder = path if path.is_dir() else path.parent
+    if path.is_dir() and (path / ckpt.ZOO_META).is_file():  # written by `zoo convert --to zoo`
+        meta = ckpt.read_zoo_meta(path)
+        return ModelEntry(name=path.name, architecture=meta["architecture"], converter=meta["converter"],
+                          task=meta["task"], config=meta["config"], origin=str(path), path=str(path))
     if (folder / "config.json").is_file():
         config = ckpt.read_config(folder)
         converter = catalog.converter_for_config(config, str(folder))
@@ -93,11 +97,6 @@ def _sniff(path: Path, catalog: Catalog, overrides: Mapping[str, Any]):
     and the config it infers from the tensors."""
     from .convert import compile_key_map
 
-    if path.is_dir() and (path / ckpt.ZOO_META).is_file():  # written by `zoo convert --to zoo`
-        raise CheckpointError(
-            f"{path}: is a zoo-native export ({ckpt.ZOO_META}); `zoo convert {path} --to hf --out DIR` "
-            f"turns it back into a checkpoint folder that loads"
-        )
     files = ckpt.WeightFiles([path], "safetensors") if path.is_file() else ckpt.find_weights(path)
     tensors = ckpt.read_weights(files)
     keys = list(tensors)
@@ -244,7 +243,13 @@ def load_full(
         config = dict(import_ref(converter.config_from_weights)(config, list(tensors)))
     model = build_model(arch, config, task, itemsize=target_dtype.itemsize, device=target_device)
     expected = model.state_dict()
-    state, report = convert(tensors, converter, expected)
+    if folder is not None and (folder / ckpt.ZOO_META).is_file():
+        # zoo-native: the tensors already carry zoo's names; the same strict accounting, one to one
+        native = Converter(name=f"{converter.name} (zoo-native)", architecture=arch.name, model_types=(),
+                           key_map=tuple(Map(key, key) for key in expected))
+        state, report = convert(tensors, native, expected)
+    else:
+        state, report = convert(tensors, converter, expected)
     # weights the speed layer packs are read in their packed copy only: their plain layout does not matter
     packed = accel.packable(model, target_device, target_dtype) if fast else set()
     if files.format == "safetensors":
