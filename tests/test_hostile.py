@@ -781,3 +781,106 @@ def test_fill_mask_without_a_tokenizer_does_not_send_the_user_to_ids(tmp_path):
         code, output = _zoo("run", tmp_path, *args, "--device", "cpu")
         line = _one_line_error("\n".join(l for l in output.splitlines() if not l.startswith("zoo: ") or "error" in l))
         assert code == 2 and "needs the checkpoint's tokenizer" in line and "--ids 1" not in line
+
+
+# ----------------------------------------------------------------------------- found in review
+
+
+def test_a_replaced_weight_is_never_read_from_a_stale_packed_copy():
+    import torch
+
+    from zoo.accel import ops
+
+    if not ops.packing_available():
+        pytest.skip("no MKL packing here")
+    lin = ops.Linear(64, 64)
+    lin.requires_grad_(False).pack_weights()
+    x = torch.randn(8, 64)
+    for _ in range(20):  # a freed address is often reused for the new weight
+        lin._parameters["weight"] = None
+        lin.weight = torch.nn.Parameter(torch.randn(64, 64), requires_grad=False)
+        with torch.inference_mode():
+            assert torch.allclose(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias), atol=1e-5)
+
+
+def test_force_on_an_output_that_is_a_link_deletes_nothing(hf, tmp_path):
+    target = tmp_path / "real"
+    _user_folder(target, {"config.json": "{}", "model.safetensors": "x"})
+    (tmp_path / "link").symlink_to(target, target_is_directory=True)
+    before = digest(tmp_path)
+    code, output = _zoo("convert", hf, "--to", "hf", "--out", tmp_path / "link", "--force")
+    assert code == 2 and "symbolic link" in _one_line_error(output)
+    assert digest(tmp_path) == before
+
+
+def test_the_old_output_comes_back_whatever_fails_while_replacing_it(hf, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert _zoo("convert", hf, "--to", "zoo", "--out", out)[0] == 0
+    before = digest(out)
+    calls = [0]
+    check = pub.replaceable
+
+    def second_check_fails(folder):
+        calls[0] += 1
+        if calls[0] > 1:
+            raise PermissionError("the disk went away")
+        return check(folder)
+
+    monkeypatch.setattr(pub, "replaceable", second_check_fails)
+    code, output = _zoo("convert", hf, "--to", "hf", "--out", out, "--force")
+    assert code != 0
+    assert digest(out) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_torch_archive_saved_without_crcs_loads(tmp_path):
+    import torch
+    import torch.utils.serialization as serialization
+
+    from zoo import checkpoint as ckpt
+
+    path = tmp_path / "pytorch_model.bin"
+    old = serialization.config.save.compute_crc32
+    serialization.config.save.compute_crc32 = False
+    try:
+        torch.save({"w": torch.arange(10.0)}, path)
+    finally:
+        serialization.config.save.compute_crc32 = old
+    assert torch.equal(ckpt.read_pickle(path)["w"], torch.arange(10.0))
+
+
+def test_a_generation_field_is_a_valid_override(hf):
+    import zoo
+
+    zoo.load(str(hf), device="cpu", pad_token_id=0)  # gpt2's config has none; generation reads it
+
+
+def test_accelerating_twice_then_plain_restores_every_module(tmp_path):
+    import zoo
+    from zoo import accel
+    from zoo.loading import load_full
+
+    write_checkpoint(get_catalog().converter("hf_bert"), tmp_path)
+    loaded = load_full(str(tmp_path), device="cpu")
+    plain_types = [type(m) for m in load_full(str(tmp_path), device="cpu", fast=False).model.modules()]
+    accel.accelerate(loaded.model, loaded.architecture)
+    accel.plain(loaded.model)
+    assert [type(m) for m in loaded.model.modules()] == plain_types
+    assert zoo  # loaded through the same pipeline as zoo.load
+
+
+def test_beam_search_with_several_eos_ids_matches_transformers(tmp_path):
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from zoo.loading import load_full
+
+    conv = get_catalog().converter("hf_gpt2")
+    write_checkpoint(conv, tmp_path)
+    ref = GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    model = load_full(str(tmp_path), device="cpu").model
+    ids = torch.randint(0, 96, (2, 4), generator=torch.Generator().manual_seed(3))
+    greedy = ref.generate(ids, do_sample=False, max_new_tokens=3, pad_token_id=0, eos_token_id=None)[:, 4:]
+    stops = sorted({int(t) for t in greedy.flatten()})[:3]  # tokens the model does produce
+    kwargs = dict(num_beams=2, max_new_tokens=8, eos_token_id=stops, pad_token_id=0)
+    assert torch.equal(model.generate(ids, **kwargs), ref.generate(ids, do_sample=False, **kwargs))

@@ -345,7 +345,8 @@ def beam_search(
     """
     B, T0 = start.shape
     nb, dev = num_beams, start.device
-    K = 2 * nb  # candidates kept per step (one eos token)
+    n_eos = 0 if eos_token_id is None else eos_token_id.numel()
+    K = max(2, 1 + n_eos) * nb  # candidates kept per step: enough that nb survive the eos ones
 
     running = torch.full((B, nb, max_length), pad_token_id, dtype=torch.long, device=dev)
     running[:, :, :T0] = start[:, None, :]

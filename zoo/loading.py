@@ -227,7 +227,7 @@ def load_full(
         checkpoint = randomweights.cached(entry.name, converter, dict(entry.config), task, int(seed))
     folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
     config = configure(entry, folder, converter)
-    _check_overrides(config_overrides or {}, config)
+    _check_overrides(config_overrides or {}, {**dict.fromkeys(converter.config_fields), **config})
     fields.check(config_overrides or {}, converter.config_fields, "zoo.load()", ConfigError)
     config.update(config_overrides or {})
 
@@ -283,8 +283,9 @@ def _check_overrides(overrides: Mapping[str, Any], config: Mapping[str, Any]) ->
     """A keyword that is not a field of the model's config but reads like a misspelling of one,
     or of a ``zoo.load`` keyword, is an error rather than a value silently ignored. (Fields the
     architecture reads beyond config.json, such as ``add_pooling_layer``, stay allowed.)"""
+    known = set(config) | set(ckpt.GENERATION_FIELDS)
     for key in overrides:
-        if key in config:
+        if key in known:
             continue
         close = difflib.get_close_matches(key, list(LOAD_KEYWORDS) + sorted(config), n=1, cutoff=0.75)
         if close:

@@ -65,7 +65,9 @@ def _real(path: Path) -> Path:
 
 def check_target(out, *, force: bool = False, inputs: Iterable = ()) -> None:
     """Everything that can be said about ``out`` before any work: raises :class:`PublishError`."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))
+    if os.path.islink(out):
+        raise PublishError(f"{out}: is a symbolic link; give the folder it leads to, or another --out")
     real = _real(out)
     for given in inputs:
         src = _real(Path(given))
@@ -217,16 +219,17 @@ def sweep_stale(parent: Path, name: str) -> List[Path]:
 
 
 def _new_tmp(parent: Path, name: str):
-    """A fresh folder beside the output (the umask applies) with its lock held; (path, fd)."""
-    while True:
-        tmp = parent / f".{name}{TMP_INFIX}{secrets.token_hex(6)}"
-        try:
-            os.mkdir(tmp, 0o777)
-            break
-        except FileExistsError:
-            continue
-    fd = os.open(tmp / LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    """A fresh folder beside the output (the umask applies) with its lock held; (path, fd).
+
+    It is made and locked under a name the sweep does not look at, and only then given its
+    ``.zoo-tmp-`` name: no sweep can see it unlocked."""
+    token = secrets.token_hex(6)
+    making = parent / f".{name}.zoo-new-{token}"
+    os.mkdir(making, 0o777)
+    fd = os.open(making / LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     _lock(fd, block=True)
+    tmp = parent / f".{name}{TMP_INFIX}{token}"
+    rename_noreplace(making, tmp)
     return tmp, fd
 
 
@@ -259,7 +262,7 @@ def publish(out, write: Callable[[Path], None], *, force: bool = False, inputs: 
     """Run ``write(folder)`` on a fresh folder and publish it at ``out``; returns the names of the
     files written (top level). See the module docstring for the rules. Raises
     :class:`PublishError` (nothing at ``out`` or elsewhere changed) when a rule refuses."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." or "x/.." name the folder they lead to
     inputs = list(inputs)
     check_target(out, force=force, inputs=inputs)
     parent = out.parent
@@ -289,7 +292,7 @@ def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
             return
         except FileExistsError:
             raise PublishError(f"{out}: appeared while zoo was writing (another writer?); it was left as it is") from None
-    if not force:  # it was absent or empty when checked
+    if not force or os.path.islink(out):  # it was absent, empty, or a real folder when checked
         raise PublishError(f"{out}: appeared while zoo was writing (another writer?); it was left as it is")
     # Move the old folder aside, check it again where no one else writes, and only then put the
     # new one in its place.
@@ -299,15 +302,17 @@ def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
     except FileNotFoundError:
         old = None
     try:
-        files = replaceable(old) if old is not None else []
-    except PublishError as exc:
+        try:
+            files = replaceable(old) if old is not None else []
+        except PublishError as exc:
+            raise PublishError(f"{out}: changed while zoo was writing; {str(exc).split('; ', 1)[-1]}") from None
+        try:
+            rename_noreplace(tmp, out)
+        except FileExistsError:
+            raise PublishError(f"{out}: appeared while zoo was writing (another writer?); it was left as it is") from None
+    except BaseException:  # whatever happened (Ctrl-C included), the old folder goes back
         _restore(old, out)
-        raise PublishError(f"{out}: changed while zoo was writing; {str(exc).split('; ', 1)[-1]}") from None
-    try:
-        rename_noreplace(tmp, out)
-    except FileExistsError:
-        _restore(old, out)
-        raise PublishError(f"{out}: appeared while zoo was writing (another writer?); it was left as it is") from None
+        raise
     if old is not None:
         kept = _delete_checked(old, files)
         if kept is not None:

@@ -22,9 +22,11 @@ and one shows that a broken path is caught):
   output head (:mod:`zoo.accel.argmax`) and the architecture's decoding step
   (:func:`decode_step`).
 
-Every fast path steps aside by itself in training mode, under autograd, and where hooks are
-set on the modules it would bypass, so ``model.train()`` gives the plain model's behaviour
-without calling :func:`plain`.
+Every fast path steps aside by itself in training mode and where hooks are set on the modules
+it would bypass, so ``model.train()`` gives the plain model's computation without calling
+:func:`plain`. The packed products and few-row heads also step aside under autograd; BERT's
+unpadding and ViT's class-token block run under autograd in eval mode (they compute the same
+values, and their gradients are tested against transformers').
 """
 from __future__ import annotations
 
@@ -129,7 +131,8 @@ def accelerate(model: nn.Module, arch=None, *, release=None, only: Optional[Sequ
     """Apply every fast path that fits ``model`` (built for ``arch``), or those named in
     ``only``; returns their names."""
     done = [fp.name for fp in fast_paths(arch) if (only is None or fp.name in only) and fp.apply(model, release)]
-    model.__dict__[APPLIED] = (arch, done)
+    before = model.__dict__.get(APPLIED, (None, []))[1]  # a second call adds to the first
+    model.__dict__[APPLIED] = (arch, [fp.name for fp in fast_paths(arch) if fp.name in before or fp.name in done])
     return done
 
 
@@ -140,10 +143,9 @@ def applied(model: nn.Module) -> List[str]:
 
 def plain(model: nn.Module) -> nn.Module:
     """Undo every fast path applied to ``model`` (in place); returns it."""
-    arch, done = model.__dict__.pop(APPLIED, (None, []))
-    for fp in reversed(fast_paths(arch)):
-        if fp.name in done:
-            fp.undo(model)
+    arch, _ = model.__dict__.pop(APPLIED, (None, []))
+    for fp in reversed(fast_paths(arch)):  # each undo touches only its own fast modules
+        fp.undo(model)
     unpack_all(model)
     return model
 

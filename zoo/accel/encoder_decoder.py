@@ -19,6 +19,8 @@ class FewRowGenerator(encoder_decoder.Generator):
     """``encoder_decoder.Generator`` whose tied projection computes a few rows as ``(W @ xᵀ)ᵀ``."""
 
     def tied(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.training or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+            return super().tied(x, weight)
         return ops.linear(x, weight)
 
 

@@ -89,7 +89,7 @@ class Packed:
     ``weight.data`` bypass version counting: drop the copy (:func:`unpack_all`) after those.
     """
 
-    __slots__ = ("data", "bias", "shape", "stamp")
+    __slots__ = ("data", "bias", "shape", "stamp", "sources")
 
     def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor] = ()):
         with torch.no_grad():
@@ -101,6 +101,8 @@ class Packed:
             self.bias = None if not biases else biases[0].detach() if len(biases) == 1 else torch.cat(biases)
         self.shape = torch.empty(1).expand(w.shape)  # MKL wants the plain weight for its shape only
         self.stamp = tensor_stamp([*weights, *biases])
+        # the very tensors it copies: a new weight at a freed address has version 0 too
+        self.sources = tuple(t for t in (*weights, *biases) if t is not None)
 
     @classmethod
     def of(cls, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]] = ()) -> Optional["Packed"]:
@@ -125,7 +127,9 @@ class Packed:
         if torch.is_grad_enabled() and (x.requires_grad or any(
                 t.requires_grad for t in (*weights, *biases) if t is not None)):
             return False
-        return tensor_stamp((*weights, *biases)) == self.stamp
+        current = tuple(t for t in (*weights, *biases) if t is not None)
+        return (len(current) == len(self.sources) and all(a is b for a, b in zip(current, self.sources))
+                and tensor_stamp(current) == self.stamp)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         # with batch_size == rows MKL computes from the packed copy (the plain weight, of which
@@ -167,7 +171,9 @@ class Linear(CachesNotState, nn.Linear):
         if "weight" not in params:  # pruned or parametrized: weight is computed, not stored
             return linear(x, self.weight, self.bias)
         packed, weight, bias = self._packed, params["weight"], params["bias"]
-        if packed is not None and not self.training and packed.usable(x, (weight,), (bias,)):
+        if self.training or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+            return F.linear(x, weight, bias)  # training and autograd get the plain product
+        if packed is not None and packed.usable(x, (weight,), (bias,)):
             return packed.linear(x)
         return linear(x, weight, bias)
 
