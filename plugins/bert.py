@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.activations import ACTIVATIONS, activate_
+from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
 
@@ -193,7 +193,7 @@ class Intermediate(nn.Module):
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return activate_(self.act, self.dense(x), self.dense)  # over the fresh output
+        return self.act(self.dense(x))
 
 
 class Output(nn.Module):

@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zoo import kvcache
-from zoo.activations import ACTIVATIONS, activate_
+from zoo.activations import ACTIVATIONS
 from zoo.checkpoint import GENERATION_FIELDS
 from zoo.errors import ConfigError, InputError
 from zoo import generation
@@ -410,7 +410,7 @@ class PositionwiseFeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_2(self.dropout(activate_(self.act, self.w_1(x), self.w_1)))  # over w_1's fresh output
+        return self.w_2(self.dropout(self.act(self.w_1(x))))
 
 
 class SublayerConnection(nn.Module):

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.activations import ACTIVATIONS, activate_
+from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
 
@@ -238,9 +238,10 @@ class Layer(nn.Module):
         (B, rows, C), each still reading every token."""
         y = self.attention(self.layernorm_before(x), rows)
         x = (x if rows is None else x[:, :rows]) + y
-        # the activation overwrites the MLP's first output: one large buffer less per block
-        h = activate_(self.act, self.intermediate(self.layernorm_after(x)), self.intermediate, self.intermediate.dense)
-        return x + self.output(h)
+        return x + self.mlp(self.layernorm_after(x))
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.act(self.intermediate(x)))
 
 
 class Encoder(nn.Module):

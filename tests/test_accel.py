@@ -107,7 +107,15 @@ def _perturb_unpadding(monkeypatch):
     monkeypatch.setattr(fast_bert, "_layer", lambda block, x, padding: layer(block, x, padding).flip(-1))
 
 
-BREAK = {"bert-unpadding": _perturb_unpadding, "packed-linear": _perturb_linear, "few-row-head": _perturb_head, "fused-qkv": _perturb_qkv, "gpt2-decode-step": _perturb_decode_step,
+def _perturb_activation(monkeypatch):
+    from zoo import activations
+
+    activate = activations.activate_
+    for module in ("zoo.accel.bert", "zoo.accel.vit", "zoo.accel.encoder_decoder"):
+        monkeypatch.setattr(f"{module}.activate_", lambda act, x, *producers: activate(act, x, *producers).flip(-1))
+
+
+BREAK = {"bert-unpadding": _perturb_unpadding, "in-place-activation": _perturb_activation, "packed-linear": _perturb_linear, "few-row-head": _perturb_head, "fused-qkv": _perturb_qkv, "gpt2-decode-step": _perturb_decode_step,
          "vit-class-token-block": _perturb_class_token_block}
 
 

@@ -17,7 +17,7 @@ and one shows that a broken path is caught):
   step and few-row head (:mod:`zoo.accel.gpt2`), BERT's unpadding (:mod:`zoo.accel.bert`),
   BERT's and ViT's fused q|k|v product (:mod:`zoo.accel.fused_qkv`), a ViT classifier's
   class-token-only last block (:mod:`zoo.accel.vit`), the encoder-decoder's few-row head
-  (:mod:`zoo.accel.encoder_decoder`);
+  (:mod:`zoo.accel.encoder_decoder`), and the in-place MLP activations of all three;
 - used by :mod:`zoo.generation` when it applies: greedy decoding's bfloat16 screen of the
   output head (:mod:`zoo.accel.argmax`) and the architecture's decoding step
   (:func:`decode_step`).

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..activations import activate_
 from ..outputs import ModelOutput
 from ..plugins import bert
 from . import class_swap, fused_qkv, ops
@@ -116,8 +117,19 @@ class UnpaddedBert(bert.Bert):
                            hidden_states=tuple(padding.output(h) for h in hidden) if hidden else None)
 
 
+class InPlaceIntermediate(bert.Intermediate):
+    """``bert.Intermediate`` whose activation overwrites the linear layer's fresh output: one
+    large buffer less per layer (``zoo.activations.activate_`` steps aside under autograd and
+    where a hook may hold the output)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return activate_(self.act, self.dense(x), self.dense)
+
+
 FAST_PATHS = (
     *fused_qkv.BERT,
+    class_swap("in-place-activation", bert.Intermediate, InPlaceIntermediate,
+               "the MLP's activation over its first output", packed=False),
     class_swap("bert-unpadding", bert.Bert, UnpaddedBert, "padding tokens skipped: work on the real tokens only",
                packed=False),
 )

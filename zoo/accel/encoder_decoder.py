@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..activations import activate_
 from ..plugins import encoder_decoder
 from . import class_swap, ops
 
@@ -24,7 +25,17 @@ class FewRowGenerator(encoder_decoder.Generator):
         return ops.linear(x, weight)
 
 
+class InPlaceFeedForward(encoder_decoder.PositionwiseFeedForward):
+    """The feed-forward whose activation overwrites ``w_1``'s fresh output: one large buffer less
+    per layer (``zoo.activations.activate_`` steps aside under autograd and where a hook may hold it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_2(self.dropout(activate_(self.act, self.w_1(x), self.w_1)))
+
+
 FAST_PATHS = (
+    class_swap("in-place-activation", encoder_decoder.PositionwiseFeedForward, InPlaceFeedForward,
+               "the feed-forward's activation over its first output", packed=False),
     class_swap("few-row-head", encoder_decoder.Generator, FewRowGenerator,
                "a few rows times the tied head as (W @ xᵀ)ᵀ", packed=False),
 )

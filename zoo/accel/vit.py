@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from ..activations import activate_
 from ..plugins import vit
 from . import class_swap, fused_qkv, ops
 
@@ -30,8 +31,18 @@ class ClassTokenViT(vit.ViT):
         return last(x, rows=1)  # (B, 1, hidden): the class token, having read every token
 
 
+class InPlaceLayer(vit.Layer):
+    """``vit.Layer`` whose MLP activation overwrites its first output: one large buffer less per
+    block (``zoo.activations.activate_`` steps aside under autograd and where a hook may hold it)."""
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(activate_(self.act, self.intermediate(x), self.intermediate, self.intermediate.dense))
+
+
 FAST_PATHS = (
     *fused_qkv.VIT,
+    class_swap("in-place-activation", vit.Layer, InPlaceLayer, "the MLP's activation over its first output",
+               packed=False),
     class_swap("vit-class-token-block", vit.ViT, ClassTokenViT,
                "a classifier's last block computes the class token's row alone", packed=False),
 )
