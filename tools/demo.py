@@ -1,0 +1,73 @@
+"""`make demo`: zoo's main job end to end, with or without the Hub.
+
+List the catalog; verify GPT-2 against transformers; run one model of each family (text
+generation, fill-mask, image classification, translation); convert GPT-2 to the Hub layout and
+load the result with transformers. Each model runs on its real weights when the Hub (or the
+Hugging Face cache) has them; otherwise on seeded random weights, and the demo says so on the
+line before: every step is then the real one, only the outputs mean nothing. Without the Hub
+there is no tokenizer either, so text goes in as token ids.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ZOO = [sys.executable, "-m", "zoo"]
+OFFLINE_SIGNS = ("cannot download", "HF_HUB_OFFLINE", "not in the Hugging Face cache")
+
+
+def zoo(*args: str) -> subprocess.CompletedProcess:
+    print(f"\n$ zoo {' '.join(args)}", flush=True)
+    done = subprocess.run(ZOO + list(args), capture_output=True, text=True)
+    for line in done.stdout.splitlines():  # an embedding is 768 numbers: its start will do
+        print(line if len(line) <= 160 else line[:157] + "...")
+    return done
+
+
+def run(real, offline) -> None:
+    """``zoo`` with the ``real`` arguments; where the weights cannot be had, with ``offline``."""
+    done = zoo(*real)
+    if done.returncode == 0:
+        return
+    if not any(sign in done.stderr for sign in OFFLINE_SIGNS):
+        sys.stderr.write(done.stderr)
+        sys.exit(done.returncode)
+    ids = ", token ids instead of text" if "--ids" in offline else ""
+    print(f"  (no Hub here: the same on seeded random weights{ids})", flush=True)
+    done = zoo(*offline, "--random-weights")
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        sys.exit(done.returncode)
+
+
+def main() -> None:
+    zoo("list")
+    if zoo("verify", "gpt2").returncode != 0:
+        sys.exit("zoo verify gpt2 failed")
+    with tempfile.TemporaryDirectory(prefix="zoo-demo-") as tmp:
+        run(["run", "gpt2", "The zoo opens at", "--max-new-tokens", "12"],
+            ["run", "gpt2", "--ids", "464,26626,9808,379", "--max-new-tokens", "12"])
+        run(["run", "bert-base-uncased", "Paris is the [MASK] of France."],
+            ["run", "bert-base-uncased", "--embed", "--ids", "101,3000,2003,102"])
+        image = Path(tmp) / "gradient.png"
+        from PIL import Image
+
+        Image.linear_gradient("L").convert("RGB").save(image)
+        run(["run", "vit-base-patch16-224", str(image)], ["run", "vit-base-patch16-224", str(image)])
+        run(["run", "opus-mt-en-de", "The house is wonderful.", "--allow-pickle"],
+            ["run", "opus-mt-en-de", "--ids", "32,1820,32,3", "--max-new-tokens", "12"])
+        out = Path(tmp) / "gpt2-hf"
+        run(["convert", "gpt2", "--to", "hf", "--out", str(out)],
+            ["convert", "gpt2", "--to", "hf", "--out", str(out)])
+        print(f"\n$ python -c 'transformers.AutoModelForCausalLM.from_pretrained(\"{out}\")'", flush=True)
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(out))
+        print(f"transformers loads zoo's export: {type(model).__name__}, "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters")
+
+
+if __name__ == "__main__":
+    main()
