@@ -194,19 +194,13 @@ class SelfAttention(nn.Module):
         """``(query(x), key(x), value(x))``."""
         return self.query(x), self.key(x), self.value(x)
 
-    def forward(self, x: torch.Tensor, queries: Optional[int] = None) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C); with ``queries``, attend from the first ``queries`` tokens
-        only (every token is still a key and a value): (B, queries, C)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)."""
         B, T, C = x.shape
         hs = C // self.n_head
-        q, k, v = self.project_qkv(x)
-        if queries is not None:
-            q = q[:, :queries]
-        q = q.reshape(B, q.shape[1], self.n_head, hs).transpose(1, 2)  # (B, nh, Tq, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, Tq, hs)
-        return y.transpose(1, 2).reshape(B, q.shape[2], C)  # heads side by side
+        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in self.project_qkv(x))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, T, hs)
+        return y.transpose(1, 2).reshape(B, T, C)  # heads side by side
 
 
 class Attention(nn.Module):
@@ -217,8 +211,8 @@ class Attention(nn.Module):
         self.attention = SelfAttention(cfg)
         self.output = Dense(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor, queries: Optional[int] = None) -> torch.Tensor:
-        return self.output(self.attention(x, queries))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.attention(x))
 
 
 class Layer(nn.Module):
@@ -233,11 +227,9 @@ class Layer(nn.Module):
         self.output = Dense(cfg.intermediate_size, cfg.hidden_size)  # MLP down
         self.act = ACTIVATIONS[cfg.hidden_act]
 
-    def forward(self, x: torch.Tensor, rows: Optional[int] = None) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C); with ``rows``, the outputs of the first ``rows`` tokens only
-        (B, rows, C), each still reading every token."""
-        y = self.attention(self.layernorm_before(x), rows)
-        x = (x if rows is None else x[:, :rows]) + y
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        x = x + self.attention(self.layernorm_before(x))
         return x + self.mlp(self.layernorm_after(x))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:

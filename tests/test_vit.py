@@ -122,6 +122,7 @@ def test_parity_every_layout_and_resolution(tmp_path, config_name, kind, layout)
 
 @pytest.mark.parametrize("layers", [1, 2])
 def test_a_classifier_computes_the_class_token_alone_in_its_last_block(tmp_path, monkeypatch, layers):
+    from zoo.accel import vit as fast_vit
     from zoo.plugins import vit as zoo_vit
 
     torch.manual_seed(0)
@@ -130,30 +131,35 @@ def test_a_classifier_computes_the_class_token_alone_in_its_last_block(tmp_path,
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     model = load_full(str(write_checkpoint(ref, tmp_path / "ckpt", "save_pretrained")), device="cpu").model
-    calls = []  # (rows asked for, output shape) per block; a wrapper, not a hook (hooks take every row)
-    plain = zoo_vit.Layer.forward
+    calls = []  # (which path, output shape) per block; wrappers, not hooks (hooks take every row)
+    plain, short = zoo_vit.Layer.forward, fast_vit.class_token_block
 
-    def recording(block, x, rows=None):
-        out = plain(block, x, rows)
-        calls.append((rows, tuple(out.shape)))
+    def recording(block, x):
+        out = plain(block, x)
+        calls.append(("all rows", tuple(out.shape)))
+        return out
+
+    def recording_short(block, x):
+        out = short(block, x)
+        calls.append(("class token", tuple(out.shape)))
         return out
 
     monkeypatch.setattr(zoo_vit.Layer, "forward", recording)
+    monkeypatch.setattr(fast_vit, "class_token_block", recording_short)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert_close(model(x).logits, ref(x).logits, "logits")
-    assert calls == [(None, (3, 17, 32))] * (layers - 1) + [(1, (3, 1, 32))]
+    assert calls == [("all rows", (3, 17, 32))] * (layers - 1) + [("class token", (3, 1, 32))]
 
 
 def test_verify_names_the_class_token_path_when_only_it_is_wrong(tmp_path, monkeypatch):
-    from zoo.plugins import vit as zoo_vit
+    from zoo.accel import vit as fast_vit
     from zoo.verification import verify
 
     folder = write_checkpoint(make_reference("base", "classifier"), tmp_path / "ckpt", "save_pretrained")
-    plain = zoo_vit.Layer.forward
+    short = fast_vit.class_token_block
     # a bug on the shorter path only: the class token's features come out in reverse order
-    monkeypatch.setattr(zoo_vit.Layer, "forward",
-                        lambda block, x, rows=None: plain(block, x) if rows is None else plain(block, x, rows).flip(-1))
+    monkeypatch.setattr(fast_vit, "class_token_block", lambda block, x: short(block, x).flip(-1))
     report = verify(str(folder), device="cpu")
     assert not report.passed
     assert "the difference is in the fast path vit-class-token-block;" in report.first_divergence

@@ -4,7 +4,7 @@ A classifier reads the class token only, so its last block need compute only tha
 token is still a key and a value there): most of a block's work saved, the same logits up to
 float rounding (about 6 % of a ViT-base forward). :class:`ClassTokenViT` (the model's class
 swapped by :func:`zoo.accel.accelerate`) runs the blocks as ``ViT.blocks`` does, the last one
-with ``rows=1``. It steps aside (every row computed, as transformers does) when hidden states
+for the class token's row (:func:`class_token_block`). It steps aside (every row computed, as transformers does) when hidden states
 are asked for, for the feature-extraction task, in training mode, and where hooks are set, as
 they may read the other rows.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from ..activations import activate_
 from ..plugins import vit
@@ -28,7 +29,21 @@ class ClassTokenViT(vit.ViT):
         *first, last = self.encoder.layer
         for block in first:
             x = block(x)
-        return last(x, rows=1)  # (B, 1, hidden): the class token, having read every token
+        return class_token_block(last, x)  # (B, 1, hidden): the class token, having read every token
+
+
+def class_token_block(layer: vit.Layer, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)[:, :1]``, computed for the class token's row alone: its query attends to every
+    token's key and value (all computed), and only its row goes through the rest of the block."""
+    sa = layer.attention.attention
+    B, T, C = x.shape
+    hs = C // sa.n_head
+    q, k, v = sa.project_qkv(layer.layernorm_before(x))
+    q = q[:, :1].reshape(B, 1, sa.n_head, hs).transpose(1, 2)  # (B, nh, 1, hs)
+    k, v = (t.view(B, T, sa.n_head, hs).transpose(1, 2) for t in (k, v))  # (B, nh, T, hs)
+    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, C)
+    x = x[:, :1] + layer.attention.output(y)
+    return x + layer.mlp(layer.layernorm_after(x))
 
 
 class InPlaceLayer(vit.Layer):
