@@ -263,8 +263,7 @@ class Predictions(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
     def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        # (B, T, vocab) or (N, vocab); not packed: MKL's packed copy of the word embeddings
-        # would cost their size again in memory
+        # (..., H) -> (..., vocab): the decoder is the word embedding matrix (tied), plus a bias
         return F.linear(self.transform(x), word_embeddings, self.bias)
 
 
