@@ -280,8 +280,8 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
 @click.option("--embed", is_flag=True, help="Print a sentence embedding instead (encoders).")
 @click.option("--random-weights", is_flag=True,
               help="Seeded random weights in the Hub's layout instead of the checkpoint (no download; outputs mean nothing).")
-@click.option("--task", "task_name", default=None,
-              help="Run this task (any registered one, see `zoo plugins`) instead of the model's own.")
+@click.option("--task", "task_name", default=None, metavar="T",
+              help="Run task T (any registered one, see `zoo plugins`) instead of the model's own.")
 @click.option("--top", default=5, show_default=True, type=COUNT, help="How many candidates/labels to show.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

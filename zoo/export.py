@@ -232,7 +232,7 @@ def to_hub_layout(
 
 
 def hf_config(converter: Converter, config: Mapping[str, Any], task: str) -> Dict[str, Any]:
-    """The config.json transformers writes for the reference class of this task (with
+    """The config.json transformers writes for the reference class of the task (with
     ``architectures`` naming that class, so the task survives the round trip)."""
     ref = _reference_on_meta(converter, config, task)
     ref.config.architectures = [type(ref).__name__]

@@ -88,7 +88,7 @@ def write_reference_checkpoint(conv: Union[str, Converter], folder, layout: str 
     folder.mkdir(parents=True, exist_ok=True)
     if layout == "hub":
         ref = write_random_checkpoint(conv, config, task, seed, folder)
-        ref.config.architectures = [type(ref).__name__]  # so that loading picks this task
+        ref.config.architectures = [type(ref).__name__]  # so that loading picks the task
         ref.config.to_json_file(str(folder / "config.json"))
         return ref
     if layout != "save_pretrained":

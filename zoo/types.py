@@ -65,7 +65,7 @@ class Task:
         (see :mod:`zoo.tasks`): ``emit`` prints as the work goes, the dict is ``--json``'s output.
     :param options: the ``zoo run`` options it reads, as fields of :class:`zoo.tasks.RunOptions`
         (``"max_new_tokens"``, ``"top"``, ...); ``--json`` always applies.
-    :param builds: the task the model is built for, when this task runs on a model of another
+    :param builds: the task the model is built for, when the task runs on a model of another
         task (``"text-generation"`` for a task that scores continuations, say); by default the
         task itself, which the architecture must list.
     """
