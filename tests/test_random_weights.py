@@ -74,3 +74,29 @@ def test_random_weights_and_a_checkpoint_are_exclusive(catalog, tmp_path):
     result = CliRunner().invoke(cli, ["run", "tiny-hf_gpt2", "--random-weights", "--checkpoint", str(tmp_path),
                                       "--ids", "1"])
     assert result.exit_code == 2 and "give one of them" in result.output
+
+
+def test_info_says_whether_the_weights_are_in_the_cache(tmp_path, monkeypatch):
+    import hashlib
+
+    from zoo import hub
+
+    path = tmp_path / "cat.toml"
+    path.write_text("[models.m]\nconverter = 'hf_gpt2'\nrepo = 'org/m'\nrevision = 'main'\nconfig = {}\n")
+    monkeypatch.setenv("ZOO_REGISTRY", str(path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    result = CliRunner().invoke(cli, ["info", "m"])
+    assert result.exit_code == 0 and "cached        no: downloaded on first use" in result.output
+    repo = tmp_path / "hub" / "models--org--m"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    data = b"weights"
+    blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+    blob.write_bytes(data)
+    (snap / "model.safetensors").symlink_to(blob)
+    assert hub.cached("org/m", "main") == snap
+    result = CliRunner().invoke(cli, ["info", "m", "--json"])
+    assert json.loads(result.stdout)["cached"] == str(snap)

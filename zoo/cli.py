@@ -158,7 +158,13 @@ def info(name, as_json):
         "preprocessing": dict(e.preprocessing),
         "origin": e.origin,
         "converter_rules": len(conv.key_map) if conv else None,
+        "cached": None,
     }
+    if e.repo and e.path is None:
+        from .hub import cached
+
+        folder = cached(e.repo, e.revision) or cached(e.repo, e.revision, allow_pickle=True)
+        data["cached"] = str(folder) if folder else None
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -168,6 +174,9 @@ def info(name, as_json):
             value = f"{value:,} ({_fmt_params(value)})"
         click.echo(f"{key:13} {value if value not in (None, '') else '-'}")
     click.echo(f"{'aliases':13} {', '.join(e.aliases) or '-'}")
+    if e.repo and e.path is None:
+        where = data["cached"] or "no: downloaded on first use (offline: --random-weights runs it on seeded random weights)"
+        click.echo(f"{'cached':13} {where}")
     click.echo("config")
     for k, v in e.config.items():
         click.echo(f"  {k} = {json.dumps(v)}")

@@ -249,6 +249,16 @@ def _cached(repo: str, revision: str, patterns: List[str], allow_pickle: bool, c
     return folder
 
 
+def cached(repo: str, revision: str = "main", allow_pickle: bool = False) -> Optional[Path]:
+    """The folder of ``repo`` at ``revision`` in the Hugging Face cache with complete, verified
+    weights, or None; never makes a request (``zoo info`` says whether a model runs offline)."""
+    patterns = PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
+    try:
+        return _cached(repo, revision or "main", patterns, allow_pickle, cache_dir())
+    except DownloadError:  # a cache that is not zoo's to judge: not usable as it is
+        return None
+
+
 # -- errors --------------------------------------------------------------------------------------
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen = set()
