@@ -100,3 +100,16 @@ def test_info_says_whether_the_weights_are_in_the_cache(tmp_path, monkeypatch):
     assert hub.cached("org/m", "main") == snap
     result = CliRunner().invoke(cli, ["info", "m", "--json"])
     assert json.loads(result.stdout)["cached"] == str(snap)
+
+
+def test_zoo_run_from_python_gives_what_the_cli_prints_as_json(catalog):
+    from zoo.errors import InputError
+
+    args = ["tiny-hf_gpt2", "--random-weights", "--ids", "1,2,3", "--max-new-tokens", "4", "--device", "cpu"]
+    cli_result = json.loads(CliRunner().invoke(cli, ["run", *args, "--json"]).stdout)
+    api_result = zoo.run("tiny-hf_gpt2", random_weights=True, ids=[1, 2, 3], max_new_tokens=4, device="cpu")
+    assert api_result == cli_result
+    with pytest.raises(InputError, match="unexpected option 'max_tokens'"):
+        zoo.run("tiny-hf_gpt2", random_weights=True, ids=[1], max_tokens=4)
+    with pytest.raises(InputError, match="top does not apply to text-generation"):
+        zoo.run("tiny-hf_gpt2", random_weights=True, ids=[1], top=3)

@@ -29,9 +29,9 @@ from .version import __version__  # noqa: F401
 
 
 def __getattr__(name: str):
-    """``zoo.load`` and ``zoo.verify`` are :func:`zoo.loading.load` and
-    :func:`zoo.verification.verify` themselves (real signatures, ``help()`` shows them),
-    imported on first use so that ``import zoo`` does not import torch."""
+    """``zoo.load``, ``zoo.verify`` and ``zoo.run`` are :func:`zoo.loading.load`,
+    :func:`zoo.verification.verify` and :func:`zoo.tasks.run` themselves (real signatures,
+    ``help()`` shows them), imported on first use so that ``import zoo`` does not import torch."""
     if name == "load":
         from .loading import load
 
@@ -40,6 +40,10 @@ def __getattr__(name: str):
         from .verification import verify
 
         return verify
+    if name == "run":  # what `zoo run --json` prints, from Python
+        from .tasks import run
+
+        return run
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")
 
 

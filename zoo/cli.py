@@ -299,34 +299,25 @@ def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, te
         beams, embed, random_weights, task_name, top, allow_pickle, as_json):
     """Run a model on INPUTS (a prompt, a sentence, an image file ...)."""
     from . import progress
-    from .errors import InputError
-    from .loading import load_full
-    from .registry import get_catalog
-    from .tasks import RunOptions, get_runner, parse_ids
+    from .tasks import parse_ids, run as run_task
 
     progress.enable(not as_json)
+    values = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+              "seed": seed, "ids": parse_ids(ids) if ids is not None else None, "beams": beams, "embed": embed,
+              "top": top}
+    # the options given on the command line: each must be one the task reads
+    options = {name: value for name, value in values.items()
+               if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
 
-    given = [name for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "ids", "beams", "embed", "top")
-             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    def loaded_(loaded):
+        if random_weights:
+            click.echo("zoo: random weights (seed 0), not the checkpoint's: the outputs mean nothing", err=True)
+        click.echo(f"zoo: {loaded.entry.name} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')})",
+                   err=True)
 
-    opts = RunOptions(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        ids=parse_ids(ids) if ids is not None else None, beams=beams, embed=embed, top=top, json=as_json,
-    )
-    if embed and task_name is not None:
-        raise InputError("--embed is --task feature-extraction: give one of them")
-    catalog = get_catalog()
-    task = catalog.task(task_name or "feature-extraction") if (task_name or embed) else None
-    runner = get_runner(task, given) if task is not None else None  # options checked before loading
-    loaded = load_full(name_or_path, checkpoint=checkpoint, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                       task=task and (task.builds or task.name), random_weights=random_weights)
-    if random_weights:
-        click.echo("zoo: random weights (seed 0), not the checkpoint's: the outputs mean nothing", err=True)
-    if runner is None:
-        runner = get_runner(loaded.task, given)
-    click.echo(f"zoo: {loaded.entry.name} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')})", err=True)
-    emit = (lambda s: None) if as_json else (lambda s: click.echo(s, nl=False))
-    result = runner(loaded, list(inputs), opts, emit)
+    result = run_task(name_or_path, *inputs, task=task_name, checkpoint=checkpoint, device=device, dtype=dtype,
+                      allow_pickle=allow_pickle, random_weights=random_weights, on_loaded=loaded_,
+                      emit=None if as_json else (lambda text: click.echo(text, nl=False)), **options)
     if as_json:
         click.echo(json.dumps(result, indent=2))
 

@@ -84,6 +84,37 @@ def check_options(task: Task, given: Sequence[str]) -> None:
                              + (f" (it applies to {', '.join(users)})" if users else ""))
 
 
+def run(name_or_path, *inputs: str, task: Optional[str] = None, checkpoint=None, device: Optional[str] = "auto",
+        dtype=None, allow_pickle: bool = False, random_weights: bool = False,
+        emit: Optional[Callable[[str], None]] = None, on_loaded: Optional[Callable] = None, **options) -> dict:
+    """Load a model and run a task on ``inputs`` (text, image files; or ``ids=[...]``): what
+    ``zoo run --json`` prints. ``task`` defaults to the model's own; ``options`` are the task's
+    ``zoo run`` options by their field names (``max_new_tokens=``, ``top=``, ``beams=``, ...),
+    each checked against what the task reads. ``emit`` receives the human-readable output as it
+    is produced (the CLI prints it); ``on_loaded(loaded)`` is called once the model is loaded."""
+    from ..loading import load_full
+    from ..registry import get_catalog
+
+    known = {f.name for f in fields(RunOptions)} - {"json"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"zoo.run() got an unexpected option {unknown[0]!r} (options: {', '.join(sorted(known))})")
+    if options.get("embed") and task is not None:
+        raise InputError("embed is task='feature-extraction': give one of them")
+    if options.get("embed"):
+        task = "feature-extraction"
+    chosen = get_catalog().task(task) if task is not None else None
+    runner = get_runner(chosen, list(options)) if chosen is not None else None  # checked before loading
+    loaded = load_full(name_or_path, checkpoint=checkpoint, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                       task=chosen and (chosen.builds or chosen.name), random_weights=random_weights)
+    if runner is None:
+        runner = get_runner(loaded.task, list(options))
+    if on_loaded is not None:
+        on_loaded(loaded)
+    opts = RunOptions(**options, json=emit is None)
+    return runner(loaded, list(inputs), opts, emit or (lambda text: None))
+
+
 def load_tokenizer(loaded):
     """The checkpoint folder's tokenizer (transformers ``AutoTokenizer``), or ``None`` when the
     folder has no tokenizer files."""
