@@ -268,3 +268,15 @@ def test_an_option_that_does_not_apply_is_an_error(tiny, args, message):
     if message:
         assert message in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
+
+
+def test_zoo_processor_gives_the_checkpoints_tokenizer(tiny, tmp_path):
+    import zoo
+
+    folder = _with_tokenizer(tiny, tmp_path / "with-tok")
+    tok = zoo.processor(str(folder))
+    ids = tok("hello world")["input_ids"]
+    assert ids and all(isinstance(i, int) for i in ids)
+    result = json.loads(invoke("run", str(folder), "hello world", "--max-new-tokens", "2", "--device", "cpu",
+                               "--json").stdout)
+    assert result["input_ids"] == ids  # the tokenizer zoo run uses

@@ -467,3 +467,24 @@ def test_run_feature_extraction(tmp_path):
     result = get_runner(loaded.task)(loaded, [str(image)], RunOptions(), lambda s: None)
     assert result["embedding"] == "pooler_output"
     assert len(result["results"][0]["embedding"]) == 32
+
+
+def test_zoo_processor_gives_the_checkpoints_image_processor(classifier_folder, tmp_path):
+    """zoo.processor: transformers' own image processor from the folder zoo.load reads; its
+    pixel values are what zoo's preprocessing computes for the same image."""
+    from PIL import Image
+
+    from zoo.errors import InputError
+    from zoo.imaging import preprocess, settings_for
+
+    classifier_folder, _ = classifier_folder
+    image = tmp_path / "x.png"
+    Image.linear_gradient("L").convert("RGB").resize((40, 30)).save(image)
+    proc = zoo.processor(str(classifier_folder))
+    theirs = proc(images=Image.open(image), return_tensors="pt")["pixel_values"]
+    loaded = load_full(str(classifier_folder), device="cpu")
+    ours = preprocess([str(image)], settings_for(loaded))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    (classifier_folder / "preprocessor_config.json").unlink()
+    with pytest.raises(InputError, match="no tokenizer or preprocessing files"):
+        zoo.processor(str(classifier_folder))

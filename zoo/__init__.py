@@ -29,8 +29,8 @@ from .version import __version__  # noqa: F401
 
 
 def __getattr__(name: str):
-    """``zoo.load``, ``zoo.verify`` and ``zoo.run`` are :func:`zoo.loading.load`,
-    :func:`zoo.verification.verify` and :func:`zoo.tasks.run` themselves (real signatures,
+    """``zoo.load``, ``zoo.verify``, ``zoo.run`` and ``zoo.processor`` are :func:`zoo.loading.load`,
+    :func:`zoo.verification.verify`, :func:`zoo.tasks.run` and :func:`zoo.tasks.processor` themselves (real signatures,
     ``help()`` shows them), imported on first use so that ``import zoo`` does not import torch."""
     if name == "load":
         from .loading import load
@@ -44,6 +44,10 @@ def __getattr__(name: str):
         from .tasks import run
 
         return run
+    if name == "processor":  # the checkpoint's tokenizer or image processor
+        from .tasks import processor
+
+        return processor
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")
 
 

@@ -115,14 +115,36 @@ def run(name_or_path, *inputs: str, task: Optional[str] = None, checkpoint=None,
     return runner(loaded, list(inputs), opts, emit or (lambda text: None))
 
 
+def processor(name_or_path, *, checkpoint=None, revision: Optional[str] = None, allow_pickle: bool = False):
+    """The checkpoint's own tokenizer (transformers' ``AutoTokenizer``) or image processor
+    (``AutoImageProcessor``), from the same folder ``zoo.load`` reads: what turns text or images
+    into the model's inputs. Raises :class:`InputError` when the folder has neither."""
+    from ..loading import resolve, weight_files
+
+    entry = resolve(str(name_or_path))
+    folder, _files = weight_files(entry, checkpoint, allow_pickle, revision)
+    if folder is not None and any((folder / n).is_file() for n in TOKENIZER_FILES):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder))
+    if folder is not None and (folder / "preprocessor_config.json").is_file():
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(str(folder))
+    raise InputError(f"{entry.name}: {folder or 'the entry'} has no tokenizer or preprocessing files "
+                     f"({', '.join(TOKENIZER_FILES)}, preprocessor_config.json)")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "source.spm", "tokenizer_config.json")
+
+
 def load_tokenizer(loaded):
     """The checkpoint folder's tokenizer (transformers ``AutoTokenizer``), or ``None`` when the
     folder has no tokenizer files."""
     folder = loaded.folder
     if folder is None:
         return None
-    names = ("tokenizer.json", "vocab.json", "vocab.txt", "source.spm", "tokenizer_config.json")
-    if not any((folder / n).is_file() for n in names):
+    if not any((folder / n).is_file() for n in TOKENIZER_FILES):
         return None
     from transformers import AutoTokenizer
 
