@@ -23,6 +23,17 @@ def digest(folder: Path) -> dict:
     }
 
 
+def cached_repo(cache: Path, repo_id: str = "org/m"):
+    """An empty snapshot of ``repo_id`` at main in a Hugging Face cache folder: (repo, snapshot)."""
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    return repo, snap
+
+
 def converters():
     from zoo.registry import get_catalog
 

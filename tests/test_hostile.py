@@ -19,7 +19,7 @@ from zoo.cli import cli
 from zoo.errors import DownloadError
 from zoo.registry import get_catalog
 
-from conftest import digest, write_checkpoint
+from conftest import cached_repo, digest, write_checkpoint
 
 ZOO = str(Path(sys.executable).with_name("zoo"))
 
@@ -318,17 +318,6 @@ def test_out_that_cannot_be_created_fails_before_the_work(hf, tmp_path, monkeypa
 # ----------------------------------------------------------------------------- the Hugging Face cache
 
 
-def _cached_repo(cache: Path):
-    """An empty snapshot of org/m at main in a Hugging Face cache folder: (repo, snapshot)."""
-    repo = cache / "models--org--m"
-    snap = repo / "snapshots" / ("a" * 40)
-    snap.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("a" * 40)
-    return repo, snap
-
-
 def test_a_cache_link_leading_outside_blobs_is_neither_used_nor_deleted(tmp_path, monkeypatch):
     """A snapshot link to a 64-hex-named file elsewhere: zoo refuses it and deletes nothing."""
     from zoo import hub
@@ -337,7 +326,7 @@ def test_a_cache_link_leading_outside_blobs_is_neither_used_nor_deleted(tmp_path
     victim_dir.mkdir()
     victim = victim_dir / ("0" * 64)  # named like a blob, hashes to something else
     victim.write_text("a user's file")
-    repo, snap = _cached_repo(tmp_path / "hub")
+    repo, snap = cached_repo(tmp_path / "hub")
     (snap / "config.json").write_text("{}")
     (snap / "model.safetensors").symlink_to(victim)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -351,7 +340,7 @@ def test_a_cache_link_leading_outside_blobs_is_neither_used_nor_deleted(tmp_path
 def test_a_corrupt_blob_inside_the_cache_is_still_deleted(tmp_path, monkeypatch):
     from zoo import hub
 
-    repo, snap = _cached_repo(tmp_path / "hub")
+    repo, snap = cached_repo(tmp_path / "hub")
     blob = repo / "blobs" / hashlib.sha256(b"the real bytes").hexdigest()
     blob.write_bytes(b"other bytes")
     (snap / "model.safetensors").symlink_to(blob)

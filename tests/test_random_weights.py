@@ -13,6 +13,8 @@ from zoo.cli import cli
 from zoo.loading import load_full
 from zoo.registry import get_catalog
 
+from conftest import cached_repo
+
 TINY = {
     "hf_gpt2": ("text-generation", ["--ids", "1,2,3", "--max-new-tokens", "3"]),
     "hf_marian": ("translation", ["--ids", "3,4,5", "--max-new-tokens", "3"]),
@@ -87,12 +89,7 @@ def test_info_says_whether_the_weights_are_in_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     result = CliRunner().invoke(cli, ["info", "m"])
     assert result.exit_code == 0 and "cached        no: downloaded on first use" in result.output
-    repo = tmp_path / "hub" / "models--org--m"
-    snap = repo / "snapshots" / ("a" * 40)
-    snap.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("a" * 40)
+    repo, snap = cached_repo(tmp_path / "hub")
     data = b"weights"
     blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
     blob.write_bytes(data)

@@ -133,9 +133,7 @@ def read_source(
     arch = catalog.architecture(entry.architecture)
     task = task or entry.task
     if random_weights:
-        if checkpoint is not None:
-            raise ExportError("random weights or a checkpoint: give one of them, not both")
-        checkpoint = randomweights.cached(entry.name, converter, dict(entry.config), task, 0)
+        checkpoint = randomweights.instead_of(checkpoint, entry, converter, task)
     folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
     if files is None:
         raise ExportError(f"{entry.name}: the catalog entry names no weights to convert")

@@ -151,6 +151,8 @@ def generate(
     weight, bias = model.head()
     head = accel.head_product(model)
     fast = accel.decode_step(model)
+    # rows that finished get padding: transformers' default is the (first) eos id
+    pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if stop is not None else 0)
 
     def last_hidden(tokens: torch.Tensor, cache) -> torch.Tensor:  # (B, C) of the last token
         if fast is not None and tokens.size(1) == 1 and cache.length > 0:
@@ -159,7 +161,6 @@ def generate(
 
     if num_beams > 1 and max_new_tokens > 0:
         cache = model.new_cache(B * num_beams, T + max_new_tokens)
-        pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if stop is not None else 0)
 
         def step(tokens: torch.Tensor, cur_len: int) -> torch.Tensor:
             logits = head(last_hidden(tokens, cache), weight, bias)
@@ -181,7 +182,6 @@ def generate(
             nxt = next_token(head(x, weight, bias), temperature, top_k, gen, top_p)
         return nxt
 
-    pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if stop is not None else 0)
     return token_by_token(pick, input_ids, max_new_tokens, stop, pad, callback)
 
 

@@ -222,9 +222,7 @@ def load_full(
         raise UnknownModelError(f"architecture {arch.name!r} has no task {task!r} (tasks: {', '.join(arch.tasks)})")
 
     if random_weights:
-        if checkpoint is not None:
-            raise InputError("random weights or a checkpoint: give one of them, not both")
-        checkpoint = randomweights.cached(entry.name, converter, dict(entry.config), task, int(seed))
+        checkpoint = randomweights.instead_of(checkpoint, entry, converter, task, seed)
     folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
     config = configure(entry, folder, converter)
     _check_overrides(config_overrides or {}, {**dict.fromkeys(converter.config_fields), **config})

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from . import checkpoint as ckpt
-from .errors import ZooError
+from .errors import InputError, ZooError
 from .memory import check_size
 from .publish import PublishError, publish
 from .registry import get_catalog
@@ -68,3 +68,11 @@ def cached(name: str, converter: Converter, config: Dict[str, Any], task: str, s
         if not (folder / "model.safetensors").is_file():
             raise
     return folder
+
+
+def instead_of(checkpoint, entry, converter: Converter, task: str, seed: int = 0) -> Path:
+    """The random-weights folder that stands in for ``entry``'s checkpoint; a ``checkpoint``
+    given as well is an error (it would be ignored)."""
+    if checkpoint is not None:
+        raise InputError("random weights or a checkpoint: give one of them, not both")
+    return cached(entry.name, converter, dict(entry.config), task, int(seed))

@@ -416,17 +416,14 @@ def check_task(name: str, model: str, inputs: Sequence[str] = (), **options: Any
     import json
     from dataclasses import fields
 
-    from .loading import load_full
-    from .tasks import RunOptions, get_runner
+    from .tasks import RunOptions, run
 
     task = _catalog().tasks.get(name)
     assert task is not None, f"task {name!r} is not registered (registered: {', '.join(sorted(_catalog().tasks))})"
     known = {f.name for f in fields(RunOptions)}
     assert set(task.options) <= known, f"task {name!r} names options zoo run lacks: {sorted(set(task.options) - known)}"
-    runner = get_runner(task, list(options))
-    loaded = load_full(model, device="cpu", task=task.builds or task.name)
     shown: List[str] = []
-    result = runner(loaded, list(inputs), RunOptions(**options), shown.append)
+    result = run(model, *inputs, task=name, device="cpu", emit=shown.append, **options)
     assert isinstance(result, dict), f"task {name!r}: the runner returned {type(result).__name__}, not a dict"
     json.dumps(result)  # what --json prints
     assert "".join(shown).strip(), f"task {name!r}: the runner showed nothing (emit was never called)"

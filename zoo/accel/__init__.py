@@ -96,8 +96,7 @@ def class_swap(name: str, plain_cls: type, fast_cls: type, doc: str = "", packed
             return False
         swapped = False
         for module in model.modules():
-            if type(module) is plain_cls and (not packed or all(
-                    p.device.type == "cpu" and p.dtype == torch.float32 for p in module.parameters())):
+            if type(module) is plain_cls and (not packed or _cpu_float32(module)):
                 module.__class__ = fast_cls
                 swapped = True
         return swapped
