@@ -22,7 +22,7 @@ CONVERTERS = converters()
 
 def _inputs(loaded):
     make = import_ref(loaded.architecture.example_inputs)
-    return make(loaded.config, loaded.task, 2, 8, torch.Generator().manual_seed(0))
+    return make(loaded.arch_config, loaded.task, 2, 8, torch.Generator().manual_seed(0))
 
 
 def _outputs(model, inputs):

@@ -65,7 +65,7 @@ def test_export_loads_in_transformers_and_matches_zoo(conv, tmp_path):
     ref, info = cls.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
     assert not info["missing_keys"] and not info.get("mismatched_keys"), info
     arch = loaded.architecture
-    inputs = import_ref(arch.example_inputs)(loaded.config, loaded.task, 2, 8, torch.Generator().manual_seed(0))
+    inputs = import_ref(arch.example_inputs)(loaded.arch_config, loaded.task, 2, 8, torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ours, theirs = loaded.model(**inputs), ref.eval()(**inputs)
     compared = testing.assert_outputs_close(ours, theirs, inputs, atol=1e-5, rtol=1e-5)  # real positions
@@ -97,7 +97,7 @@ def test_a_zoo_native_export_loads_in_zoo_with_parity_to_its_source(conv, tmp_pa
     convert_checkpoint(str(tmp_path / "hf"), "zoo", tmp_path / "native")
     source, native = (load_full(str(tmp_path / name), device="cpu") for name in ("hf", "native"))
     assert native.task == source.task and len(native.report.consumed) == len(native.model.state_dict())
-    inputs = import_ref(source.architecture.example_inputs)(source.config, source.task, 2, 8,
+    inputs = import_ref(source.architecture.example_inputs)(source.arch_config, source.task, 2, 8,
                                                             torch.Generator().manual_seed(0))
     with torch.inference_mode():
         testing.assert_outputs_close(native.model(**inputs), source.model(**inputs), inputs, atol=0)

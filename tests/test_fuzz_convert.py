@@ -26,7 +26,7 @@ def real_keys(request, tmp_path_factory):
     config = json.loads((folder / "config.json").read_text())
     task = next(iter(conv.tasks.values()))
     arch = get_catalog().architecture(conv.architecture)
-    expected = build_model(arch, config, task).state_dict()
+    expected = build_model(arch, conv.architecture_config(config), task).state_dict()
     source = {k: v.clone() for k, v in read_safetensors(folder / "model.safetensors").items()}
     _, report = convert(source, conv, expected)
     return conv, source, expected, report

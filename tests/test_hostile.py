@@ -644,13 +644,14 @@ def test_every_parameter_count_is_exact():
             continue
         for task in arch.tasks:
             with torch.device("meta"):
-                model = arch.build(dict(conv.tiny_config), task)
+                model = arch.build(conv.architecture_config(conv.tiny_config), task)
             want = sum(p.numel() for p in model.parameters())
-            assert import_ref(arch.parameter_count)(dict(conv.tiny_config), task) == want, (conv.name, task)
+            assert import_ref(arch.parameter_count)(conv.architecture_config(conv.tiny_config), task) == want, (conv.name, task)
     for entry in catalog.models.values():
         arch = catalog.architecture(entry.architecture)
         if entry.params and arch.parameter_count:
-            assert import_ref(arch.parameter_count)(dict(entry.config), entry.task) == entry.params, entry.name
+            config = catalog.converter(entry.converter).architecture_config(entry.config)
+            assert import_ref(arch.parameter_count)(config, entry.task) == entry.params, entry.name
     assert build_model  # the loader's check uses the same function
 
 

@@ -20,7 +20,12 @@ def _plugin(**hooks):
 
 @pytest.mark.parametrize("conv", converters(), ids=lambda c: c.name)
 def test_every_architecture_passes_the_kit(conv):
-    testing.check_architecture(conv.architecture, conv.tiny_config)
+    testing.check_architecture(conv.architecture, conv.architecture_config(conv.tiny_config))
+
+
+@pytest.mark.parametrize("conv", converters(), ids=lambda c: c.name)
+def test_every_config_translation_inverts(conv):
+    testing.check_config_translation(conv)
 
 
 def test_a_whole_converter_passes_the_kit():

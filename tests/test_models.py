@@ -31,7 +31,7 @@ def test_entry_resolves_and_builds_with_its_parameter_count(entry):
     assert entry.task in arch.tasks
     for alias in entry.aliases:
         assert catalog.get(alias).name == entry.name
-    model = build_model(arch, entry.config, entry.task)  # meta device: no memory, no init
+    model = build_model(arch, conv.architecture_config(entry.config), entry.task)  # meta device: no memory, no init
     n = sum(p.numel() for p in model.parameters())
     assert entry.params == n, f"{entry.name}: registry says {entry.params}, model has {n}"
 
@@ -77,7 +77,7 @@ def test_packed_weights_change_nothing_but_speed(conv, tmp_path, monkeypatch):
     want = plain.model.state_dict()
     for key, value in packed.model.state_dict().items():
         assert torch.equal(value, want[key]), key
-    inputs = import_ref(packed.architecture.example_inputs)(packed.config, packed.task, 2, 8, torch.Generator().manual_seed(0))
+    inputs = import_ref(packed.architecture.example_inputs)(packed.arch_config, packed.task, 2, 8, torch.Generator().manual_seed(0))
     with torch.inference_mode():
         got, ref = packed.model(**inputs), plain.model(**inputs)
         copied = copy.deepcopy(packed.model)(**inputs)  # packed copies are caches: not copied
@@ -114,7 +114,7 @@ def test_broken_converter_is_caught_by_verify(conv, tmp_path):
     write_checkpoint(conv, tmp_path)
     arch = get_catalog().architecture(conv.architecture)
     task = next(iter(conv.tasks.values()))
-    expected = build_model(arch, json.loads((tmp_path / "config.json").read_text()), task).state_dict()
+    expected = build_model(arch, conv.architecture_config(json.loads((tmp_path / "config.json").read_text())), task).state_dict()
     broken, what = _break(conv, expected)
     report = verify(str(tmp_path), device="cpu", converter=broken)
     assert not report.passed, f"verify did not catch: {what}"

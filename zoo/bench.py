@@ -158,7 +158,7 @@ def bench(
 
     gen = torch.Generator().manual_seed(seed)
     make_inputs = import_ref(loaded.architecture.example_inputs)
-    inputs = _to(make_inputs(loaded.config, loaded.task, batch, seq, gen), loaded)
+    inputs = _to(make_inputs(loaded.arch_config, loaded.task, batch, seq, gen), loaded)
     ids = inputs.get("input_ids")
     if ids is not None and ids.shape[-1] < seq:  # example_inputs keeps to the model's context
         raise InputError(f"--seq {seq} exceeds the {ids.shape[-1]} positions {entry.name} takes")
@@ -227,9 +227,10 @@ def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, promp
 def _bench_scaling(report, model, loaded, make_inputs):
     gen = torch.Generator().manual_seed(1)
     rows = []
-    max_pos = int(loaded.config.get("n_positions", loaded.config.get("max_position_embeddings", 1024)))
+    # example_inputs keeps to the model's context: ask for more than any model takes
+    max_pos = make_inputs(loaded.arch_config, loaded.task, 1, 1 << 20, gen)["input_ids"].shape[-1]
     for b, t in ((1, 128), (1, 256), (1, 512), (1, min(1024, max_pos)), (4, 128), (16, 128)):
-        inp = _to(make_inputs(loaded.config, loaded.task, b, t, gen), loaded)
+        inp = _to(make_inputs(loaded.arch_config, loaded.task, b, t, gen), loaded)
         model(**inp)
         ms = statistics.median(_time(lambda: model(**inp)) for _ in range(3)) * 1e3
         rows.append(f"[{b}x{t}] {ms:.1f} ms ({ms / (b * t) * 1e3:.0f} us/token)")
@@ -237,7 +238,7 @@ def _bench_scaling(report, model, loaded, make_inputs):
     if hasattr(model, "generate") and loaded.task == "text-generation":
         per_ctx = []
         for ctx in (32, 256, min(896, max_pos - 64)):
-            ids = _to(make_inputs(loaded.config, loaded.task, 1, ctx, gen), loaded)["input_ids"]
+            ids = _to(make_inputs(loaded.arch_config, loaded.task, 1, ctx, gen), loaded)["input_ids"]
             t16 = _time(lambda: model.generate(ids, max_new_tokens=16))
             t48 = _time(lambda: model.generate(ids, max_new_tokens=48))
             per_ctx.append(f"context {ctx}: {(t48 - t16) / 32 * 1e3:.1f} ms/token")
@@ -267,7 +268,7 @@ if side == "zoo":
     from zoo.loading import load_full
     from zoo.types import import_ref
     loaded = load_full(name, checkpoint=folder, device=device)
-    model, config, task, arch = loaded.model, loaded.config, loaded.task, loaded.architecture
+    model, config, task, arch = loaded.model, loaded.arch_config, loaded.task, loaded.architecture
 else:  # transformers, with zoo used only to find the reference class and example inputs
     from zoo.loading import resolve as find_entry
     from zoo.registry import get_catalog
@@ -275,7 +276,7 @@ else:  # transformers, with zoo used only to find the reference class and exampl
     catalog = get_catalog()
     entry = find_entry(name)
     conv, arch = catalog.converter(entry.converter), catalog.architecture(entry.architecture)
-    config, task = json.load(open(folder + "/config.json")), entry.task
+    config, task = conv.architecture_config(json.load(open(folder + "/config.json"))), entry.task
     model = import_ref(conv.reference)(config, task, folder).eval().to(device)
 load_s = time.perf_counter() - t0
 inputs = import_ref(arch.example_inputs)(config, task, int(batch), int(seq), torch.Generator().manual_seed(0))

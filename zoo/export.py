@@ -63,6 +63,11 @@ class Source:
     provenance: Dict[str, Any]
     inputs: List[Path] = field(default_factory=list)  # what was read: an output may not overlap it
 
+    @property
+    def arch_config(self) -> Dict[str, Any]:
+        """The config in the architecture's own names (the converter's translation)."""
+        return self.converter.architecture_config(self.config)
+
 
 @dataclass
 class Exported:
@@ -141,7 +146,7 @@ def read_source(
     tensors = ckpt.read_weights(files)
     if converter.config_from_weights is not None:
         config = dict(import_ref(converter.config_from_weights)(config, list(tensors)))
-    expected = build_model(arch, config, task).state_dict()
+    expected = build_model(arch, converter.architecture_config(config), task).state_dict()
     state, report = convert(tensors, converter, expected)
     sources = list(files.paths)
     if folder is not None and (folder / "config.json").is_file():
@@ -232,6 +237,7 @@ def to_hub_layout(
 def hf_config(converter: Converter, config: Mapping[str, Any], task: str) -> Dict[str, Any]:
     """The config.json transformers writes for the reference class of the task (with
     ``architectures`` naming that class, so the task survives the round trip)."""
+    config = converter.source_config(converter.architecture_config(config), config)
     ref = _reference_on_meta(converter, config, task)
     ref.config.architectures = [type(ref).__name__]
     return ref.config.to_dict()

@@ -2,7 +2,8 @@
 
     resolve       registry entry, alias, or local checkpoint folder/file -> ModelEntry
     locate        local folder | Hugging Face cache | Hub download
-    configure     the entry's config < config.json < generation_config.json < overrides
+    configure     the entry's config < config.json < generation_config.json < overrides,
+                  then the converter's translation into the architecture's own names
     read          safetensors, memory-mapped (pickle only when opted in)
     convert       the converter's key map, strict accounting
     build         the architecture on the meta device (no random init)
@@ -41,7 +42,7 @@ class Loaded:
     entry: ModelEntry
     architecture: Architecture
     converter: Converter
-    config: Dict[str, Any]
+    config: Dict[str, Any]  # the checkpoint format's config (config.json, generation settings)
     task: str
     device: torch.device
     dtype: torch.dtype
@@ -49,6 +50,7 @@ class Loaded:
     files: List[Path] = field(default_factory=list)
     report: Optional[Report] = None
     random_seed: Optional[int] = None  # the weights are seeded random ones (zoo.randomweights)
+    arch_config: Dict[str, Any] = field(default_factory=dict)  # the architecture's own names
 
 
 def _is_path(name: str) -> bool:
@@ -161,8 +163,9 @@ def _skip_init():
 
 def build_model(arch: Architecture, config: Mapping[str, Any], task: str, meta: bool = True,
                 itemsize: int = 4, device=None):
-    """The architecture's module: on the meta device, uninitialized (``meta=True``), or built
-    for real with its own initialization (for training from scratch). First, the parameters
+    """The architecture's module from its own config (``Converter.architecture_config``): on
+    the meta device, uninitialized (``meta=True``), or built for real with its own
+    initialization (for training from scratch). First, the parameters
     the config asks for (``Architecture.parameter_count``, at ``itemsize`` bytes each) must fit
     in the memory of ``device`` (zoo.memory)."""
     memory.check_size(arch, config, task, itemsize, device)
@@ -230,16 +233,18 @@ def load_full(
     config.update(config_overrides or {})
 
     if files is None:  # an entry without weights: fresh initialization, for training
+        arch_config = converter.architecture_config(config)
         with torch.device(target_device):
-            model = build_model(arch, config, task, meta=False, itemsize=target_dtype.itemsize,
+            model = build_model(arch, arch_config, task, meta=False, itemsize=target_dtype.itemsize,
                                 device=target_device)
         model.to(dtype=target_dtype).eval()
-        return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype)
+        return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype, arch_config=arch_config)
 
     tensors = ckpt.read_weights(files)
     if converter.config_from_weights is not None:
         config = dict(import_ref(converter.config_from_weights)(config, list(tensors)))
-    model = build_model(arch, config, task, itemsize=target_dtype.itemsize, device=target_device)
+    arch_config = converter.architecture_config(config)
+    model = build_model(arch, arch_config, task, itemsize=target_dtype.itemsize, device=target_device)
     expected = model.state_dict()
     if folder is not None and (folder / ckpt.ZOO_META).is_file():
         # zoo-native: the tensors already carry zoo's names; the same strict accounting, one to one
@@ -271,7 +276,7 @@ def load_full(
         # cache (re-read from the file if touched), so memory stays near the file's size
         accel.accelerate(model, arch, release=ckpt.release)
     return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype, folder, files.paths, report,
-                  random_seed=int(seed) if random_weights else None)
+                  random_seed=int(seed) if random_weights else None, arch_config=arch_config)
 
 
 LOAD_KEYWORDS = ("checkpoint", "device", "dtype", "allow_pickle", "revision", "task", "fast", "random_weights", "seed")

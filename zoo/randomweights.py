@@ -35,7 +35,7 @@ def write(converter: Converter, config: Dict[str, Any], task: str, seed: int, fo
 
     if converter.reference is None:
         raise ZooError(f"converter {converter.name!r} has no transformers reference to make random weights with")
-    check_size(get_catalog().architecture(converter.architecture), config, task)
+    check_size(get_catalog().architecture(converter.architecture), converter.architecture_config(config), task)
     torch.manual_seed(seed)
     ref = import_ref(converter.reference)(dict(config), task).eval()
     state = ref.state_dict()

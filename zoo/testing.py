@@ -29,6 +29,8 @@ check_key_accounting       every source key consumed or dropped with a reason, e
 check_parity               outputs match the transformers reference on random weights
 assert_outputs_close       two forward outputs agree field by field (your own parity tests)
 check_round_trip           source -> zoo -> source: same keys, bit-identical tensors
+check_config_translation   the converter's config translation and its inverse agree:
+                           architecture config -> source fields -> the same architecture config
 check_catalog_entry        the entry resolves and builds with exactly ``params`` parameters
 check_task                 a registered task's runner runs on a model and returns what
                            ``zoo run --json`` prints
@@ -363,7 +365,7 @@ def _reconvert(folder: Path, conv: Converter, source):
     from .loading import build_model
 
     arch = _catalog().architecture(conv.architecture)
-    expected = build_model(arch, source.config, source.task).state_dict()
+    expected = build_model(arch, conv.architecture_config(source.config), source.task).state_dict()
     state, report = convert(read_weights(find_weights(folder)), conv, expected)
     source.state, source.converter = state, conv
     source.provenance = {**source.provenance, "accounting": report.as_dict()}
@@ -385,7 +387,7 @@ def check_catalog_entry(entry: Union[str, ModelEntry, Mapping[str, Any]]) -> int
     assert conv.architecture == arch.name, f"{entry.name}: converter {conv.name!r} fills {conv.architecture!r}, not {arch.name!r}"
     assert entry.task in arch.tasks, f"{entry.name}: task {entry.task!r} not in {arch.tasks}"
     with torch.device("meta"):
-        model = arch.build(dict(entry.config), entry.task)
+        model = arch.build(conv.architecture_config(entry.config), entry.task)
     n = sum(p.numel() for p in model.parameters())
     assert entry.params == n, f"{entry.name}: params = {entry.params}, the model built from its config has {n}"
     return n
@@ -403,9 +405,30 @@ def check_converter(conv: Union[str, Converter], config: Optional[Mapping[str, A
     for rule in conv.key_map:
         if rule.transform is not None:
             assert rule.transform.doc, f"transform {rule.transform.name} needs a docstring (draw the layout)"
+    check_config_translation(conv, config)
     check_key_accounting(conv, config, task=task)
     check_parity(conv, config, task=task)
     check_round_trip(conv, config, task=task)
+
+
+def check_config_translation(conv: Union[str, Converter], config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """``to_architecture`` and ``from_architecture`` are each other's inverse on ``config``
+    (the ``tiny_config`` by default): the architecture config translated back to the source
+    format alone, and forward again, is the same architecture config. Returns it."""
+    conv = _converter(conv)
+    config = dict(conv.tiny_config if config is None else config)
+    arch_config = conv.architecture_config(config)
+    if conv.to_architecture is None:
+        return arch_config
+    assert conv.from_architecture is not None, (
+        f"converter {conv.name!r} translates its config (to_architecture) but not back (from_architecture): "
+        f"export needs both")
+    back = conv.source_config(arch_config)
+    again = conv.architecture_config(back)
+    differ = {k: (arch_config.get(k), again.get(k)) for k in set(arch_config) | set(again)
+              if arch_config.get(k) != again.get(k)}
+    assert not differ, f"{conv.name}: architecture config -> source -> architecture changes {differ}"
+    return arch_config
 
 
 def check_task(name: str, model: str, inputs: Sequence[str] = (), **options: Any) -> Dict[str, Any]:

@@ -25,11 +25,12 @@ def import_ref(ref: Ref) -> Callable[..., Any]:
 
 @dataclass(frozen=True)
 class Architecture:
-    """A model architecture, built from a Hugging Face-style config dict.
+    """A model architecture, built from a config dict in the architecture's own field names
+    (a converter translates its checkpoint format's config into them: :class:`Converter`).
 
     :param name: unique name that catalog entries and converters refer to (``"gpt2"``).
     :param factory: ``"module:attr"`` (or a callable) taking ``(config: dict, task: str | None)``
-        and returning an ``nn.Module``. zoo calls it under ``torch.device("meta")`` and then
+        (the architecture's own config) and returning an ``nn.Module``. zoo calls it under ``torch.device("meta")`` and then
         assigns the checkpoint tensors, so it must not read or compute weights; tensors computed
         in code (masks, sinusoid tables) are made in ``forward`` or by a ``reset_buffers()``
         method, which zoo calls after loading.
@@ -169,9 +170,17 @@ class Converter:
     :param config_from_weights: ``"module:attr"`` of ``(config, keys) -> config`` for config values
         only the weights can tell (e.g. whether a ViT encoder checkpoint has a pooler): called
         with the merged config and the checkpoint's key names before the model is built.
-    :param config_fields: the config.json fields the architecture reads, each with the kind of
+    :param config_fields: the config.json fields the converter reads, each with the kind of
         value it must be (:mod:`zoo.fields`: ``{"n_layer": fields.COUNT, ...}``); a value of
         another kind is refused where it is read, naming the file (or catalog entry) and field.
+    :param to_architecture: ``"module:attr"`` of ``(config) -> dict``: this format's config
+        (config.json over the catalog entry's, with the caller's overrides) in the architecture's
+        own field names, refusing with :class:`zoo.errors.ConfigError` what the architecture
+        does not implement. Without it the config is passed on as it is (a format whose config
+        already uses the architecture's names).
+    :param from_architecture: ``"module:attr"`` of ``(arch_config) -> dict``, the inverse: the
+        fields of this format that the architecture's config determines, for export (and
+        ``to_architecture(from_architecture(c)) == c``, which the test kit checks).
     :param version: bumped when the mapping changes (recorded in provenance).
     """
 
@@ -187,8 +196,24 @@ class Converter:
     tiny_config: Mapping[str, Any] = field(default_factory=dict)
     config_from_weights: Optional[Ref] = None
     config_fields: Mapping[str, Any] = field(default_factory=dict)
+    to_architecture: Optional[Ref] = None
+    from_architecture: Optional[Ref] = None
     description: str = ""
     version: str = "1"
+
+    def architecture_config(self, config: Mapping[str, Any]) -> dict:
+        """``config`` (this format's fields) in the architecture's own names."""
+        if self.to_architecture is None:
+            return dict(config)
+        return dict(import_ref(self.to_architecture)(dict(config)))
+
+    def source_config(self, arch_config: Mapping[str, Any], config: Mapping[str, Any] = ()) -> dict:
+        """``config`` (this format's fields) with what ``arch_config`` determines written over
+        it: the config a checkpoint of this format holds for that architecture config."""
+        out = dict(config)
+        if self.from_architecture is not None:
+            out.update(import_ref(self.from_architecture)(dict(arch_config)))
+        return out
 
 
 @dataclass(frozen=True)

@@ -289,7 +289,7 @@ def verify(
     if arch.example_inputs is None:
         raise ZooError(f"architecture {arch.name!r} provides no example_inputs to verify with")
     gen = torch.Generator().manual_seed(seed)
-    inputs = import_ref(arch.example_inputs)(loaded.config, loaded.task, batch, seq, gen)
+    inputs = import_ref(arch.example_inputs)(loaded.arch_config, loaded.task, batch, seq, gen)
     inputs = {k: v.to(loaded.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
