@@ -97,6 +97,52 @@ def infer_config(tensors, overrides):
     return config
 
 
+# make_model(src_vocab, tgt_vocab, N, d_model, d_ff, h, dropout)'s names -> the architecture's
+# (one value of N, h or d_ff sets both stacks)
+MAKE_MODEL_NAMES = {"src_vocab": ("src_vocab_size",), "tgt_vocab": ("tgt_vocab_size",),
+                    "N": ("encoder_layers", "decoder_layers"), "layers": ("encoder_layers", "decoder_layers"),
+                    "h": ("encoder_heads", "decoder_heads"), "heads": ("encoder_heads", "decoder_heads"),
+                    "d_ff": ("encoder_ffn_dim", "decoder_ffn_dim"), "ffn_dim": ("encoder_ffn_dim", "decoder_ffn_dim")}
+IGNORED = {"model_type", "architectures", "transformers_version", "dtype", "torch_dtype"}
+
+
+def to_architecture(config):
+    """An Annotated Transformer config: the architecture's own field names, plus ``make_model``'s
+    (``N``, ``h``/``heads``, ``d_ff``, ``src_vocab``, ``tgt_vocab``) and the decoding settings of
+    a generation_config.json (``max_length`` counts the decoder start token; settings the
+    architecture has no use for are skipped). Every architecture field comes out, defaults
+    filled in; an unknown field is refused by the architecture."""
+    from dataclasses import asdict
+
+    from zoo.checkpoint import GENERATION_FIELDS
+    from zoo.generation import default_new_tokens, single_tokens
+    from zoo.plugins.encoder_decoder import EncoderDecoderConfig
+
+    known = set(asdict(EncoderDecoderConfig()))
+    values = {}
+    for key, value in config.items():
+        if key in IGNORED or (key in GENERATION_FIELDS and key not in known and key != "max_length"):
+            continue
+        if key == "max_length":
+            if "max_new_tokens" not in config:
+                values["max_new_tokens"] = default_new_tokens(config, start_length=1, fallback=64)
+        elif key in MAKE_MODEL_NAMES:
+            values.update(dict.fromkeys(MAKE_MODEL_NAMES[key], value))
+        else:
+            values[key] = value
+    if "dropout" in config:  # make_model uses one dropout rate everywhere
+        for k in ("attention_dropout", "activation_dropout"):
+            values.setdefault(k, config["dropout"])
+    if "bad_words_ids" in values:  # single token ids, or generation_config.json's [[id], ...]
+        values["bad_words_ids"] = single_tokens(values["bad_words_ids"])
+    return asdict(EncoderDecoderConfig.from_dict(values))
+
+
+def from_architecture(arch_config):
+    """The architecture's own names are this format's: the config as it is."""
+    return {"model_type": MODEL_TYPE, **arch_config, "bad_words_ids": list(arch_config.get("bad_words_ids", ()))}
+
+
 CONVERTER = Converter(
     name="annotated",
     architecture="encoder_decoder",
@@ -104,6 +150,8 @@ CONVERTER = Converter(
     key_map=KEY_MAP,
     tasks={},
     infer_config="zoo.converters.annotated:infer_config",
+    to_architecture="zoo.converters.annotated:to_architecture",
+    from_architecture="zoo.converters.annotated:from_architecture",
     description="Harvard NLP Annotated Transformer make_model state dicts (no config.json)",
 )
 

@@ -105,6 +105,104 @@ TINY_CONFIG = {
     "init_std": 0.3,  # peaked attention: a swapped q/k projection shows in the outputs
 }
 
+# Marian configs the architecture does not implement: field -> (refused value, what it means)
+UNSUPPORTED = {
+    "normalize_before": (True, "pre-norm Marian"),
+    "normalize_embedding": (True, "LayerNorm on embeddings"),
+    "add_final_layer_norm": (True, "final stack LayerNorm"),
+    "static_position_embeddings": (False, "learned positions"),
+    "add_bias_logits": (True, "extra logits bias"),
+    "share_encoder_decoder_embeddings": (False, "separate source/target embeddings"),
+    "tie_word_embeddings": (False, "an output projection not tied to the embeddings"),
+    "scale_attention_softmax": (True, "scaled softmax"),
+}
+
+# what every Marian model is, in the architecture's switches (see plugins/encoder_decoder.py)
+MARIAN_NUMERICS = {
+    "norm_placement": "post", "layer_norm": "torch", "layer_norm_eps": 1e-5,  # nn.LayerNorm's default
+    "sinusoid_layout": "halves", "share_embeddings": True, "tie_output": True, "final_logits_bias": True,
+    "final_norms": False, "log_softmax_output": False,
+}
+
+
+def to_architecture(c):
+    """A MarianConfig (config.json, with generation_config.json over it) in the
+    ``encoder_decoder`` architecture's names, with transformers' defaults for absent fields."""
+    from zoo.errors import ConfigError
+    from zoo.generation import default_new_tokens, single_tokens
+
+    for key, (bad, what) in UNSUPPORTED.items():
+        if c.get(key) == bad:
+            raise ConfigError(f"marian: config field {key}={bad!r} ({what}) is not supported")
+    vocab = int(c.get("vocab_size", 58101))
+    if c.get("decoder_vocab_size") not in (None, vocab):
+        raise ConfigError(
+            f"marian: config field decoder_vocab_size={c['decoder_vocab_size']!r} differs from "
+            f"vocab_size={vocab} (separate target vocabulary) — not supported"
+        )
+    pad = int(c.get("pad_token_id", 58100))
+    eos = c.get("eos_token_id", 0)
+    if isinstance(eos, list):
+        if len(eos) != 1:
+            raise ConfigError(f"marian: config field eos_token_id={eos!r}: only one eos token is supported")
+        eos = eos[0]
+    return {
+        "src_vocab_size": vocab,
+        "tgt_vocab_size": vocab,
+        "d_model": int(c.get("d_model", 1024)),
+        "encoder_layers": int(c.get("encoder_layers", 12)),
+        "decoder_layers": int(c.get("decoder_layers", 12)),
+        "encoder_heads": int(c.get("encoder_attention_heads", 16)),
+        "decoder_heads": int(c.get("decoder_attention_heads", 16)),
+        "encoder_ffn_dim": int(c.get("encoder_ffn_dim", 4096)),
+        "decoder_ffn_dim": int(c.get("decoder_ffn_dim", 4096)),
+        "activation": c.get("activation_function", "gelu"),
+        "dropout": float(c.get("dropout", 0.1)),
+        "attention_dropout": float(c.get("attention_dropout", 0.0)),
+        "activation_dropout": float(c.get("activation_dropout", 0.0)),
+        "max_positions": int(c.get("max_position_embeddings", 1024)),
+        "scale_embedding": bool(c.get("scale_embedding", False)),
+        **MARIAN_NUMERICS,
+        "pad_token_id": pad,
+        "eos_token_id": None if eos is None else int(eos),
+        "decoder_start_token_id": int(c.get("decoder_start_token_id", pad)),
+        "forced_eos_token_id": c.get("forced_eos_token_id", eos),
+        "bad_words_ids": single_tokens(c.get("bad_words_ids")),
+        "renormalize_logits": bool(c.get("renormalize_logits", False)),
+        "length_penalty": float(c.get("length_penalty", 1.0)),
+        "early_stopping": c.get("early_stopping", False),
+        "num_beams": int(c.get("num_beams", 1)),
+        # transformers' default max_length is 20, counting the decoder start token
+        "max_new_tokens": default_new_tokens(c, start_length=1, fallback=19),
+    }
+
+
+def from_architecture(a):
+    """The MarianConfig fields an ``encoder_decoder`` config determines; a config that no
+    Marian model has (pre-norm, separate vocabularies, ...) is refused."""
+    from zoo.errors import ConfigError
+
+    for key, value in MARIAN_NUMERICS.items():
+        if a.get(key, value) != value:
+            raise ConfigError(f"marian: a Marian model has {key}={value!r}, not {a[key]!r}")
+    if a["src_vocab_size"] != a["tgt_vocab_size"]:
+        raise ConfigError("marian: a Marian model has one vocabulary (src_vocab_size == tgt_vocab_size)")
+    return {
+        "vocab_size": a["src_vocab_size"], "decoder_vocab_size": a["tgt_vocab_size"], "d_model": a["d_model"],
+        "encoder_layers": a["encoder_layers"], "decoder_layers": a["decoder_layers"],
+        "encoder_attention_heads": a["encoder_heads"], "decoder_attention_heads": a["decoder_heads"],
+        "encoder_ffn_dim": a["encoder_ffn_dim"], "decoder_ffn_dim": a["decoder_ffn_dim"],
+        "activation_function": a["activation"], "dropout": a["dropout"], "attention_dropout": a["attention_dropout"],
+        "activation_dropout": a["activation_dropout"], "max_position_embeddings": a["max_positions"],
+        "scale_embedding": a["scale_embedding"], "share_encoder_decoder_embeddings": True,
+        "pad_token_id": a["pad_token_id"], "eos_token_id": a["eos_token_id"],
+        "decoder_start_token_id": a["decoder_start_token_id"], "forced_eos_token_id": a["forced_eos_token_id"],
+        "bad_words_ids": [[i] for i in a["bad_words_ids"]], "renormalize_logits": a["renormalize_logits"],
+        "length_penalty": a["length_penalty"], "early_stopping": a["early_stopping"], "num_beams": a["num_beams"],
+        "max_length": a["max_new_tokens"] + 1,  # counts the decoder start token
+    }
+
+
 # the config.json fields the architecture reads, and what each must be
 CONFIG_FIELDS = {
     "vocab_size": fields.SIZE, "decoder_vocab_size": fields.SIZE, "d_model": fields.SIZE,
@@ -128,6 +226,8 @@ CONVERTER = Converter(
     tiny_config=TINY_CONFIG,
     description="Hugging Face Marian / opus-mt (Hub files and transformers save_pretrained)",
     config_fields=CONFIG_FIELDS,
+    to_architecture="zoo.converters.hf_marian:to_architecture",
+    from_architecture="zoo.converters.hf_marian:from_architecture",
 )
 
 

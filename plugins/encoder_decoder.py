@@ -31,9 +31,8 @@ computed once per layer. It reproduces transformers' ``generate`` for Marian (it
 processors: ``bad_words_ids``, ``forced_eos_token_id``, ``renormalize_logits``, which this model
 hands over as data; beam search with its length penalty and ``early_stopping`` heuristic), so
 the token ids are identical. Like transformers' ``generate``, it defaults to the checkpoint's
-``num_beams`` and ``max_length`` (which counts the decoder start token; 20 when the checkpoint
-sets none), read from the config the loader gives, where generation_config.json's values take
-precedence over config.json's.
+decoding settings (``num_beams``, ``max_new_tokens``, ...), which the converter reads from the
+checkpoint's config and generation config.
 """
 from __future__ import annotations
 
@@ -47,10 +46,8 @@ import torch.nn.functional as F
 
 from zoo import kvcache
 from zoo.activations import ACTIVATIONS
-from zoo.checkpoint import GENERATION_FIELDS
 from zoo.errors import ConfigError, InputError
 from zoo import generation
-from zoo.generation import default_new_tokens
 from zoo.outputs import ModelOutput
 
 
@@ -58,24 +55,12 @@ from zoo.outputs import ModelOutput
 # ---------------------------------------------------------------------------------- config
 
 
-def _single_tokens(bad_words_ids) -> List[int]:
-    """``bad_words_ids`` as token ids: entries are ids or one-token lists (transformers' form,
-    ``[[58100]]``); a sequence of several tokens is refused."""
-    out = []
-    for ids in bad_words_ids:
-        if isinstance(ids, int):
-            out.append(ids)
-        elif isinstance(ids, (list, tuple)) and len(ids) == 1:
-            out.append(int(ids[0]))
-        else:
-            raise ConfigError(f"config field bad_words_ids entry {ids!r}: only single tokens are supported")
-    return out
-
-
 @dataclass
 class EncoderDecoderConfig:
     """Sizes, numerics switches and generation defaults. Defaults are the paper's base model as
-    built by the Annotated Transformer's ``make_model`` (N=6, d_model=512, d_ff=2048, h=8)."""
+    built by the Annotated Transformer's ``make_model`` (N=6, d_model=512, d_ff=2048, h=8).
+    Converters translate their checkpoint format's config into these names
+    (converters/annotated.py, converters/hf_marian.py); an unknown name is refused."""
 
     src_vocab_size: int = 37000
     tgt_vocab_size: int = 37000
@@ -102,7 +87,7 @@ class EncoderDecoderConfig:
     final_logits_bias: bool = False
     final_norms: bool = True
     log_softmax_output: bool = True
-    # special tokens and generation defaults (transformers' GenerationConfig names)
+    # special tokens and generation defaults (the keywords of zoo.generation)
     pad_token_id: int = 0
     eos_token_id: Optional[int] = None
     decoder_start_token_id: int = 0
@@ -110,7 +95,7 @@ class EncoderDecoderConfig:
     bad_words_ids: Tuple[int, ...] = ()  # single tokens never generated (Marian: the pad token)
     renormalize_logits: bool = False
     length_penalty: float = 1.0
-    early_stopping: Any = False  # False | True | "never", as transformers
+    early_stopping: Any = False  # False | True | "never"
     num_beams: int = 1  # generate()'s default: 1 is greedy
     max_new_tokens: int = 64  # generate()'s default length
 
@@ -120,112 +105,19 @@ class EncoderDecoderConfig:
         "sinusoid_layout": ("interleaved", "halves"),
         "activation": tuple(ACTIVATIONS),
     }
-    # the Annotated Transformer's make_model(src_vocab, tgt_vocab, N, d_model, d_ff, h, dropout)
-    MAKE_MODEL_NAMES = {"src_vocab": "src_vocab_size", "tgt_vocab": "tgt_vocab_size", "d_ff": "ffn_dim",
-                        "N": "layers", "h": "heads", "heads": "heads", "layers": "layers", "ffn_dim": "ffn_dim"}
-    IGNORED = {"model_type", "architectures", "transformers_version", "dtype", "torch_dtype"}
 
     @classmethod
-    def from_hf(cls, config: Dict[str, Any]) -> "EncoderDecoderConfig":
-        """Marian configs (``model_type="marian"``) are translated from transformers' field
-        names; any other config uses this class's field names (plus ``make_model``'s: ``N``,
-        ``h``/``heads``, ``d_ff``, ``src_vocab``, ``tgt_vocab``). Unknown fields are refused."""
-        if config.get("model_type") == "marian":
-            return cls._from_marian(config)
+    def from_dict(cls, config: Dict[str, Any]) -> "EncoderDecoderConfig":
+        """The config from a dict of this class's field names; an unknown name is refused."""
         known = {f.name for f in fields(cls)}
-        values: Dict[str, Any] = {}
-        for key, value in config.items():
-            if key in cls.IGNORED:
-                continue
-            if key == "max_length" and "max_new_tokens" not in config:
-                values["max_new_tokens"] = default_new_tokens(config, start_length=1, fallback=cls.max_new_tokens)
-                continue
-            if key in GENERATION_FIELDS and key not in known:
-                continue  # a decoding setting of generation_config.json this model does not use
-            if key in cls.MAKE_MODEL_NAMES:  # one make_model value sets both stacks
-                name = cls.MAKE_MODEL_NAMES[key]
-                if name.endswith("_size"):
-                    values[name] = value
-                else:
-                    values[f"encoder_{name}"] = values[f"decoder_{name}"] = value
-            elif key in known:
-                values[key] = value
-            else:
-                raise ConfigError(f"encoder_decoder: unknown config field {key}={value!r}")
-        if "dropout" in config:  # make_model uses one dropout rate everywhere
-            for k in ("attention_dropout", "activation_dropout"):
-                values.setdefault(k, config["dropout"])
-        if "bad_words_ids" in values:  # single token ids, or generation_config.json's [[id], ...]
-            values["bad_words_ids"] = tuple(_single_tokens(values["bad_words_ids"]))
-        return cls(**values)._check()
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ConfigError(f"encoder_decoder: unknown config field {unknown[0]}={config[unknown[0]]!r}")
+        cfg = cls(**config)
+        cfg.bad_words_ids = tuple(cfg.bad_words_ids)
+        return cfg.check()
 
-    @classmethod
-    def _from_marian(cls, c: Dict[str, Any]) -> "EncoderDecoderConfig":
-        refuse = {
-            "normalize_before": (True, "pre-norm Marian"),
-            "normalize_embedding": (True, "LayerNorm on embeddings"),
-            "add_final_layer_norm": (True, "final stack LayerNorm"),
-            "static_position_embeddings": (False, "learned positions"),
-            "add_bias_logits": (True, "extra logits bias"),
-            "share_encoder_decoder_embeddings": (False, "separate source/target embeddings"),
-            "tie_word_embeddings": (False, "an output projection not tied to the embeddings"),
-            "scale_attention_softmax": (True, "scaled softmax"),
-        }
-        for key, (bad, what) in refuse.items():
-            if c.get(key) == bad:
-                raise ConfigError(f"marian: config field {key}={bad!r} ({what}) is not supported")
-        vocab = int(c.get("vocab_size", 58101))
-        if c.get("decoder_vocab_size") not in (None, vocab):
-            raise ConfigError(
-                f"marian: config field decoder_vocab_size={c['decoder_vocab_size']!r} differs from "
-                f"vocab_size={vocab} (separate target vocabulary) — not supported"
-            )
-        bad_words = _single_tokens(c.get("bad_words_ids") or ())
-        pad = int(c.get("pad_token_id", 58100))
-        eos = c.get("eos_token_id", 0)
-        if isinstance(eos, list):
-            if len(eos) != 1:
-                raise ConfigError(f"marian: config field eos_token_id={eos!r}: only one eos token is supported")
-            eos = eos[0]
-        return cls(
-            src_vocab_size=vocab,
-            tgt_vocab_size=vocab,
-            d_model=int(c.get("d_model", 1024)),
-            encoder_layers=int(c.get("encoder_layers", 12)),
-            decoder_layers=int(c.get("decoder_layers", 12)),
-            encoder_heads=int(c.get("encoder_attention_heads", 16)),
-            decoder_heads=int(c.get("decoder_attention_heads", 16)),
-            encoder_ffn_dim=int(c.get("encoder_ffn_dim", 4096)),
-            decoder_ffn_dim=int(c.get("decoder_ffn_dim", 4096)),
-            activation=c.get("activation_function", "gelu"),
-            dropout=float(c.get("dropout", 0.1)),
-            attention_dropout=float(c.get("attention_dropout", 0.0)),
-            activation_dropout=float(c.get("activation_dropout", 0.0)),
-            max_positions=int(c.get("max_position_embeddings", 1024)),
-            norm_placement="post",
-            layer_norm="torch",
-            layer_norm_eps=1e-5,  # Marian uses nn.LayerNorm's default
-            sinusoid_layout="halves",
-            scale_embedding=bool(c.get("scale_embedding", False)),
-            share_embeddings=True,
-            tie_output=True,
-            final_logits_bias=True,
-            final_norms=False,
-            log_softmax_output=False,
-            pad_token_id=pad,
-            eos_token_id=None if eos is None else int(eos),
-            decoder_start_token_id=int(c.get("decoder_start_token_id", pad)),
-            forced_eos_token_id=c.get("forced_eos_token_id", eos),
-            bad_words_ids=tuple(bad_words),
-            renormalize_logits=bool(c.get("renormalize_logits", False)),
-            length_penalty=float(c.get("length_penalty", 1.0)),
-            early_stopping=c.get("early_stopping", False),
-            num_beams=int(c.get("num_beams", 1)),
-            # transformers' default max_length is 20, counting the decoder start token
-            max_new_tokens=default_new_tokens(c, start_length=1, fallback=19),
-        )._check()
-
-    def _check(self) -> "EncoderDecoderConfig":
+    def check(self) -> "EncoderDecoderConfig":
         for key, allowed in self.CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(
@@ -708,7 +600,7 @@ def from_config(config: Dict[str, Any], task: Optional[str] = None) -> EncoderDe
     """Build the model. On the meta device (zoo assigns checkpoint tensors next) nothing is
     initialized; built for real (an entry without weights, for training) it gets
     ``make_model``'s fresh initialization, written once into uninitialized memory."""
-    cfg = EncoderDecoderConfig.from_hf(config)
+    cfg = EncoderDecoderConfig.from_dict(config)
     device = torch.empty(0).device  # the device the caller builds on (a torch.device context)
     if device.type == "meta":
         return EncoderDecoder(cfg)
@@ -721,7 +613,7 @@ def from_config(config: Dict[str, Any], task: Optional[str] = None) -> EncoderDe
 
 def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
     """The parameters :func:`from_config` builds, from the config alone (checked before building)."""
-    cfg = EncoderDecoderConfig.from_hf(config)
+    cfg = EncoderDecoderConfig.from_dict(config)
     d = cfg.d_model
     attention, norm = 4 * (d * d + d), 2 * d
 
@@ -739,7 +631,7 @@ def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
 def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
     """Source ids with the last row right-padded (a padded batch), and target ids starting with
     the decoder start token; keyword names both zoo's model and MarianMTModel accept."""
-    cfg = EncoderDecoderConfig.from_hf(config)
+    cfg = EncoderDecoderConfig.from_dict(config)
     seq = max(2, min(seq, cfg.max_positions))
     special = {cfg.pad_token_id, cfg.decoder_start_token_id}
     high = min(cfg.src_vocab_size, cfg.tgt_vocab_size)

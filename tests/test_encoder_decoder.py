@@ -261,6 +261,7 @@ def test_swapped_keys_are_caught(marian):
 
 def test_missing_and_unknown_keys_are_named(marian):
     ref, config, _, _ = marian["opus-like"]
+    config = get_catalog().converter("hf_marian").architecture_config(config)
     model = build_model(get_catalog().architecture("encoder_decoder"), config, "translation")
     state = dict(ref.state_dict())
     del state["model.decoder.layers.1.encoder_attn.v_proj.bias"]
@@ -312,18 +313,20 @@ BAD_CONFIGS = {
 def test_annotated_config_takes_generation_config_fields():
     """The loader merges generation_config.json into every config: an Annotated Transformer
     config uses the decoding defaults it has (max_length, bad words) and skips the others."""
-    cfg = EncoderDecoderConfig.from_hf({
+    cfg = get_catalog().converter("annotated").architecture_config({
         "model_type": "annotated-transformer", "src_vocab": 10, "tgt_vocab": 10, "N": 1, "d_model": 8, "h": 2,
         "d_ff": 16, "max_length": 12, "bad_words_ids": [[3]], "bos_token_id": 1, "do_sample": False, "top_p": 0.9,
     })
-    assert cfg.max_new_tokens == 11  # max_length counts the decoder start token
-    assert cfg.bad_words_ids == (3,)
+    assert cfg["max_new_tokens"] == 11  # max_length counts the decoder start token
+    assert cfg["bad_words_ids"] == (3,)
 
 
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))
 def test_unsupported_config_raises_config_error(case):
     with pytest.raises(ConfigError) as err:
-        EncoderDecoderConfig.from_hf(BAD_CONFIGS[case])
+        config = BAD_CONFIGS[case]
+        conv = "hf_marian" if config.get("model_type") == "marian" else "annotated"
+        EncoderDecoderConfig.from_dict(get_catalog().converter(conv).architecture_config(config))
     assert str(err.value)
 
 
@@ -335,7 +338,8 @@ ENTRIES = [e for e in get_catalog().list() if e.architecture == "encoder_decoder
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
 def test_registry_entry_builds_with_exact_param_count(entry):
-    model = build_model(get_catalog().architecture(entry.architecture), entry.config, entry.task)
+    config = get_catalog().converter(entry.converter).architecture_config(entry.config)
+    model = build_model(get_catalog().architecture(entry.architecture), config, entry.task)
     assert next(model.parameters()).is_meta
     assert sum(p.numel() for p in model.parameters()) == entry.params
     if entry.converter == "hf_marian":  # the config values also build the reference class

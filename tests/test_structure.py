@@ -155,3 +155,31 @@ def test_the_checks_catch_what_they_look_for(tmp_path, source, expected):
     edges, reaches = survey(modules(tmp_path), tmp_path)
     assert bool(reaches) == bool(expected), reaches
     assert cycles(edges) == [["zoo.a", "zoo.b"]]
+
+
+def _builtin_translating_converters():
+    from zoo.registry import get_catalog
+
+    return [c for c in get_catalog().converters.values()
+            if type(c).__module__ == "zoo.types" and str(c.reference or c.infer_config or "").startswith("zoo.converters.")]
+
+
+@pytest.mark.parametrize("conv", _builtin_translating_converters(), ids=lambda c: c.name)
+def test_architecture_files_speak_their_own_names(conv):
+    """Each built-in converter translates its format's config (``to_architecture`` and back),
+    and the architecture's file names none of that format's fields but those its own config
+    shares: the source format's knowledge lives in the converter, one file."""
+    import dataclasses
+    import importlib
+    import re
+
+    assert conv.to_architecture and conv.from_architecture, f"{conv.name}: no config translation"
+    module = importlib.import_module(f"zoo.plugins.{conv.architecture}")
+    own = {f.name for obj in vars(module).values()
+           if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__
+           for f in dataclasses.fields(obj)}
+    foreign = (set(conv.config_fields) | set(conv.tiny_config)) - own
+    text = Path(module.__file__).read_text(encoding="utf-8")
+    found = sorted(f for f in foreign if re.search(rf"\b{re.escape(f)}\b", text))
+    assert not found, f"plugins/{conv.architecture}.py names {conv.name}'s config fields {found}: translate them in the converter"
+    assert "from_hf" not in text

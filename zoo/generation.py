@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from . import progress
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 # the tasks whose models generate (and whose checkpoints carry decoding defaults)
 GENERATIVE_TASKS = ("text-generation", "translation")
@@ -87,6 +87,20 @@ def next_token(
         return logits.argmax(dim=-1)
     probs = torch.softmax(sampling_logits(logits, temperature, top_k, top_p), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def single_tokens(bad_words_ids) -> Tuple[int, ...]:
+    """``bad_words_ids`` as token ids: entries are ids or one-token lists (transformers' form,
+    ``[[58100]]``); a sequence of several tokens is refused."""
+    out = []
+    for ids in bad_words_ids or ():
+        if isinstance(ids, int):
+            out.append(ids)
+        elif isinstance(ids, (list, tuple)) and len(ids) == 1:
+            out.append(int(ids[0]))
+        else:
+            raise ConfigError(f"config field bad_words_ids entry {ids!r}: only single tokens are supported")
+    return tuple(out)
 
 
 def default_new_tokens(config: Mapping[str, Any], start_length: int, fallback: int) -> int:

@@ -67,7 +67,7 @@ def files(name: str) -> Dict[str, str]:
             '''),
         f"{mod}/__init__.py": fill('''
             """The {NAME} zoo plugin: hook implementations only (no torch import here)."""
-            from zoo import Architecture, Converter, Map, Rename, hookimpl
+            from zoo import Architecture, Converter, Map, Rename, fields, hookimpl
 
             ARCHITECTURE = Architecture(
                 name="{NAME}",
@@ -88,6 +88,19 @@ def files(name: str) -> Dict[str, str]:
                 Map("model.fc_out.bias", "mlp.down.bias"),
             )
 
+
+
+            def to_architecture(config):
+                """config.json (the reference's RefConfig names) -> model.Config's names."""
+                return {"vocab": config.get("vocab_size", 50), "width": config.get("hidden_size", 16),
+                        "mlp_width": config.get("intermediate_size", 24)}
+
+
+            def from_architecture(arch):
+                """model.Config's names -> config.json's (for zoo convert --to hf)."""
+                return {"vocab_size": arch["vocab"], "hidden_size": arch["width"], "intermediate_size": arch["mlp_width"]}
+
+
             CONVERTER = Converter(
                 name="{NAME}_ref",
                 architecture="{NAME}",
@@ -99,6 +112,10 @@ def files(name: str) -> Dict[str, str]:
                 reference="{MOD}.reference:reference",
                 hub_layout="{MOD}.reference:hub_layout",
                 tiny_config={"model_type": "{NAME}", "vocab_size": 50, "hidden_size": 16, "intermediate_size": 24},
+                # what each config.json value must be (refused in one line otherwise)
+                config_fields={"vocab_size": fields.SIZE, "hidden_size": fields.SIZE, "intermediate_size": fields.SIZE},
+                to_architecture="{MOD}:to_architecture",
+                from_architecture="{MOD}:from_architecture",
                 description="checkpoints of {MOD}.reference.RefModel",
             )
 
@@ -131,7 +148,9 @@ def files(name: str) -> Dict[str, str]:
             """The {NAME} architecture: embeddings -> LayerNorm -> x + MLP(x).
 
             zoo builds it on the meta device and assigns the checkpoint's tensors: compute no
-            weights in __init__. Unsupported config values raise ConfigError naming the field.
+            weights in __init__. The config comes in this file's own names (the converter in
+            __init__.py translates config.json); a value the model cannot take raises ConfigError
+            naming the field.
             """
             from dataclasses import dataclass
 
@@ -145,24 +164,21 @@ def files(name: str) -> Dict[str, str]:
 
             @dataclass
             class Config:
-                vocab_size: int = 50
-                hidden_size: int = 16
-                intermediate_size: int = 24
+                vocab: int = 50  # token ids are 0 .. vocab - 1
+                width: int = 16  # embedding and hidden size
+                mlp_width: int = 24  # the MLP's inner size
 
-                @classmethod
-                def from_hf(cls, config):
-                    values = {k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size") if k in config}
-                    for k, v in values.items():
+                def __post_init__(self):
+                    for k, v in vars(self).items():
                         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                             raise ConfigError(f"{NAME}: config field {k}={v!r} must be a positive integer")
-                    return cls(**values)
 
 
             class MLP(nn.Module):
                 def __init__(self, cfg):
                     super().__init__()
-                    self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-                    self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+                    self.up = nn.Linear(cfg.width, cfg.mlp_width)
+                    self.down = nn.Linear(cfg.mlp_width, cfg.width)
 
                 def forward(self, x):
                     return self.down(F.gelu(self.up(x)))
@@ -172,8 +188,8 @@ def files(name: str) -> Dict[str, str]:
                 def __init__(self, cfg):
                     super().__init__()
                     self.cfg = cfg
-                    self.wte = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-                    self.ln = nn.LayerNorm(cfg.hidden_size)
+                    self.wte = nn.Embedding(cfg.vocab, cfg.width)
+                    self.ln = nn.LayerNorm(cfg.width)
                     self.mlp = MLP(cfg)
 
                 def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
@@ -181,20 +197,20 @@ def files(name: str) -> Dict[str, str]:
                     # contract of each task); every token here is computed alone, so it changes nothing
                     if input_ids.dim() != 2 or input_ids.numel() == 0:
                         raise InputError(f"{NAME} expects token ids of shape [B, T], got {list(input_ids.shape)}")
-                    if int(input_ids.min()) < 0 or int(input_ids.max()) >= self.cfg.vocab_size:
-                        raise InputError(f"{NAME}: token ids must be in [0, {self.cfg.vocab_size})")
+                    if int(input_ids.min()) < 0 or int(input_ids.max()) >= self.cfg.vocab:
+                        raise InputError(f"{NAME}: token ids must be in [0, {self.cfg.vocab})")
                     h = self.ln(self.wte(input_ids))  # (B, T, C)
                     y = h + self.mlp(h)
                     return ModelOutput(last_hidden_state=y, hidden_states=(h, y) if output_hidden_states else None)
 
 
             def from_config(config, task=None):
-                return Model(Config.from_hf(config))
+                return Model(Config(**config))
 
 
             def example_inputs(config, task, batch, seq, generator):
-                cfg = Config.from_hf(config)
-                return {"input_ids": torch.randint(0, cfg.vocab_size, (batch, seq), generator=generator)}
+                cfg = Config(**config)
+                return {"input_ids": torch.randint(0, cfg.vocab, (batch, seq), generator=generator)}
             '''),
         f"{mod}/reference.py": fill('''
             """The reference implementation zoo is checked against: a transformers model.
@@ -268,7 +284,7 @@ def files(name: str) -> Dict[str, str]:
 
 
             def test_architecture():
-                testing.check_architecture("{NAME}", {MOD}.CONVERTER.tiny_config)
+                testing.check_architecture("{NAME}", {MOD}.CONVERTER.architecture_config({MOD}.CONVERTER.tiny_config))
 
 
             def test_converter():
