@@ -7,9 +7,14 @@ Two layouts are read:
   [1, 1, 1024, 1024] per block (and ``h.N.attn.masked_bias`` in some), no ``lm_head.weight``;
 * what transformers ``save_pretrained`` writes today: the same keys under ``transformer.``.
 
+Its config.json (transformers' ``GPT2Config``) is translated into the architecture's own config
+(``GPT2Config`` in plugins/gpt2.py: OpenAI's names) by :func:`to_architecture`, and back by
+:func:`from_architecture`.
+
 This module imports no torch: transforms use tensor methods only.
 """
 from zoo import Drop, Map, Rename, Transform, fields, hookimpl
+from zoo.errors import ConfigError
 from zoo.types import Converter
 
 
@@ -54,12 +59,56 @@ RENAMES = (
 )
 
 
+# transformers' GPT2Config defaults, for the fields a config.json leaves out
+HF_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
+               "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}
+
+# config.json field -> the architecture's field (plugins/gpt2.py GPT2Config)
+NAMES = {"vocab_size": "n_vocab", "n_positions": "n_ctx", "n_embd": "n_embd", "n_layer": "n_layer",
+         "n_head": "n_head", "n_inner": "mlp_width", "activation_function": "activation",
+         "layer_norm_epsilon": "norm_eps"}
+
+# transformers' GPT-2 switches: the value the architecture implements, and what the other means
+FIXED = {
+    "scale_attn_weights": (True, "unscaled attention"),
+    "scale_attn_by_inverse_layer_idx": (False, "attention scaled by 1/layer"),
+    "add_cross_attention": (False, "cross-attention"),
+    "tie_word_embeddings": (True, "an output head of its own, not the token embedding"),
+}
+
+
+def to_architecture(config):
+    """A GPT2Config (config.json) in the ``gpt2`` architecture's names, with transformers'
+    defaults for absent (or null) fields; refuses the switches the architecture does not
+    implement and an activation it does not know, naming the config.json field."""
+    from zoo.activations import ACTIVATIONS  # imports torch: only when a model is configured
+
+    for key, (implemented, what) in FIXED.items():
+        value = config.get(key)
+        if value is not None and value != implemented:
+            raise ConfigError(f"gpt2: config field {key}={value!r} ({what}) is not supported")
+    hf = {**HF_DEFAULTS, **{k: v for k, v in config.items() if k in NAMES and v is not None}}
+    if hf["activation_function"] not in ACTIVATIONS:
+        raise ConfigError(
+            f"gpt2: config field activation_function={hf['activation_function']!r} is not "
+            f"supported (supported: {', '.join(sorted(ACTIVATIONS))})"
+        )
+    return {ours: hf[theirs] for theirs, ours in NAMES.items()}
+
+
+def from_architecture(arch_config):
+    """The GPT2Config fields a ``gpt2`` architecture config determines: its sizes and numerics,
+    and the switches it implements (tied head, attention scaled by 1/sqrt(head width))."""
+    return {**{theirs: arch_config[ours] for theirs, ours in NAMES.items()},
+            **{key: implemented for key, (implemented, _) in FIXED.items()}}
+
+
 def causal_mask(config, key):
     """The ``h.N.attn.bias`` buffer of the Hub files, for export: a lower-triangular float
     mask [1, 1, n_positions, n_positions] (1 = may attend)."""
     import torch
 
-    n = int(config.get("n_positions", 1024))
+    n = int(config.get("n_positions", HF_DEFAULTS["n_positions"]))
     return torch.tril(torch.ones(n, n, dtype=torch.bool)).view(1, 1, n, n).float()
 
 
@@ -81,7 +130,7 @@ def hub_layout(state_dict, config):
         if key == "lm_head.weight":
             continue
         out[key.removeprefix("transformer.")] = tensor
-    for i in range(int(config.get("n_layer", 12))):
+    for i in range(int(config.get("n_layer", HF_DEFAULTS["n_layer"]))):
         out[f"h.{i}.attn.bias"] = mask.clone()
     return out
 
@@ -108,6 +157,8 @@ CONVERTER = Converter(
                  "bos_token_id": 0, "eos_token_id": 0},
     description="Hugging Face GPT-2 (Hub files and transformers save_pretrained)",
     config_fields=CONFIG_FIELDS,
+    to_architecture="zoo.converters.hf_gpt2:to_architecture",
+    from_architecture="zoo.converters.hf_gpt2:from_architecture",
 )
 
 

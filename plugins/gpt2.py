@@ -6,7 +6,8 @@ LayerNorm, and an output head that reuses the token embedding matrix (tied weigh
 
 Submodules carry the names of the Hugging Face checkpoint (``wte``, ``h.N.attn.c_attn``, ...)
 so the converter's key map is almost 1:1; the only layout change is that GPT-2's ``Conv1D``
-stores weights as ``[in, out]`` while ``nn.Linear`` wants ``[out, in]``.
+stores weights as ``[in, out]`` while ``nn.Linear`` wants ``[out, in]``. The config
+(:class:`GPT2Config`) is GPT-2's own; zoo.converters.hf_gpt2 translates a checkpoint's into it.
 
 Generation (zoo.generation) uses a preallocated key/value cache: each new token runs the blocks
 on that token alone, writes its keys/values in place, and attends over the cache. The model
@@ -16,8 +17,8 @@ screen of the head) live in zoo.accel, not here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -29,41 +30,32 @@ from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
 
 
-
 @dataclass
 class GPT2Config:
-    vocab_size: int = 50257
-    n_positions: int = 1024
-    n_embd: int = 768
-    n_layer: int = 12
-    n_head: int = 12
-    n_inner: Optional[int] = None  # MLP width; None means 4 * n_embd
-    activation_function: str = "gelu_new"
-    layer_norm_epsilon: float = 1e-5
-    eos_token_id: Union[int, List[int], None] = 50256  # one id or several (generation_config.json)
+    """GPT-2's hyperparameters, named as OpenAI's released ``hparams.json`` names them where it
+    has them; the defaults are GPT-2 small (124M)."""
 
-    @classmethod
-    def from_hf(cls, config: Dict[str, Any]) -> "GPT2Config":
-        """Build from Hugging Face GPT-2 config values; refuse what this file does not implement."""
-        unsupported = {
-            "scale_attn_weights": (False, "unscaled attention"),
-            "scale_attn_by_inverse_layer_idx": (True, "attention scaled by 1/layer"),
-            "add_cross_attention": (True, "cross-attention"),
-            "tie_word_embeddings": (False, "an output head of its own, not the token embedding"),
-        }
-        for key, (bad, what) in unsupported.items():
-            if config.get(key) == bad:
-                raise ConfigError(f"gpt2: config field {key}={bad!r} ({what}) is not supported")
-        known = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in config.items() if k in known and (v is not None or k == "n_inner")})
-        if cfg.activation_function not in ACTIVATIONS:
+    n_vocab: int = 50257  # tokens in the vocabulary: rows of wte, columns of the logits
+    n_ctx: int = 1024  # positions the model reads: rows of wpe
+    n_embd: int = 768  # width of the residual stream
+    n_head: int = 12  # attention heads, each n_embd // n_head wide
+    n_layer: int = 12  # blocks
+    mlp_width: Optional[int] = None  # hidden width of the MLP; None means 4 * n_embd
+    activation: str = "gelu_new"  # the MLP's activation, a name in zoo.activations.ACTIVATIONS
+    norm_eps: float = 1e-5  # epsilon of every LayerNorm
+
+    def __post_init__(self):
+        """Refuse, naming the field, a config this file cannot build."""
+        for name in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "mlp_width"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"gpt2: {name}={value!r} must be at least 1")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"gpt2: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.activation not in ACTIVATIONS:
             raise ConfigError(
-                f"gpt2: config field activation_function={cfg.activation_function!r} is not "
-                f"supported (supported: {', '.join(sorted(ACTIVATIONS))})"
+                f"gpt2: activation={self.activation!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
             )
-        if cfg.n_embd % cfg.n_head:
-            raise ConfigError(f"gpt2: n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}")
-        return cfg
 
 
 class KVCache(kvcache.KVCache):
@@ -106,10 +98,10 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
-        inner = cfg.n_inner or 4 * cfg.n_embd
+        inner = cfg.mlp_width or 4 * cfg.n_embd
         self.c_fc = nn.Linear(cfg.n_embd, inner)
         self.c_proj = nn.Linear(inner, cfg.n_embd)
-        self.act = ACTIVATIONS[cfg.activation_function]
+        self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.act(self.c_fc(x)))
@@ -118,9 +110,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int) -> torch.Tensor:
@@ -134,10 +126,10 @@ class GPT2(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.config = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # also the output head (tied)
-        self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
+        self.wte = nn.Embedding(cfg.n_vocab, cfg.n_embd)  # also the output head (tied)
+        self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
 
     def check_ids(self, input_ids: torch.Tensor, room: int = 0, past: int = 0) -> None:
         """Refuse ids that are not [B, T] integers in the vocabulary, or that leave fewer than
@@ -146,14 +138,14 @@ class GPT2(nn.Module):
             raise InputError(f"gpt2 expects token ids of shape [B, T] (int64), got {list(input_ids.shape)} {input_ids.dtype}")
         if input_ids.size(1) == 0:
             raise InputError("gpt2: empty input (no tokens)")
-        if past + input_ids.size(1) + room > self.config.n_positions:
+        if past + input_ids.size(1) + room > self.config.n_ctx:
             raise InputError(
                 f"gpt2: {past + input_ids.size(1) + room} tokens exceed the context of "
-                f"{self.config.n_positions} positions"
+                f"{self.config.n_ctx} positions"
             )
         lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            raise InputError(f"gpt2: token ids must be in [0, {self.config.vocab_size}), got {lo}..{hi}")
+        if lo < 0 or hi >= self.config.n_vocab:
+            raise InputError(f"gpt2: token ids must be in [0, {self.config.n_vocab}), got {lo}..{hi}")
 
     def forward(
         self,
@@ -205,18 +197,18 @@ class GPT2(nn.Module):
 
 
 def from_config(config: Dict[str, Any], task: Optional[str] = None) -> GPT2:
-    return GPT2(GPT2Config.from_hf(config))
+    """The model for ``config``: the fields of :class:`GPT2Config` (defaults for those left out)."""
+    return GPT2(GPT2Config(**config))
 
 
 def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
     """The parameters :func:`from_config` builds, from the config alone (checked before building)."""
-    cfg = GPT2Config.from_hf(config)
-    C, inner = cfg.n_embd, cfg.n_inner or 4 * cfg.n_embd
+    cfg = GPT2Config(**config)
+    C, inner = cfg.n_embd, cfg.mlp_width or 4 * cfg.n_embd
     block = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * inner + inner) + (inner * C + C)
-    return cfg.vocab_size * C + cfg.n_positions * C + cfg.n_layer * block + 2 * C
+    return cfg.n_vocab * C + cfg.n_ctx * C + cfg.n_layer * block + 2 * C
 
 
 def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
-    vocab = int(config.get("vocab_size", 50257))
-    seq = min(seq, int(config.get("n_positions", 1024)))
-    return {"input_ids": torch.randint(0, vocab, (batch, seq), generator=generator)}
+    cfg = GPT2Config(**config)
+    return {"input_ids": torch.randint(0, cfg.n_vocab, (batch, min(seq, cfg.n_ctx)), generator=generator)}

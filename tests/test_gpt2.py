@@ -203,10 +203,30 @@ def test_generation_past_the_context_is_refused(tiny):
     [("activation_function", "mish"), ("scale_attn_by_inverse_layer_idx", True), ("add_cross_attention", True)],
 )
 def test_unsupported_config_is_refused_by_name(field, value):
+    with pytest.raises(ConfigError, match=field):
+        CONV.architecture_config({**CONV.tiny_config, field: value})
+
+
+def test_the_config_json_is_translated_to_gpt2s_own_names():
+    from zoo.plugins.gpt2 import GPT2Config
+
+    assert CONV.architecture_config({**CONV.tiny_config, "n_inner": 40, "layer_norm_epsilon": 1e-3}) == {
+        "n_vocab": 96, "n_ctx": 32, "n_embd": 32, "n_layer": 2, "n_head": 4, "mlp_width": 40,
+        "activation": "gelu_new", "norm_eps": 1e-3}
+    # absent or null fields: transformers' defaults, which are GPT-2 small's
+    assert CONV.architecture_config({"n_inner": None, "n_embd": None}) == vars(GPT2Config())
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("activation", "mish", "activation='mish' is not supported"),
+    ("n_head", 5, "n_embd=32 is not divisible by n_head=5"),
+    ("n_ctx", 0, "n_ctx=0 must be at least 1"),
+])
+def test_a_config_the_architecture_cannot_build_is_refused_by_its_field(field, value, message):
     from zoo.plugins.gpt2 import from_config
 
-    with pytest.raises(ConfigError, match=field):
-        from_config({**CONV.tiny_config, field: value})
+    with pytest.raises(ConfigError, match=message):
+        from_config({**CONV.architecture_config(CONV.tiny_config), field: value})
 
 
 def test_full_size_gpt2_verifies_on_random_weights():

@@ -469,7 +469,7 @@ def test_a_misspelt_zoo_load_keyword_is_an_error(hf):
     with pytest.raises(InputError, match="unexpected keyword 'fats' \\(did you mean 'fast'\\?\\)"):
         zoo.load(str(hf), device="cpu", fats=False)
     model = zoo.load(str(hf), device="cpu", layer_norm_epsilon=1e-3)  # a field of the config: an override
-    assert model.config.layer_norm_epsilon == 1e-3
+    assert model.config.norm_eps == 1e-3  # the architecture's name for it
 
 
 # ----------------------------------------------------------------------------- weight files that lie
