@@ -215,6 +215,14 @@ CONFIG_FIELDS = {
     "length_penalty": fields.NUMBER,
 }
 
+# the tokenizer random weights get (zoo.tinytokenizer): sentencepiece-like pieces, </s> after each text
+TOKENIZER = {
+    "kind": "metaspace-bpe", "class": "PreTrainedTokenizerFast", "vocab_size": "vocab_size",
+    "max_length": "max_position_embeddings", "template": "$A </s>",
+    "specials": {"eos_token": ["</s>", "eos_token_id", 0], "unk_token": ["<unk>", None, 1],
+                 "pad_token": ["<pad>", "pad_token_id", 58100]},
+}
+
 CONVERTER = Converter(
     name="hf_marian",
     architecture="encoder_decoder",
@@ -226,6 +234,7 @@ CONVERTER = Converter(
     tiny_config=TINY_CONFIG,
     description="Hugging Face Marian / opus-mt (Hub files and transformers save_pretrained)",
     config_fields=CONFIG_FIELDS,
+    tokenizer=TOKENIZER,
     to_architecture="zoo.converters.hf_marian:to_architecture",
     from_architecture="zoo.converters.hf_marian:from_architecture",
 )

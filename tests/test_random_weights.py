@@ -110,3 +110,66 @@ def test_zoo_run_from_python_gives_what_the_cli_prints_as_json(catalog):
         zoo.run("tiny-hf_gpt2", random_weights=True, ids=[1], max_tokens=4)
     with pytest.raises(InputError, match="top does not apply to text-generation"):
         zoo.run("tiny-hf_gpt2", random_weights=True, ids=[1], top=3)
+
+
+# --------------------------------------------------------------------------- a tokenizer trained in code
+
+TEXT = {"text-generation": "The zoo opens at", "fill-mask": "Paris is the [MASK] of France.",
+        "translation": "The house is wonderful."}
+WITH_TOKENIZER = [c for c in get_catalog().converters.values() if c.tokenizer]
+
+
+@pytest.fixture
+def text_catalog(tmp_path, monkeypatch):
+    """Tiny entries whose vocabulary is large enough for a trained tokenizer (512 ids)."""
+    lines = []
+    for conv in WITH_TOKENIZER:
+        config = {k: v for k, v in conv.tiny_config.items() if isinstance(v, (int, float, str, bool))}
+        config[conv.tokenizer["vocab_size"]] = 512
+        for field in ("pad_token_id", "decoder_start_token_id"):
+            if field in config:
+                config[field] = 511
+        body = ", ".join(f"{k} = {json.dumps(v)}" for k, v in config.items())
+        lines.append(f"[models.text-{conv.name}]\nconverter = '{conv.name}'\nconfig = {{ {body} }}\n")
+    (tmp_path / "cat.toml").write_text("\n".join(lines))
+    monkeypatch.setenv("ZOO_REGISTRY", str(tmp_path / "cat.toml"))
+
+
+@pytest.mark.parametrize("conv", WITH_TOKENIZER, ids=lambda c: c.name)
+def test_random_weights_take_text_through_a_tokenizer_trained_in_code(conv, text_catalog):
+    """Offline, `zoo run NAME TEXT --random-weights` tokenizes the text with the tokenizer
+    written beside the random weights, and the output is decoded text."""
+    from transformers import AutoTokenizer
+
+    name = f"text-{conv.name}"
+    task = get_catalog().get(name).task
+    result = CliRunner().invoke(cli, ["run", name, TEXT[task], "--random-weights", "--device", "cpu", "--json",
+                                      *(["--max-new-tokens", "4"] if task != "fill-mask" else [])])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    loaded = load_full(name, device="cpu", random_weights=True)
+    tok = AutoTokenizer.from_pretrained(str(loaded.folder))
+    assert len(tok) == 512  # every id the model can give decodes
+    ids = tok(TEXT[task])["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True).lower().replace(" ", "") == TEXT[task].lower().replace(" ", "").replace("[mask]", "")
+    assert zoo.processor(name, random_weights=True).get_vocab() == tok.get_vocab()
+    assert data["input_ids"] == ids  # the text went in through that tokenizer
+    if task == "fill-mask":  # every candidate id is a token of the tokenizer
+        assert all(c["token"] == tok.convert_ids_to_tokens(c["token_id"]) for c in data["masks"][0]["candidates"])
+    elif task == "text-generation":
+        assert data["text"] == tok.decode(data["generated_ids"])
+    else:
+        assert isinstance(data["text"], str) and data["output_ids"][0] == loaded.arch_config["decoder_start_token_id"]
+
+
+def test_tinytokenizer_puts_special_tokens_at_the_config_ids():
+    from zoo import tinytokenizer
+
+    spec = get_catalog().converter("hf_marian").tokenizer
+    config = {"vocab_size": 300, "eos_token_id": 0, "pad_token_id": 299}
+    tok = tinytokenizer.build(spec, config)
+    assert tok.token_to_id("</s>") == 0 and tok.token_to_id("<pad>") == 299 and tok.get_vocab_size() == 300
+    assert tok.encode("The house").ids[-1] == 0  # </s> after the text, as Marian's tokenizer
+    assert all(tok.id_to_token(i) is not None for i in range(300))  # trained tokens, then fillers
+    assert tok.decode(tok.encode("The house").ids, skip_special_tokens=True) == "The house"
+    assert tinytokenizer.build(spec, {**config, "vocab_size": 50}) is None  # too small to hold one

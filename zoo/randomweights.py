@@ -4,7 +4,9 @@
 ``zoo convert --random-weights`` and ``zoo.load(..., random_weights=True)`` ask for them. The
 weights are those of the converter's transformers reference built with a seed, saved in the
 key layout of the files on the Hub (``hub_layout``), so the whole loading path runs on them.
-Outputs are meaningless, but every step is the real one.
+Outputs are meaningless, but every step is the real one. Beside the weights goes a tokenizer
+trained in code on a few sentences (:mod:`zoo.tinytokenizer`, from the converter's
+``tokenizer`` description), so text goes in and comes out as with the real checkpoint.
 
 Loading keeps them in a cache folder (``$ZOO_CACHE``, else ``~/.cache/zoo``), keyed by entry,
 seed, config and transformers version, written through :func:`zoo.publish.publish`: the
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from . import checkpoint as ckpt
+from . import tinytokenizer
 from .errors import InputError, ZooError
 from .memory import check_size
 from .publish import PublishError, publish
@@ -44,6 +47,8 @@ def write(converter: Converter, config: Dict[str, Any], task: str, seed: int, fo
     ckpt.save_safetensors({k: v.detach().clone() for k, v in state.items()}, folder / "model.safetensors",
                           metadata={"format": "pt"})
     ref.config.to_json_file(str(folder / "config.json"))
+    if converter.tokenizer:
+        tinytokenizer.write(folder, converter.tokenizer, {**ref.config.to_dict(), **config})
     return ref
 
 
@@ -56,7 +61,8 @@ def cached(name: str, converter: Converter, config: Dict[str, Any], task: str, s
     import transformers
 
     key = json.dumps({"config": config, "task": task, "seed": seed, "converter": converter.name,
-                      "version": converter.version, "transformers": transformers.__version__},
+                      "version": converter.version, "transformers": transformers.__version__,
+                      "tokenizer": [converter.tokenizer, tinytokenizer.CORPUS]},
                      sort_keys=True, default=str)
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
     folder = cache_dir() / "random-weights" / f"{safe}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"

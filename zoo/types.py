@@ -178,6 +178,9 @@ class Converter:
         own field names, refusing with :class:`zoo.errors.ConfigError` what the architecture
         does not implement. Without it the config is passed on as it is (a format whose config
         already uses the architecture's names).
+    :param tokenizer: the format's tokenizer as data (kind, class, special tokens and the config
+        fields giving their ids; see :mod:`zoo.tinytokenizer`): random weights get one trained
+        in code on a few sentences, so that they take text as the real checkpoint does.
     :param from_architecture: ``"module:attr"`` of ``(arch_config) -> dict``, the inverse: the
         fields of this format that the architecture's config determines, for export (and
         ``to_architecture(from_architecture(c)) == c``, which the test kit checks).
@@ -198,6 +201,7 @@ class Converter:
     config_fields: Mapping[str, Any] = field(default_factory=dict)
     to_architecture: Optional[Ref] = None
     from_architecture: Optional[Ref] = None
+    tokenizer: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     version: str = "1"
 

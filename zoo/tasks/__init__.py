@@ -115,13 +115,21 @@ def run(name_or_path, *inputs: str, task: Optional[str] = None, checkpoint=None,
     return runner(loaded, list(inputs), opts, emit or (lambda text: None))
 
 
-def processor(name_or_path, *, checkpoint=None, revision: Optional[str] = None, allow_pickle: bool = False):
+def processor(name_or_path, *, checkpoint=None, revision: Optional[str] = None, allow_pickle: bool = False,
+              random_weights: bool = False, seed: int = 0):
     """The checkpoint's own tokenizer (transformers' ``AutoTokenizer``) or image processor
     (``AutoImageProcessor``), from the same folder ``zoo.load`` reads: what turns text or images
-    into the model's inputs. Raises :class:`InputError` when the folder has neither."""
+    into the model's inputs (with ``random_weights=True``, the tokenizer trained in code beside
+    them). Raises :class:`InputError` when the folder has neither."""
+    from .. import randomweights
     from ..loading import resolve, weight_files
+    from ..registry import get_catalog
 
     entry = resolve(str(name_or_path))
+    if random_weights:
+        catalog = get_catalog()
+        converter = catalog.converter(entry.converter)
+        checkpoint = randomweights.instead_of(checkpoint, entry, converter, entry.task, seed)
     folder, _files = weight_files(entry, checkpoint, allow_pickle, revision)
     if folder is not None and any((folder / n).is_file() for n in TOKENIZER_FILES):
         from transformers import AutoTokenizer
