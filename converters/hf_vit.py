@@ -18,9 +18,14 @@ Layouts read (all 1:1 apart from names; no tensor changes shape):
 * transformers 5.x module names, i.e. ``model.state_dict()`` written as is
   (``vit.layers.N.attention.{q,k,v,o}_proj``, ``vit.layers.N.mlp.fc1/fc2``): renamed below.
 
+Its config.json (transformers' ``ViTConfig``) is translated into the architecture's own config
+(``ViTConfig`` in plugins/vit.py: the original ViT code's names) by :func:`to_architecture`, and
+back by :func:`from_architecture`.
+
 This module imports no torch.
 """
 from zoo import Drop, Map, Rename, fields, hookimpl
+from zoo.errors import ConfigError
 from zoo.types import Converter
 
 _L = "encoder.layer.{}."
@@ -103,7 +108,8 @@ def has_pooler(keys) -> bool:
 
 
 def config_from_weights(config, keys):
-    """Whether to build a pooler: a ViTModel config.json does not say, its weights do."""
+    """Whether to build a pooler: a ViTModel config.json does not say, its weights do
+    (:func:`to_architecture` makes it the pre-logits layer, ``representation_size``)."""
     return {**config, "add_pooling_layer": has_pooler(keys)}
 
 
@@ -143,7 +149,92 @@ def hub_layout(state_dict, config):
     return out
 
 
-# the config.json fields the architecture reads, and what each must be
+# transformers' ViTConfig defaults, for the fields a config.json leaves out (or null); and zoo's
+# add_pooling_layer (config_from_weights): a pooler unless the checkpoint's keys say otherwise
+HF_DEFAULTS = {"image_size": 224, "patch_size": 16, "num_channels": 3, "hidden_size": 768,
+               "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+               "hidden_act": "gelu", "layer_norm_eps": 1e-12, "qkv_bias": True, "pooler_act": "tanh",
+               "add_pooling_layer": True}
+
+# config.json field -> the architecture's field (plugins/vit.py ViTConfig), value as it is
+NAMES = {"num_channels": "channels", "hidden_size": "hidden_size", "num_hidden_layers": "num_layers",
+         "num_attention_heads": "num_heads", "intermediate_size": "mlp_dim", "hidden_act": "activation",
+         "pooler_act": "representation_activation"}
+
+# transformers' ViT switches: the value the architecture implements
+FIXED = {"use_mask_token": False, "use_absolute_position_embeddings": True}
+
+
+def _pair(value, name):
+    """``224`` or ``[224, 320]`` -> ``(224, 224)`` / ``(224, 320)`` (height, width)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    raise ConfigError(f"vit: config field {name}={value!r} must be an int or [height, width]")
+
+
+def _unpair(size):
+    """``(224, 224)`` -> ``224`` (as config.json writes a square), ``(224, 320)`` -> ``[224, 320]``."""
+    height, width = size
+    return height if height == width else [height, width]
+
+
+def to_architecture(config):
+    """A ViTConfig (config.json, with zoo's ``add_pooling_layer`` from the checkpoint's keys) in
+    the ``vit`` architecture's names, with transformers' defaults for absent (or null) fields;
+    refuses the switches the architecture does not implement, an activation it does not know and
+    a ``head_dim`` other than ``hidden_size / num_attention_heads``, naming the config.json field."""
+    from zoo.activations import ACTIVATIONS  # imports torch: only when a model is configured
+
+    for key, implemented in FIXED.items():
+        value = config.get(key)
+        if value is not None and value != implemented:
+            raise ConfigError(f"vit: config field {key}={value!r} is not supported")
+    hf = {**HF_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    for key in ("hidden_act", "pooler_act"):
+        if hf[key] not in ACTIVATIONS:
+            raise ConfigError(
+                f"vit: config field {key}={hf[key]!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
+            )
+    head_dim, width, heads = hf.get("head_dim"), hf["hidden_size"], hf["num_attention_heads"]
+    if head_dim is not None and head_dim * heads != width:
+        raise ConfigError(
+            f"vit: config field head_dim={head_dim!r} != hidden_size / num_attention_heads is not supported"
+        )
+    labels = hf.get("id2label") or {}  # the label names themselves are the task runner's
+    num_labels = hf.get("num_labels", len(labels) or 2)  # transformers' default: 2 labels
+    if not isinstance(num_labels, int) or num_labels < 1:
+        raise ConfigError(f"vit: config field num_labels={num_labels!r} must be a positive integer")
+    return {
+        **{ours: hf[theirs] for theirs, ours in NAMES.items()},
+        "image_size": _pair(hf["image_size"], "image_size"),
+        "patch_size": _pair(hf["patch_size"], "patch_size"),
+        "norm_eps": float(hf["layer_norm_eps"]),
+        "qkv_bias": bool(hf["qkv_bias"]),
+        "num_classes": len(labels) or num_labels,
+        # a pooler (the pre-logits layer) when the checkpoint has one: config_from_weights says
+        "representation_size": (hf.get("pooler_output_size") or width) if hf["add_pooling_layer"] else None,
+    }
+
+
+def from_architecture(arch_config):
+    """The ViTConfig fields (and zoo's ``add_pooling_layer``) a ``vit`` architecture config
+    determines."""
+    pooler = arch_config["representation_size"]
+    return {
+        **{theirs: arch_config[ours] for theirs, ours in NAMES.items()},
+        "image_size": _unpair(arch_config["image_size"]),
+        "patch_size": _unpair(arch_config["patch_size"]),
+        "layer_norm_eps": arch_config["norm_eps"],
+        "qkv_bias": arch_config["qkv_bias"],
+        "num_labels": arch_config["num_classes"],
+        "add_pooling_layer": pooler is not None,
+        **({"pooler_output_size": pooler} if pooler is not None else {}),
+    }
+
+
+# the config.json fields the converter reads, and what each must be
 CONFIG_FIELDS = {
     "image_size": fields.SIZE_2D, "patch_size": fields.SIZE_2D, "num_channels": fields.SIZE,
     "hidden_size": fields.SIZE, "num_hidden_layers": fields.SIZE, "num_attention_heads": fields.SIZE,
@@ -169,6 +260,8 @@ CONVERTER = Converter(
     tiny_config=TINY_CONFIG,
     description="Hugging Face ViT (Hub files, transformers save_pretrained, transformers 5.x module names)",
     config_fields=CONFIG_FIELDS,
+    to_architecture="zoo.converters.hf_vit:to_architecture",
+    from_architecture="zoo.converters.hf_vit:from_architecture",
 )
 
 

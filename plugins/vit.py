@@ -1,15 +1,17 @@
 """Vision Transformer (Dosovitskiy et al., 2020), readable top to bottom.
 
-An image is cut into ``patch_size`` x ``patch_size`` patches; each patch is projected to a
-vector (a strided convolution), a learned class token is put in front, learned position
-embeddings are added, and the sequence runs through ``num_hidden_layers`` pre-norm encoder
-blocks (LayerNorm -> self-attention -> residual, LayerNorm -> MLP -> residual) and a final
-LayerNorm. A classifier reads the class token; an encoder checkpoint may instead have a pooler
-(dense + tanh on the class token).
+An image is cut into patches of ``patch_size`` pixels; each patch is projected to a vector (a
+strided convolution), a learned class token is put in front, learned position embeddings are
+added, and the sequence runs through ``num_layers`` pre-norm encoder blocks (LayerNorm ->
+self-attention -> residual, LayerNorm -> MLP -> residual) and a final LayerNorm. A classifier
+reads the class token; an encoder may instead end in the pre-logits layer (dense + tanh on the
+class token), which checkpoints on the Hub call the pooler.
 
-Submodules carry the names of the files on the Hugging Face Hub (``embeddings.cls_token``,
-``encoder.layer.N.attention.attention.query``, ``layernorm_before``, ...), so the converter's
-key map is 1:1 apart from the ``vit.`` prefix.
+The config (:class:`ViTConfig`) is ViT's own, named as the original code
+(google-research/vision_transformer) names it; zoo.converters.hf_vit translates a checkpoint's
+into it. Submodules carry the names of the files on the Hugging Face Hub
+(``embeddings.cls_token``, ``encoder.layer.N.attention.attention.query``, ``layernorm_before``,
+``pooler``, ...), so the converter's key map is 1:1 apart from the ``vit.`` prefix.
 
 Images at another resolution than the one trained get their position embeddings resized by
 bicubic interpolation of the patch grid (the class token's embedding is kept as is), exactly as
@@ -17,7 +19,7 @@ transformers does with ``interpolate_pos_encoding=True``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -31,78 +33,56 @@ from zoo.outputs import ModelOutput
 TASKS = ("image-classification", "image-feature-extraction")
 
 
-
-def _pair(value: Any, name: str) -> Tuple[int, int]:
-    """``224`` or ``[224, 320]`` -> ``(224, 224)`` / ``(224, 320)`` (height, width)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"vit: config field {name}={value!r} must be an int or [height, width]")
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return int(value[0]), int(value[1])
-    raise ConfigError(f"vit: config field {name}={value!r} must be an int or [height, width]")
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclass
 class ViTConfig:
-    image_size: Tuple[int, int] = (224, 224)
-    patch_size: Tuple[int, int] = (16, 16)
-    num_channels: int = 3
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-12
-    qkv_bias: bool = True
-    num_labels: int = 2  # transformers' default when a config names no labels
-    id2label: Dict[int, str] = field(default_factory=dict)
-    add_pooling_layer: bool = True  # encoders only; zoo sets it from the checkpoint's keys
-    pooler_output_size: Optional[int] = None
-    pooler_act: str = "tanh"
+    """ViT's hyperparameters, named as the original code names them where it has them; the
+    defaults are ViT-B/16 at 224 x 224 pixels."""
 
-    @classmethod
-    def from_hf(cls, config: Dict[str, Any]) -> "ViTConfig":
-        """Build from Hugging Face ViT config values; refuse what this file does not implement."""
-        cfg = cls()
-        for name in ("num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-            value = config.get(name, getattr(cfg, name))
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"vit: config field {name}={value!r} must be a positive integer")
-            setattr(cfg, name, value)
-        cfg.image_size = _pair(config.get("image_size", 224), "image_size")
-        cfg.patch_size = _pair(config.get("patch_size", 16), "patch_size")
-        for name in ("hidden_act", "pooler_act"):
-            value = config.get(name, getattr(cfg, name))
+    image_size: Tuple[int, int] = (224, 224)  # (height, width) the position embeddings were trained at
+    patch_size: Tuple[int, int] = (16, 16)  # (height, width) of one patch
+    channels: int = 3  # channels of the input image
+    hidden_size: int = 768  # width of every token's vector
+    num_layers: int = 12  # encoder blocks
+    num_heads: int = 12  # attention heads, each hidden_size // num_heads wide
+    mlp_dim: int = 3072  # hidden width of each block's MLP
+    activation: str = "gelu"  # the MLP's activation, a name in zoo.activations.ACTIVATIONS
+    norm_eps: float = 1e-12  # epsilon of every LayerNorm
+    qkv_bias: bool = True  # whether the query, key and value projections have biases
+    num_classes: int = 2  # outputs of the classifier (task image-classification)
+    # width of the pre-logits layer an encoder (task image-feature-extraction) ends in, None for
+    # none; a classifier reads the class token directly (its head replaces the pre-logits layer,
+    # as in the paper's fine-tuning)
+    representation_size: Optional[int] = None
+    representation_activation: str = "tanh"  # the pre-logits layer's activation
+
+    def __post_init__(self):
+        """Refuse, naming the field, a config this file cannot build."""
+        for name in ("image_size", "patch_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(_positive(v) for v in value)):
+                raise ConfigError(f"vit: {name}={value!r} must be (height, width), two positive integers")
+            setattr(self, name, tuple(value))
+        for name in ("channels", "hidden_size", "num_layers", "num_heads", "mlp_dim", "num_classes",
+                     "representation_size"):
+            value = getattr(self, name)
+            if not _positive(value) and not (name == "representation_size" and value is None):
+                raise ConfigError(f"vit: {name}={value!r} must be a positive integer")
+        for name in ("activation", "representation_activation"):
+            value = getattr(self, name)
             if value not in ACTIVATIONS:
                 raise ConfigError(
-                    f"vit: config field {name}={value!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
+                    f"vit: {name}={value!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
                 )
-            setattr(cfg, name, value)
-        cfg.layer_norm_eps = float(config.get("layer_norm_eps", cfg.layer_norm_eps))
-        cfg.qkv_bias = bool(config.get("qkv_bias", True))
-        cfg.add_pooling_layer = bool(config.get("add_pooling_layer", True))
-        cfg.pooler_output_size = config.get("pooler_output_size") or cfg.hidden_size
-        if cfg.hidden_size % cfg.num_attention_heads:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"vit: hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        if min(self.grid) < 1:
             raise ConfigError(
-                f"vit: hidden_size={cfg.hidden_size} is not divisible by num_attention_heads={cfg.num_attention_heads}"
+                f"vit: image_size={list(self.image_size)} is smaller than patch_size={list(self.patch_size)}"
             )
-        head_dim = config.get("head_dim")
-        if head_dim is not None and head_dim != cfg.hidden_size // cfg.num_attention_heads:
-            raise ConfigError(f"vit: config field head_dim={head_dim!r} != hidden_size / num_attention_heads is not supported")
-        for name, bad in (("use_mask_token", True), ("use_absolute_position_embeddings", False)):
-            if config.get(name) == bad:
-                raise ConfigError(f"vit: config field {name}={bad!r} is not supported")
-        grid = [i // p for i, p in zip(cfg.image_size, cfg.patch_size)]
-        if min(grid) < 1:
-            raise ConfigError(f"vit: image_size={list(cfg.image_size)} is smaller than patch_size={list(cfg.patch_size)}")
-        id2label = config.get("id2label") or {}
-        cfg.id2label = {int(k): str(v) for k, v in id2label.items()}
-        num_labels = config.get("num_labels", len(cfg.id2label) or 2)
-        if not isinstance(num_labels, int) or num_labels < 1:
-            raise ConfigError(f"vit: config field num_labels={num_labels!r} must be a positive integer")
-        cfg.num_labels = len(cfg.id2label) or num_labels
-        return cfg
 
     @property
     def grid(self) -> Tuple[int, int]:
@@ -127,7 +107,7 @@ class PatchEmbeddings(nn.Module):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.projection = nn.Conv2d(cfg.num_channels, cfg.hidden_size, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.projection = nn.Conv2d(cfg.channels, cfg.hidden_size, kernel_size=cfg.patch_size, stride=cfg.patch_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.projection(pixel_values)  # (B, hidden, gh, gw); patches in row-major order
@@ -185,7 +165,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.n_head = cfg.num_attention_heads
+        self.n_head = cfg.num_heads
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
@@ -220,12 +200,12 @@ class Layer(nn.Module):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.layernorm_before = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layernorm_before = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.attention = Attention(cfg)
-        self.layernorm_after = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.intermediate = Dense(cfg.hidden_size, cfg.intermediate_size)  # MLP up
-        self.output = Dense(cfg.intermediate_size, cfg.hidden_size)  # MLP down
-        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.layernorm_after = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.intermediate = Dense(cfg.hidden_size, cfg.mlp_dim)  # MLP up
+        self.output = Dense(cfg.mlp_dim, cfg.hidden_size)  # MLP down
+        self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
@@ -239,15 +219,15 @@ class Layer(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
 
 
 class ViT(nn.Module):
     """``model(pixel_values)`` with pixel_values (B, C, H, W) float, normalized.
 
-    Classifier (task ``image-classification``): output ``.logits`` (B, num_labels), read off the
+    Classifier (task ``image-classification``): output ``.logits`` (B, num_classes), read off the
     class token. Encoder (``image-feature-extraction``): ``.last_hidden_state`` (B, 1 + N,
-    hidden) and, when the checkpoint has a pooler, ``.pooler_output`` (B, hidden).
+    hidden) and, with a pre-logits layer, ``.pooler_output`` (B, representation_size).
     """
 
     def __init__(self, cfg: ViTConfig, task: str):
@@ -258,25 +238,25 @@ class ViT(nn.Module):
         self.task = task
         self.embeddings = Embeddings(cfg)
         self.encoder = Encoder(cfg)
-        self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         if task == "image-classification":
-            self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
-        elif cfg.add_pooling_layer:
-            self.pooler = Dense(cfg.hidden_size, cfg.pooler_output_size)
+            self.classifier = nn.Linear(cfg.hidden_size, cfg.num_classes)
+        elif cfg.representation_size is not None:
+            self.pooler = Dense(cfg.hidden_size, cfg.representation_size)  # the pre-logits layer
 
     def _check(self, pixel_values: Any) -> None:
         cfg = self.config
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
             shape = list(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
-            raise InputError(f"vit expects pixel_values of shape [B, {cfg.num_channels}, H, W], got {shape}")
+            raise InputError(f"vit expects pixel_values of shape [B, {cfg.channels}, H, W], got {shape}")
         if not pixel_values.is_floating_point():
             raise InputError(
                 f"vit expects float pixel values (normalized as the checkpoint's preprocessing says), "
                 f"got {pixel_values.dtype}; zoo.imaging.preprocess turns image files into them"
             )
         B, C, H, W = pixel_values.shape
-        if C != cfg.num_channels:
-            raise InputError(f"vit: the model takes {cfg.num_channels} channels, the input has {C}")
+        if C != cfg.channels:
+            raise InputError(f"vit: the model takes {cfg.channels} channels, the input has {C}")
         ph, pw = cfg.patch_size
         if H < ph or W < pw or B == 0:
             raise InputError(f"vit: input {H}x{W} is smaller than one {ph}x{pw} patch (or the batch is empty)")
@@ -308,31 +288,33 @@ class ViT(nn.Module):
             return ModelOutput(logits=self.classifier(x[:, 0]), hidden_states=states)
         pooled = None
         if hasattr(self, "pooler"):
-            pooled = ACTIVATIONS[self.config.pooler_act](self.pooler(x[:, 0]))
+            pooled = ACTIVATIONS[self.config.representation_activation](self.pooler(x[:, 0]))
         return ModelOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=states)
 
 
 def from_config(config: Dict[str, Any], task: Optional[str] = None) -> ViT:
-    return ViT(ViTConfig.from_hf(config), task or TASKS[0])
+    """The model for ``task`` from a config in :class:`ViTConfig`'s names."""
+    return ViT(ViTConfig(**config), task or TASKS[0])
 
 
 def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
     """The parameters :func:`from_config` builds, from the config alone (checked before building)."""
-    cfg, task = ViTConfig.from_hf(config), task or TASKS[0]
-    H, inner = cfg.hidden_size, cfg.intermediate_size
+    cfg, task = ViTConfig(**config), task or TASKS[0]
+    H, inner = cfg.hidden_size, cfg.mlp_dim
     (ph, pw), (gh, gw) = cfg.patch_size, cfg.grid
     qkv_bias = 3 * H if cfg.qkv_bias else 0
-    embeddings = cfg.num_channels * ph * pw * H + H + H + (1 + gh * gw) * H
+    embeddings = cfg.channels * ph * pw * H + H + H + (1 + gh * gw) * H
     layer = 2 * H + 3 * H * H + qkv_bias + (H * H + H) + 2 * H + (H * inner + inner) + (inner * H + H)
     if task == "image-classification":
-        head = H * cfg.num_labels + cfg.num_labels
+        head = H * cfg.num_classes + cfg.num_classes
     else:
-        head = H * cfg.pooler_output_size + cfg.pooler_output_size if cfg.add_pooling_layer else 0
-    return embeddings + cfg.num_hidden_layers * layer + 2 * H + head
+        R = cfg.representation_size
+        head = H * R + R if R is not None else 0
+    return embeddings + cfg.num_layers * layer + 2 * H + head
 
 
 def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
     """Random pixel values at the trained resolution (``seq`` does not apply to images)."""
-    cfg = ViTConfig.from_hf(config)
+    cfg = ViTConfig(**config)
     h, w = cfg.image_size
-    return {"pixel_values": torch.randn(batch, cfg.num_channels, h, w, generator=generator)}
+    return {"pixel_values": torch.randn(batch, cfg.channels, h, w, generator=generator)}

@@ -279,16 +279,41 @@ def test_missing_key_raises_naming_it(tmp_path):
     "override, field",
     [
         (dict(hidden_act="mish"), "hidden_act"),
+        (dict(pooler_act="mish"), "pooler_act"),
         (dict(hidden_size=30), "hidden_size"),
         (dict(patch_size=[8, 8, 8]), "patch_size"),
         (dict(image_size=4), "image_size"),
+        (dict(head_dim=4), "head_dim"),
+        (dict(use_mask_token=True), "use_mask_token"),
+        (dict(use_absolute_position_embeddings=False), "use_absolute_position_embeddings"),
+        (dict(num_labels=0, id2label=None), "num_labels"),
     ],
 )
 def test_unsupported_config_refused_by_name(override, field):
+    """A config.json the architecture cannot build is refused naming the field: by the
+    converter's translation (Hugging Face's switches) or by the architecture (its sizes)."""
     from zoo.plugins.vit import from_config
 
     with pytest.raises(ConfigError, match=field):
-        from_config({**CONFIGS["base"], **override}, "image-classification")
+        from_config(hf_vit.to_architecture({**CONFIGS["base"], **override}), "image-classification")
+
+
+@pytest.mark.parametrize("config, expected", [
+    (dict(CONFIGS["variant"], image_size=[24, 40], patch_size=[4, 8], add_pooling_layer=False),
+     dict(image_size=(24, 40), patch_size=(4, 8), num_classes=3, representation_size=None, qkv_bias=False)),
+    (dict(CONFIGS["base"], pooler_output_size=20, pooler_act="relu"),
+     dict(image_size=(32, 32), num_classes=5, representation_size=20, representation_activation="relu")),
+    (dict(CONFIGS["base"]), dict(num_layers=2, num_heads=4, mlp_dim=37, representation_size=32)),
+], ids=["non-square-no-pooler", "pooler-of-its-own-width", "pooler-default-width"])
+def test_config_translation_inverts(config, expected):
+    """config.json -> the architecture's names -> config.json fields -> the same names; the
+    fields that come back are those written (a square size as config.json writes it)."""
+    from zoo import testing
+
+    arch = testing.check_config_translation(hf_vit.CONVERTER, config)
+    assert {k: arch[k] for k in expected} == expected
+    back = hf_vit.from_architecture(arch)
+    assert {k: back[k] for k in config if k in back} == {k: v for k, v in config.items() if k in back}
 
 
 @pytest.mark.parametrize(
@@ -325,8 +350,9 @@ def test_registry_has_the_vit_family():
 @pytest.mark.parametrize("entry", _vit_entries(), ids=lambda e: e.name)
 def test_registry_entry_builds_with_exact_params(entry):
     arch = get_catalog().architecture(entry.architecture)
+    config = get_catalog().converter(entry.converter).architecture_config(entry.config)
     with torch.device("meta"):
-        model = arch.build(entry.config, entry.task)
+        model = arch.build(config, entry.task)
     assert sum(p.numel() for p in model.parameters()) == entry.params
     assert hasattr(model, "classifier") == (entry.task == "image-classification")
 

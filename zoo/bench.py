@@ -276,8 +276,9 @@ else:  # transformers, with zoo used only to find the reference class and exampl
     catalog = get_catalog()
     entry = find_entry(name)
     conv, arch = catalog.converter(entry.converter), catalog.architecture(entry.architecture)
-    config, task = conv.architecture_config(json.load(open(folder + "/config.json"))), entry.task
-    model = import_ref(conv.reference)(config, task, folder).eval().to(device)
+    source, task = json.load(open(folder + "/config.json")), entry.task
+    model = import_ref(conv.reference)(source, task, folder).eval().to(device)
+    config = conv.architecture_config(source)
 load_s = time.perf_counter() - t0
 inputs = import_ref(arch.example_inputs)(config, task, int(batch), int(seq), torch.Generator().manual_seed(0))
 inputs = {k: v.to(device) for k, v in inputs.items()}
