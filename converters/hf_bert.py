@@ -23,9 +23,17 @@ Other real files differ, and are brought to that layout by named renames first:
 zoo's module names are the same keys without the ``bert.`` prefix. Which heads a build has
 depends on the task: ``fill-mask`` has the MLM head and no pooler (as ``BertForMaskedLM``),
 ``feature-extraction`` has the pooler and no MLM head (as ``BertModel``); the head a build lacks
-is dropped by a named ``unused`` reason. This module imports no torch at import time.
+is dropped by a named ``unused`` reason.
+
+The config: the architecture's fields are those of Google's ``bert_config.json``, whose names
+transformers kept, so :func:`to_architecture` copies them (transformers' defaults where one is
+left out) and refuses transformers' options that compute something else (relative positions,
+a decoder, cross-attention, factorized embeddings, an MLM decoder of its own, another
+``model_type``); :func:`from_architecture` gives them back. This module imports no torch at
+import time.
 """
 from zoo import Drop, Map, Rename, fields, hookimpl
+from zoo.errors import ConfigError
 from zoo.types import Converter
 
 _POOLER_UNUSED = "pooler: the fill-mask model has none (as BertForMaskedLM)"
@@ -171,7 +179,7 @@ def config_from_weights(config, keys):
     return config
 
 
-# the config.json fields the architecture reads, and what each must be
+# the config.json fields zoo checks on reading a BERT file, and what each must be
 CONFIG_FIELDS = {
     "vocab_size": fields.SIZE, "hidden_size": fields.SIZE, "num_hidden_layers": fields.SIZE,
     "num_attention_heads": fields.SIZE, "intermediate_size": fields.SIZE, "hidden_act": fields.NAME,
@@ -179,6 +187,61 @@ CONFIG_FIELDS = {
     "pad_token_id": fields.TOKEN_ID, "hidden_dropout_prob": fields.PROBABILITY,
     "attention_probs_dropout_prob": fields.PROBABILITY,
 }
+
+# config.json field -> transformers' default (a field left out or null): each is the field of
+# the same name of the architecture (Google's bert_config.json names, which transformers kept).
+# pad_token_id is not among them: the model does not read it (transformers only keeps that row
+# of the word embeddings out of training; here attention_mask alone masks padding).
+ARCHITECTURE_FIELDS = {
+    "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+}
+# zoo's own switches, carried as they are when a config has them (None: what the task implies)
+SWITCHES = ("add_pooling_layer", "add_mlm_head")
+
+# transformers' BertConfig options that change the computation, and the values zoo's BERT
+# computes (None: left out); another value is refused rather than loaded as something else
+SUPPORTED = {
+    "position_embedding_type": ("absolute", None),
+    "is_decoder": (False, None),
+    "add_cross_attention": (False, None),
+}
+
+
+def to_architecture(config):
+    """A BERT config.json (with zoo's switches) -> the ``bert`` architecture's config; refuses,
+    naming the field, what the architecture does not compute."""
+    model_type = config.get("model_type", "bert")
+    if model_type != "bert":
+        raise ConfigError(f"bert: config field model_type={model_type!r} is not a plain BERT ('bert')")
+    for key, ok in SUPPORTED.items():
+        if key in config and config[key] not in ok:
+            raise ConfigError(
+                f"bert: config field {key}={config[key]!r} is not supported "
+                f"(supported: {', '.join(repr(v) for v in ok if v is not None)})"
+            )
+    if config.get("embedding_size") not in (None, config.get("hidden_size", 768)):
+        raise ConfigError(f"bert: config field embedding_size={config['embedding_size']!r} (factorized embeddings) is not supported")
+    # the MLM decoder is the word embedding matrix: a file with one of its own cannot have the
+    # MLM head, which every task but an explicit add_mlm_head=False may build
+    if config.get("tie_word_embeddings") is False and config.get("add_mlm_head") is not False:
+        raise ConfigError(
+            "bert: config field tie_word_embeddings=False is not supported: the MLM decoder "
+            "reuses the word embeddings (for the body alone, load with add_mlm_head=False)"
+        )
+    arch = {key: default if config.get(key) is None else config[key] for key, default in ARCHITECTURE_FIELDS.items()}
+    return {**arch, **{key: config.get(key) for key in SWITCHES}}
+
+
+def from_architecture(arch_config):
+    """The ``bert`` architecture's config -> the config.json fields it determines (the
+    switches only when set)."""
+    out = {key: arch_config[key] for key in ARCHITECTURE_FIELDS}
+    out.update({key: arch_config[key] for key in SWITCHES if arch_config.get(key) is not None})
+    return out
+
 
 CONVERTER = Converter(
     name="hf_bert",
@@ -190,6 +253,8 @@ CONVERTER = Converter(
     reference="zoo.converters.hf_bert:reference",
     hub_layout="zoo.converters.hf_bert:hub_layout",
     config_from_weights="zoo.converters.hf_bert:config_from_weights",
+    to_architecture="zoo.converters.hf_bert:to_architecture",
+    from_architecture="zoo.converters.hf_bert:from_architecture",
     tiny_config={"model_type": "bert", "vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2,
                  "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 64,
                  "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "pad_token_id": 0},

@@ -39,73 +39,58 @@ TASKS = ("fill-mask", "feature-extraction")
 
 @dataclass
 class BertConfig:
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-12
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    pad_token_id: Optional[int] = 0
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    # zoo's own switches (not in Hugging Face configs); None means "what the task implies".
+    """The size and numerics of one BERT, in the names of Google's ``bert_config.json``
+    (defaults: BERT-base), plus zoo's choice of heads."""
+
+    vocab_size: int = 30522  # rows of the word embedding matrix (and MLM logits per token)
+    hidden_size: int = 768  # H: the width of every token's state
+    num_hidden_layers: int = 12  # encoder layers
+    num_attention_heads: int = 12  # heads per layer; each is hidden_size // num_attention_heads wide
+    intermediate_size: int = 3072  # the MLP's inner width
+    hidden_act: str = "gelu"  # the MLP's (and the MLM transform's) activation, a zoo.activations name
+    hidden_dropout_prob: float = 0.1  # dropout on embeddings and sublayer outputs (training only)
+    attention_probs_dropout_prob: float = 0.1  # dropout on attention probabilities (training only)
+    max_position_embeddings: int = 512  # learned positions: the longest input
+    type_vocab_size: int = 2  # token types (segments A, B)
+    layer_norm_eps: float = 1e-12  # epsilon of every LayerNorm (Google's code fixes it at 1e-12)
+    # zoo's own switches; None means "what the task implies".
     add_pooling_layer: Optional[bool] = None  # feature-extraction: True, fill-mask: False
     add_mlm_head: Optional[bool] = None  # fill-mask: True, feature-extraction: False
 
-    @classmethod
-    def from_hf(cls, config: Dict[str, Any], task: str = "fill-mask") -> "BertConfig":
-        """Build from Hugging Face BERT config values; refuse what this file does not implement."""
-        if task not in TASKS:
-            raise ConfigError(f"bert: task {task!r} is not supported (tasks: {', '.join(TASKS)})")
-        model_type = config.get("model_type", "bert")
-        if model_type != "bert":
-            raise ConfigError(f"bert: config field model_type={model_type!r} is not a plain BERT ('bert')")
-        # A value listed here changes the computation and is not implemented: refuse it rather
-        # than load a model that silently computes something else.
-        allowed = {
-            "position_embedding_type": ("absolute", None),
-            "is_decoder": (False, None),
-            "add_cross_attention": (False, None),
-        }
-        for key, ok in allowed.items():
-            if key in config and config[key] not in ok:
-                raise ConfigError(
-                    f"bert: config field {key}={config[key]!r} is not supported "
-                    f"(supported: {', '.join(repr(v) for v in ok if v is not None)})"
-                )
-        if config.get("embedding_size") not in (None, config.get("hidden_size", 768)):
-            raise ConfigError(f"bert: config field embedding_size={config['embedding_size']!r} (factorized embeddings) is not supported")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in config.items() if k in known and v is not None}
-        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size", "max_position_embeddings", "type_vocab_size"):
-            v = values.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-                raise ConfigError(f"bert: config field {key}={v!r} must be a positive integer")
-        cfg = cls(**values)
-        if cfg.add_pooling_layer is None:
-            cfg.add_pooling_layer = task == "feature-extraction"
-        if cfg.add_mlm_head is None:
-            cfg.add_mlm_head = task == "fill-mask"
-        if not isinstance(cfg.hidden_act, str) or cfg.hidden_act not in ACTIVATIONS:
+    def check(self) -> None:
+        """Refuse values this file does not implement, naming the field and the value."""
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"bert: config field {name}={v!r} must be a positive integer")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACTIVATIONS:
             raise ConfigError(
-                f"bert: config field hidden_act={cfg.hidden_act!r} is not supported "
+                f"bert: config field hidden_act={self.hidden_act!r} is not supported "
                 f"(supported: {', '.join(sorted(ACTIVATIONS))})"
             )
-        if cfg.hidden_size % cfg.num_attention_heads:
+        if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
-                f"bert: config field hidden_size={cfg.hidden_size} is not divisible by "
-                f"num_attention_heads={cfg.num_attention_heads}"
+                f"bert: config field hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
             )
-        if cfg.add_mlm_head and config.get("tie_word_embeddings") is False:
-            raise ConfigError(
-                "bert: config field tie_word_embeddings=False is not supported: the MLM decoder "
-                "reuses the word embeddings"
-            )
-        return cfg
+
+
+def bert_config(config: Dict[str, Any], task: str) -> BertConfig:
+    """The :class:`BertConfig` of ``config`` (its fields by name) built for ``task``: the heads
+    the task implies unless ``config`` chooses them; checked."""
+    if task not in TASKS:
+        raise ConfigError(f"bert: task {task!r} is not supported (tasks: {', '.join(TASKS)})")
+    unknown = sorted(set(config) - {f.name for f in fields(BertConfig)})
+    if unknown:
+        raise ConfigError(f"bert: unknown config field(s) {', '.join(unknown)}")
+    cfg = BertConfig(**config)
+    if cfg.add_pooling_layer is None:
+        cfg.add_pooling_layer = task == "feature-extraction"
+    if cfg.add_mlm_head is None:
+        cfg.add_mlm_head = task == "fill-mask"
+    cfg.check()
+    return cfg
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -350,12 +335,13 @@ class Bert(nn.Module):
 
 
 def from_config(config: Dict[str, Any], task: Optional[str] = None) -> Bert:
-    return Bert(BertConfig.from_hf(config, task or TASKS[0]))
+    """The model of ``task`` (default: fill-mask) from ``config``, :class:`BertConfig`'s fields by name."""
+    return Bert(bert_config(config, task or TASKS[0]))
 
 
 def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
     """The parameters :func:`from_config` builds, from the config alone (checked before building)."""
-    cfg = BertConfig.from_hf(config, task or TASKS[0])
+    cfg = bert_config(config, task or TASKS[0])
     H, inner = cfg.hidden_size, cfg.intermediate_size
     embeddings = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * H + 2 * H
     layer = 4 * (H * H + H) + 2 * H + (H * inner + inner) + (inner * H + H) + 2 * H
@@ -367,7 +353,7 @@ def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
 def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
     """Random ids, two segments (token types 0 then 1), and padding at the end of every row
     after the first, so verification exercises the mask and the token types."""
-    cfg = BertConfig.from_hf(config, task)
+    cfg = bert_config(config, task)
     seq = min(seq, cfg.max_position_embeddings)
     input_ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=generator)
     token_type_ids = torch.zeros(batch, seq, dtype=torch.long)

@@ -118,7 +118,7 @@ def write_checkpoint(folder, tensors, config):
 
 
 def inputs_for(config, batch=3, seq=11, seed=1):
-    return example_inputs(config, "fill-mask", batch, seq, torch.Generator().manual_seed(seed))
+    return example_inputs(hf_bert.to_architecture(config), "fill-mask", batch, seq, torch.Generator().manual_seed(seed))
 
 
 def assert_zeros_at_padding(out, attention_mask):
@@ -202,7 +202,7 @@ def test_parity_across_configs_via_reference_and_hub_layout(tmp_path, name, task
     ref = perturb(hf_bert.reference(config, task))
     folder = write_checkpoint(tmp_path / "ckpt", hf_bert.hub_layout(ref.state_dict(), config), config)
     loaded = load_full(folder, task=task, device="cpu")
-    inputs = example_inputs(config, task, 4, 13, torch.Generator().manual_seed(2))
+    inputs = example_inputs(hf_bert.to_architecture(config), task, 4, 13, torch.Generator().manual_seed(2))
     assert_parity(loaded, ref, inputs)
 
 
@@ -405,9 +405,38 @@ def test_unsupported_config_values_are_refused(tmp_path, field, value):
         load_full(folder, task="fill-mask", device="cpu")
 
 
-def test_a_config_of_another_family_is_refused_by_the_architecture():
+def test_a_config_of_another_family_is_refused_by_the_converter():
     with pytest.raises(ConfigError, match=r"model_type='roberta'"):
-        from_config(tiny(model_type="roberta"), "fill-mask")
+        hf_bert.CONVERTER.architecture_config(tiny(model_type="roberta"))
+
+
+def test_an_untied_mlm_decoder_is_refused_unless_the_mlm_head_is_left_out():
+    """The MLM decoder reuses the word embeddings: a config whose decoder is its own matrix
+    builds only without the MLM head."""
+    with pytest.raises(ConfigError, match=r"tie_word_embeddings=False"):
+        hf_bert.to_architecture(tiny(tie_word_embeddings=False, add_mlm_head=True))
+    arch = hf_bert.to_architecture(tiny(tie_word_embeddings=False, add_mlm_head=False))
+    assert from_config(arch, "feature-extraction").config.add_mlm_head is False
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("num_attention_heads", 0, r"num_attention_heads=0 must be a positive integer"),
+    ("hidden_act", "swish_9", r"hidden_act='swish_9' is not supported"),
+    ("hidden_size", 30, r"hidden_size=30 is not divisible by num_attention_heads=4"),
+    ("pad_token_id", 0, r"unknown config field\(s\) pad_token_id"),
+])
+def test_the_architecture_checks_its_own_config(field, value, message):
+    """What the architecture itself does not compute is refused there, in its own names."""
+    with pytest.raises(ConfigError, match=message):
+        from_config({**hf_bert.to_architecture(tiny()), field: value}, "fill-mask")
+
+
+def test_config_translation_keeps_the_names_and_fills_transformers_defaults():
+    arch = hf_bert.to_architecture({"model_type": "bert", "hidden_size": 64, "hidden_act": None,
+                                    "add_pooling_layer": False, "pad_token_id": 0})
+    assert arch["hidden_size"] == 64 and arch["hidden_act"] == "gelu" and arch["layer_norm_eps"] == 1e-12
+    assert arch["add_pooling_layer"] is False and arch["add_mlm_head"] is None and "pad_token_id" not in arch
+    assert hf_bert.to_architecture(hf_bert.from_architecture(arch)) == arch
 
 
 def test_wrong_vocab_size_in_a_tensor(tmp_path):
@@ -477,7 +506,7 @@ def test_registry_has_the_four_bert_checkpoints():
 @pytest.mark.parametrize("entry", BERT_ENTRIES, ids=[e.name for e in BERT_ENTRIES])
 def test_registry_entry_builds_on_meta_with_its_param_count(entry):
     arch = get_catalog().architecture(entry.architecture)
-    model = build_model(arch, entry.config, entry.task)
+    model = build_model(arch, hf_bert.CONVERTER.architecture_config(entry.config), entry.task)
     assert all(p.is_meta for p in model.parameters())
     assert sum(p.numel() for p in model.parameters()) == entry.params
     with torch.device("meta"):
