@@ -243,6 +243,14 @@ def from_architecture(arch_config):
     return out
 
 
+# the tokenizer random weights get (zoo.tinytokenizer): lower-cased WordPiece, BERT's special ids
+TOKENIZER = {
+    "kind": "wordpiece", "class": "BertTokenizer", "vocab_size": "vocab_size", "max_length": "max_position_embeddings",
+    "template": "[CLS] $A [SEP]", "pair": "[CLS] $A [SEP] $B:1 [SEP]:1",
+    "specials": {"pad_token": ["[PAD]", "pad_token_id", 0], "unk_token": ["[UNK]", None, 100],
+                 "cls_token": ["[CLS]", None, 101], "sep_token": ["[SEP]", None, 102], "mask_token": ["[MASK]", None, 103]},
+}
+
 CONVERTER = Converter(
     name="hf_bert",
     architecture="bert",
@@ -253,6 +261,7 @@ CONVERTER = Converter(
     reference="zoo.converters.hf_bert:reference",
     hub_layout="zoo.converters.hf_bert:hub_layout",
     config_from_weights="zoo.converters.hf_bert:config_from_weights",
+    tokenizer=TOKENIZER,
     to_architecture="zoo.converters.hf_bert:to_architecture",
     from_architecture="zoo.converters.hf_bert:from_architecture",
     tiny_config={"model_type": "bert", "vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2,

@@ -144,6 +144,13 @@ CONFIG_FIELDS = {
     "scale_attn_by_inverse_layer_idx": fields.FLAG, "add_cross_attention": fields.FLAG,
 }
 
+# the tokenizer random weights get (zoo.tinytokenizer): byte-level BPE, <|endoftext|> at the eos id
+TOKENIZER = {
+    "kind": "byte-bpe", "class": "GPT2Tokenizer", "vocab_size": "vocab_size", "max_length": "n_positions",
+    "specials": {"eos_token": ["<|endoftext|>", "eos_token_id", 50256], "bos_token": ["<|endoftext|>", "bos_token_id", 50256],
+                 "unk_token": ["<|endoftext|>", None, 50256]},
+}
+
 CONVERTER = Converter(
     name="hf_gpt2",
     architecture="gpt2",
@@ -157,6 +164,7 @@ CONVERTER = Converter(
                  "bos_token_id": 0, "eos_token_id": 0},
     description="Hugging Face GPT-2 (Hub files and transformers save_pretrained)",
     config_fields=CONFIG_FIELDS,
+    tokenizer=TOKENIZER,
     to_architecture="zoo.converters.hf_gpt2:to_architecture",
     from_architecture="zoo.converters.hf_gpt2:from_architecture",
 )

@@ -146,7 +146,7 @@ def read_source(
     tensors = ckpt.read_weights(files)
     if converter.config_from_weights is not None:
         config = dict(import_ref(converter.config_from_weights)(config, list(tensors)))
-    expected = build_model(arch, converter.architecture_config(config), task).state_dict()
+    expected = build_model(arch, converter.architecture_config(config), task, source=config).state_dict()
     state, report = convert(tensors, converter, expected)
     sources = list(files.paths)
     if folder is not None and (folder / "config.json").is_file():

@@ -162,13 +162,14 @@ def _skip_init():
 
 
 def build_model(arch: Architecture, config: Mapping[str, Any], task: str, meta: bool = True,
-                itemsize: int = 4, device=None):
+                itemsize: int = 4, device=None, source: Optional[Mapping[str, Any]] = None):
     """The architecture's module from its own config (``Converter.architecture_config``): on
     the meta device, uninitialized (``meta=True``), or built for real with its own
     initialization (for training from scratch). First, the parameters
     the config asks for (``Architecture.parameter_count``, at ``itemsize`` bytes each) must fit
-    in the memory of ``device`` (zoo.memory)."""
-    memory.check_size(arch, config, task, itemsize, device)
+    in the memory of ``device`` (zoo.memory; an error names the sizes of ``source``, the config
+    as its file spells it)."""
+    memory.check_size(arch, config, task, itemsize, device, source)
     if meta:
         with torch.device("meta"), _skip_init():
             return arch.build(config, task)
@@ -236,7 +237,7 @@ def load_full(
         arch_config = converter.architecture_config(config)
         with torch.device(target_device):
             model = build_model(arch, arch_config, task, meta=False, itemsize=target_dtype.itemsize,
-                                device=target_device)
+                                device=target_device, source=config)
         model.to(dtype=target_dtype).eval()
         return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype, arch_config=arch_config)
 
@@ -244,7 +245,7 @@ def load_full(
     if converter.config_from_weights is not None:
         config = dict(import_ref(converter.config_from_weights)(config, list(tensors)))
     arch_config = converter.architecture_config(config)
-    model = build_model(arch, arch_config, task, itemsize=target_dtype.itemsize, device=target_device)
+    model = build_model(arch, arch_config, task, itemsize=target_dtype.itemsize, device=target_device, source=config)
     expected = model.state_dict()
     if folder is not None and (folder / ckpt.ZOO_META).is_file():
         # zoo-native: the tensors already carry zoo's names; the same strict accounting, one to one

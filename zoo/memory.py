@@ -71,12 +71,15 @@ def check(need: int, what: str, fields: str, device=None, available: bool = Fals
         )
 
 
-def check_size(arch: Architecture, config: Mapping[str, Any], task: str, itemsize: int = 4, device=None) -> None:
-    """Refuse a model whose parameters (``Architecture.parameter_count``, at ``itemsize`` bytes)
-    cannot fit in the memory of ``device``, naming the config's largest sizes."""
+def check_size(arch: Architecture, config: Mapping[str, Any], task: str, itemsize: int = 4, device=None,
+               source: Optional[Mapping[str, Any]] = None) -> None:
+    """Refuse a model whose parameters (``Architecture.parameter_count`` of the architecture's
+    ``config``, at ``itemsize`` bytes) cannot fit in the memory of ``device``, naming the largest
+    sizes of ``source`` (the config as its file spells it; by default ``config``)."""
     if arch.parameter_count is None:
         return
     n = import_ref(arch.parameter_count)(dict(config), task)
-    sizes = sorted(((v, k) for k, v in config.items() if isinstance(v, int) and not isinstance(v, bool)), reverse=True)
+    shown = config if source is None else source
+    sizes = sorted(((v, k) for k, v in shown.items() if isinstance(v, int) and not isinstance(v, bool)), reverse=True)
     named = ", ".join(f"{k}={v}" for v, k in sizes[:4]) or "its config"
     check(n * itemsize, f"{arch.name} with {n:,} parameters", f"from {named}", device)

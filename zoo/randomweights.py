@@ -38,7 +38,8 @@ def write(converter: Converter, config: Dict[str, Any], task: str, seed: int, fo
 
     if converter.reference is None:
         raise ZooError(f"converter {converter.name!r} has no transformers reference to make random weights with")
-    check_size(get_catalog().architecture(converter.architecture), converter.architecture_config(config), task)
+    check_size(get_catalog().architecture(converter.architecture), converter.architecture_config(config), task,
+               source=config)
     torch.manual_seed(seed)
     ref = import_ref(converter.reference)(dict(config), task).eval()
     state = ref.state_dict()
