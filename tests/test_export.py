@@ -166,3 +166,23 @@ def test_a_zoo_tensor_without_a_place_in_the_hub_layout_is_an_error(tmp_path):
     broken = dataclasses.replace(conv, key_map=tuple(m for m in conv.key_map if m.source != "ln_f.bias"))
     with pytest.raises(ZooError, match="ln_f.bias"):
         to_hub_layout(source.state, broken, source.config, source.task)
+
+
+@pytest.mark.parametrize("to", ["hf", "zoo"])
+def test_export_carries_the_tokenizer_files_over(to, tmp_path):
+    """The exported folder is as usable as the source: its tokenizer files are copied byte for
+    byte (the source is only read), and transformers' AutoTokenizer reads them from the export."""
+    from transformers import AutoTokenizer
+
+    from zoo.randomweights import write
+
+    conv = get_catalog().converter("hf_gpt2")
+    write(conv, {**conv.tiny_config, "vocab_size": 512}, "text-generation", 0, tmp_path)
+    source_files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert "tokenizer.json" in source_files
+    result = convert_checkpoint(str(tmp_path), to, tmp_path.parent / f"out-{to}")
+    out = tmp_path.parent / f"out-{to}"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert name in result.files and (out / name).read_bytes() == source_files[name]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == source_files
+    assert AutoTokenizer.from_pretrained(str(out))("The zoo")["input_ids"]

@@ -165,7 +165,7 @@ def test_force_replaces_zoos_output_and_nothing_else(previous, hf, tmp_path, nor
     code, output = _zoo("convert", hf, "--to", "hf", "--out", out, "--force")
     assert code == 0, output
     assert sorted(p.name for p in out.iterdir()) == [".zoo-written.json", "config.json", "generation_config.json",
-                                                     "model.safetensors"]
+                                                     "model.safetensors", "tokenizer.json"]  # the source's, copied
     assert _outside(tmp_path, out) == outside
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "nothing left beside --out"
 
@@ -240,7 +240,7 @@ def test_two_concurrent_converts_into_one_new_folder_one_wins(hf, tmp_path):
     _one_line_error(loser[2])
     assert sum("wrote" in r[1] for r in results) == 1
     assert sorted(p.name for p in out.iterdir()) == [".zoo-written.json", "config.json", "generation_config.json",
-                                                     "model.safetensors"]
+                                                     "model.safetensors", "tokenizer.json"]  # the source's, copied
     assert _outside(tmp_path, out) == outside
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

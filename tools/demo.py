@@ -26,15 +26,17 @@ def zoo(*args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def run(*args: str) -> None:
-    """``zoo`` with ``args``; where the weights cannot be had, the same on random weights."""
+def run(*args: str, text: bool = True) -> None:
+    """``zoo`` with ``args``; where the weights cannot be had, the same on random weights (with
+    a tokenizer trained in code when the input is ``text``)."""
     done = zoo(*args)
     if done.returncode == 0:
         return
     if not any(sign in done.stderr for sign in OFFLINE_SIGNS):
         sys.stderr.write(done.stderr)
         sys.exit(done.returncode)
-    print("  (no Hub here: the same on seeded random weights, with a tokenizer trained in code)", flush=True)
+    tokenizer = ", with a tokenizer trained in code" if text else ""
+    print(f"  (no Hub here: the same on seeded random weights{tokenizer})", flush=True)
     offline = [a for a in args if a != "--allow-pickle"]  # random weights are safetensors
     done = zoo(*offline, "--random-weights")
     sys.stderr.write(done.stderr)
@@ -53,10 +55,10 @@ def main() -> None:
         from PIL import Image
 
         Image.linear_gradient("L").convert("RGB").save(image)
-        run("run", "vit-base-patch16-224", str(image))
+        run("run", "vit-base-patch16-224", str(image), text=False)
         run("run", "opus-mt-en-de", "The house is wonderful.", "--allow-pickle", "--max-new-tokens", "12")
         out = Path(tmp) / "gpt2-hf"
-        run("convert", "gpt2", "--to", "hf", "--out", str(out))
+        run("convert", "gpt2", "--to", "hf", "--out", str(out), text=False)
         print(f"\n$ python -c 'transformers.AutoModelForCausalLM.from_pretrained(\"{out}\")'", flush=True)
         from transformers import AutoModelForCausalLM
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -40,7 +41,7 @@ from . import randomweights
 from .convert import compile_key_map, fill_template, convert, export as export_keys
 from .errors import ZooError
 from .generation import GENERATIVE_TASKS
-from .publish import check_target, publish
+from .publish import PROCESSOR_FILES, check_target, publish
 from .registry import get_catalog
 from .types import Converter, import_ref
 
@@ -62,6 +63,7 @@ class Source:
     config: Dict[str, Any]
     provenance: Dict[str, Any]
     inputs: List[Path] = field(default_factory=list)  # what was read: an output may not overlap it
+    folder: Optional[Path] = None  # the checkpoint folder: its tokenizer / image processor files go along
 
     @property
     def arch_config(self) -> Dict[str, Any]:
@@ -112,7 +114,7 @@ def read_zoo_native(folder: Path) -> Source:
     provenance = dict(meta.get("provenance", {}))
     provenance["zoo_native"] = {"folder": str(folder), "files": _file_hashes([path, Path(folder) / ZOO_META])}
     return Source(state, converter, meta["architecture"], meta["task"], dict(meta["config"]), provenance,
-                  [Path(folder)])
+                  [Path(folder)], Path(folder))
 
 
 def read_source(
@@ -164,7 +166,7 @@ def read_source(
     inputs = [Path(p) for p in sources] + [Path(os.path.realpath(p)) for p in sources]
     if folder is not None:
         inputs.append(Path(folder))
-    return Source(state, converter, arch.name, task, config, provenance, inputs)
+    return Source(state, converter, arch.name, task, config, provenance, inputs, folder)
 
 
 # ----------------------------------------------------------------------------- the Hub layout
@@ -250,6 +252,16 @@ def _contiguous(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
+def copy_processor_files(source: Source, folder: Path) -> None:
+    """The source folder's tokenizer and image-processor files, copied as they are (read only)."""
+    if source.folder is None:
+        return
+    for name in PROCESSOR_FILES:
+        path = source.folder / name
+        if path.is_file():
+            shutil.copyfile(path, folder / name)
+
+
 
 
 def export_hf(source: Source, out, *, force: bool = False) -> Exported:
@@ -267,6 +279,7 @@ def export_hf(source: Source, out, *, force: bool = False) -> Exported:
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if generation:
             (folder / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
+        copy_processor_files(source, folder)
 
     files = publish(out, write, force=force, inputs=source.inputs)
     return Exported(Path(out), "hf", files, len(tensors), skipped, filled)
@@ -286,6 +299,7 @@ def export_zoo(source: Source, out, *, force: bool = False) -> Exported:
     def write(folder: Path) -> None:
         ckpt.save_safetensors(_contiguous(source.state), folder / "model.safetensors", metadata={"format": "pt"})
         (folder / ZOO_META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        copy_processor_files(source, folder)
 
     files = publish(out, write, force=force, inputs=source.inputs)
     return Exported(Path(out), "zoo", files, len(source.state))

@@ -42,6 +42,15 @@ MARKER = ".zoo-written.json"
 LOCK = ".zoo-partial"
 TMP_INFIX = ".zoo-tmp-"
 OLD_INFIX = ".zoo-old-"
+# the files of a checkpoint folder that turn text or images into inputs (tokenizer, image
+# processor): an export carries them over, so the written folder is as usable as the source.
+# Not among the files force may replace in a folder zoo did not write: a tokenizer may be edited
+PROCESSOR_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt", "source.spm", "target.spm", "spiece.model",
+    "sentencepiece.bpe.model", "preprocessor_config.json",
+)
+
 # what a folder may hold, without zoo's marker, and still be replaced by force
 CHECKPOINT_FILES = (
     "config.json",
