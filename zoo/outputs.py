@@ -13,10 +13,12 @@ class ModelOutput:
     transformers convention of the same family, so ``verify`` can compare them block by block.
     """
 
-    logits: Any = None
+    logits: Any = None  # [B, T, vocab] (language models), [B, labels] / [B, T, labels] (classifiers)
     last_hidden_state: Any = None
     pooler_output: Any = None
     hidden_states: Optional[Tuple[Any, ...]] = None
+    start_logits: Any = None  # question answering: [B, T] scores of each token starting the answer
+    end_logits: Any = None  # ... and ending it
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)

@@ -241,7 +241,7 @@ def check_architecture(arch: Union[str, Architecture], config: Mapping[str, Any]
             out = model(**inputs)
             deep = model(**inputs, output_hidden_states=True)
         assert isinstance(out, ModelOutput), f"{arch.name} ({task}): forward returned {type(out).__name__}, not ModelOutput"
-        given = {k: getattr(out, k) for k in ("logits", "last_hidden_state", "pooler_output") if getattr(out, k) is not None}
+        given = {k: getattr(out, k) for k in ("logits", "last_hidden_state", "pooler_output", "start_logits", "end_logits") if getattr(out, k) is not None}
         assert given, f"{arch.name} ({task}): forward gave none of logits / last_hidden_state / pooler_output"
         for k, v in given.items():
             assert bool(torch.isfinite(v).all()), f"{arch.name} ({task}): {k} is not finite"
@@ -311,7 +311,7 @@ def assert_outputs_close(ours: Any, theirs: Any, inputs: Mapping[str, Any], atol
 
     mask = output_mask(dict(inputs))
     pairs = []
-    for name in ("logits", "last_hidden_state", "pooler_output"):
+    for name in ("logits", "last_hidden_state", "pooler_output", "start_logits", "end_logits"):
         a, b = getattr(ours, name, None), getattr(theirs, name, None)
         if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
             pairs.append((name, a, b))
@@ -322,7 +322,7 @@ def assert_outputs_close(ours: Any, theirs: Any, inputs: Mapping[str, Any], atol
     assert pairs, "the two outputs share no field to compare"
     for name, a, b in pairs:
         assert a.shape == b.shape, f"{name}: zoo gives shape {list(a.shape)}, the reference {list(b.shape)}"
-        torch.testing.assert_close(real_positions(a, mask), real_positions(b, mask), atol=atol, rtol=rtol,
+        torch.testing.assert_close(real_positions(a, mask, name), real_positions(b, mask, name), atol=atol, rtol=rtol,
                                    msg=lambda m, name=name: f"{name}: {m}")
     return [name for name, _, _ in pairs]
 

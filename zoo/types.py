@@ -178,6 +178,10 @@ class Converter:
         own field names, refusing with :class:`zoo.errors.ConfigError` what the architecture
         does not implement. Without it the config is passed on as it is (a format whose config
         already uses the architecture's names).
+    :param ignored_fields: config.json fields the format's reference implementation reads but
+        ignores, each with how it reads them (``{"normalize_before": "MarianMTModel has no
+        pre-norm layers: post-norm whatever the value"}``); loaded the same way, and listed by
+        ``zoo info`` and ``zoo verify`` when a config sets them.
     :param tokenizer: the format's tokenizer as data (kind, class, special tokens and the config
         fields giving their ids; see :mod:`zoo.tinytokenizer`): random weights get one trained
         in code on a few sentences, so that they take text as the real checkpoint does.
@@ -202,6 +206,7 @@ class Converter:
     to_architecture: Optional[Ref] = None
     from_architecture: Optional[Ref] = None
     tokenizer: Mapping[str, Any] = field(default_factory=dict)
+    ignored_fields: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     version: str = "1"
 

@@ -34,7 +34,7 @@ TOLERANCE = {
     torch.float16: (2e-2, 1e-2),
     torch.bfloat16: (8e-2, 2e-2),
 }
-OUTPUT_FIELDS = ("logits", "last_hidden_state", "pooler_output")
+OUTPUT_FIELDS = ("logits", "last_hidden_state", "pooler_output", "start_logits", "end_logits")
 
 
 @dataclass
@@ -137,15 +137,21 @@ def output_mask(inputs: Dict[str, Any]) -> Optional[torch.Tensor]:
     return inputs.get("attention_mask")
 
 
-def real_positions(t: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+# outputs of one value per position, [B, T] (the others per position are [B, T, ...])
+PER_POSITION_2D = ("start_logits", "end_logits")
+
+
+def real_positions(t: torch.Tensor, mask: Optional[torch.Tensor], name: str = "") -> torch.Tensor:
     """What a comparison looks at: a per-position output ``t`` of shape [B, T, ...] (hidden
-    states, logits) at the positions where ``mask`` [B, T] is 1, flattened to [n, ...];
-    anything else (no mask, a pooled [B, H] output, other shapes) whole.
+    states, logits; [B, T] for ``name`` in :data:`PER_POSITION_2D`) at the positions where
+    ``mask`` [B, T] is 1, flattened to [n, ...]; anything else (no mask, a pooled [B, H]
+    output, other shapes) whole.
 
     Values at padding positions carry no meaning: no real token reads them, transformers
     computes them anyway, zoo's BERT skips them and returns zeros (as transformers' own
     flash-attention-2 path does). Comparing them would compare two arbitrary choices."""
-    if mask is None or t.dim() < 3 or tuple(t.shape[:2]) != tuple(mask.shape):
+    per_position = t.dim() >= 3 or (name in PER_POSITION_2D and t.dim() == 2)
+    if mask is None or not per_position or tuple(t.shape[:2]) != tuple(mask.shape):
         return t
     return t[mask.to(device=t.device, dtype=torch.bool)]
 
@@ -158,7 +164,7 @@ def _compare(name: str, ours: torch.Tensor, ref: torch.Tensor, dtype: torch.dtyp
     ours, ref = ours.float(), ref.float()
     if ours.shape != ref.shape:
         return Comparison(name, float("inf"), float("inf"), 0.0, False)
-    ours, ref = real_positions(ours, mask), real_positions(ref, mask)
+    ours, ref = real_positions(ours, mask, name), real_positions(ref, mask, name)
     diff = (ours - ref).abs()
     scale = float(ref.abs().max()) if ref.numel() else 0.0
     tol = atol + rtol * scale
