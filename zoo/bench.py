@@ -49,6 +49,7 @@ class BenchReport:
     dtype: str
     weights: str
     threads: int
+    task: str = ""
     stats: List[Stat] = field(default_factory=list)
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -56,7 +57,8 @@ class BenchReport:
         return json.dumps(asdict(self), indent=2)
 
     def render(self) -> str:
-        lines = [f"model {self.model} on {self.device} {self.dtype}, {self.threads} threads; weights {self.weights}"]
+        lines = [f"model {self.model} ({self.task}) on {self.device} {self.dtype}, {self.threads} threads; "
+                 f"weights {self.weights}"]
         head = f"{'metric':34} {'zoo':>12} {'transformers':>13}  {'ratio (min / median / max)':28}"
         lines += [head, "-" * len(head)]
         for s in self.stats:
@@ -124,27 +126,30 @@ def bench(
     scaling: bool = False,
     checkpoint=None,
     seed: int = 0,
+    task: Optional[str] = None,
 ) -> BenchReport:
     """Measure load, forward and (for generative models) decode; see the module docstring.
 
-    ``num_beams`` > 1 decodes with beam search on both sides (the same beams, identical ids)."""
+    ``num_beams`` > 1 decodes with beam search on both sides (the same beams, identical ids).
+    ``task`` measures the model built for another task than the checkpoint's own."""
     if num_beams < 1:
         raise InputError(f"--beams must be >= 1, got {num_beams}")
     catalog = get_catalog()
     entry = resolve(str(name_or_path), catalog)
-    if num_beams > 1 and entry.task not in GENERATIVE_TASKS:
+    task = task or entry.task
+    if num_beams > 1 and task not in GENERATIVE_TASKS:
         raise InputError(f"--beams applies to models that generate ({', '.join(GENERATIVE_TASKS)}); "
-                         f"{entry.name} is {entry.task}")
+                         f"{entry.name} is {task}")
     converter = catalog.converter(entry.converter)
     progress.step(f"preparing the weights of {entry.name}")
-    source = prepare_weights(entry, converter, checkpoint, seed=seed)
+    source = prepare_weights(entry, converter, checkpoint, seed=seed, task=task)
     progress.step("loading them into zoo")
     t0 = time.perf_counter()
-    loaded = load_full(source.load_name, checkpoint=source.folder, device=device, dtype=dtype)
+    loaded = load_full(source.load_name, checkpoint=source.folder, device=device, dtype=dtype, task=task)
     load_s = time.perf_counter() - t0
     model = loaded.model
     report = BenchReport(entry.name, str(loaded.device), str(loaded.dtype).replace("torch.", ""),
-                         source.describe(loaded), torch.get_num_threads())
+                         source.describe(loaded), torch.get_num_threads(), loaded.task)
     ref = None
     if compare:
         progress.step("building transformers' model on the same weights")
@@ -263,12 +268,12 @@ _COLD = _PEAK_RSS + r"""
 import json, sys, time
 t0 = time.perf_counter()
 import torch
-folder, side, name, batch, seq, device = sys.argv[1:7]
+folder, side, name, batch, seq, device, task = sys.argv[1:8]
 if side == "zoo":
     from zoo.loading import load_full
     from zoo.types import import_ref
-    loaded = load_full(name, checkpoint=folder, device=device)
-    model, config, task, arch = loaded.model, loaded.arch_config, loaded.task, loaded.architecture
+    loaded = load_full(name, checkpoint=folder, device=device, task=task)
+    model, config, arch = loaded.model, loaded.arch_config, loaded.architecture
 else:  # transformers, with zoo used only to find the reference class and example inputs
     from zoo.loading import resolve as find_entry
     from zoo.registry import get_catalog
@@ -276,7 +281,7 @@ else:  # transformers, with zoo used only to find the reference class and exampl
     catalog = get_catalog()
     entry = find_entry(name)
     conv, arch = catalog.converter(entry.converter), catalog.architecture(entry.architecture)
-    source, task = json.load(open(folder + "/config.json")), entry.task
+    source = json.load(open(folder + "/config.json"))
     model = import_ref(conv.reference)(source, task, folder).eval().to(device)
     config = conv.architecture_config(source)
 load_s = time.perf_counter() - t0
@@ -289,9 +294,9 @@ print(json.dumps({"load_s": load_s, "first_output_s": total, "peak_rss_mb": peak
 """
 
 
-def _cold_run(side, folder, name, batch, seq, device) -> Dict[str, float]:
+def _cold_run(side, folder, name, batch, seq, device, task) -> Dict[str, float]:
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", _COLD, str(folder), side, name, str(batch), str(seq), device],
+    out = subprocess.run([sys.executable, "-c", _COLD, str(folder), side, name, str(batch), str(seq), device, task],
                          capture_output=True, text=True, env=env, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"cold-start run ({side}) failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -302,8 +307,8 @@ def _bench_cold(report, source, loaded, batch, seq, compare):
     """A fresh process: import, load, one forward. Peak RSS against the weights' size."""
     device = str(loaded.device)
     weights_mb = sum(p.stat().st_size for p in loaded.files) / 2**20
-    runs = [(_cold_run("zoo", source.folder, source.load_name, batch, seq, device),
-             _cold_run("transformers", source.folder, source.load_name, batch, seq, device) if compare else None)
+    args = (source.folder, source.load_name, batch, seq, device, loaded.task)
+    runs = [(_cold_run("zoo", *args), _cold_run("transformers", *args) if compare else None)
             for _ in range(3)]
     z = statistics.median(r[0]["first_output_s"] for r in runs)
     ratios = [r[0]["first_output_s"] / r[1]["first_output_s"] for r in runs] if compare else []

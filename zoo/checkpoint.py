@@ -154,6 +154,11 @@ def read_generation_config(folder: Path) -> dict:
     return out
 
 
+# weights of other frameworks a Hub folder may hold instead: file -> framework
+OTHER_FRAMEWORKS = {"tf_model.h5": "TensorFlow", "tf_model.h5.index.json": "TensorFlow",
+                    "flax_model.msgpack": "Flax", "flax_model.msgpack.index.json": "Flax"}
+
+
 def find_weights(folder: Path, allow_pickle: bool = False) -> WeightFiles:
     """Locate the weights in a folder: sharded or single safetensors, else (opt-in) pickles."""
     folder = Path(folder)
@@ -182,6 +187,18 @@ def find_weights(folder: Path, allow_pickle: bool = False) -> WeightFiles:
         if (folder / name).is_file():
             refuse_pickle(folder / name, allow_pickle)
             return WeightFiles([folder / name], "pickle")
+    other = [name for name in OTHER_FRAMEWORKS if (folder / name).is_file()]
+    if other:
+        try:  # the class that wrote them, for the conversion command
+            cls = json.loads((folder / "config.json").read_text(encoding="utf-8"))["architectures"][0]
+        except Exception:
+            cls = "AutoModel"
+        flag = "from_tf" if other[0].startswith("tf_") else "from_flax"
+        raise CheckpointError(
+            f"{folder}: holds only {OTHER_FRAMEWORKS[other[0]]} weights ({', '.join(other)}), which zoo does "
+            f"not read; convert them with transformers: transformers.{cls}.from_pretrained(folder, "
+            f"{flag}=True).save_pretrained(out), then load out"
+        )
     raise CheckpointError(f"{folder}: no weights found (expected model.safetensors)")
 
 

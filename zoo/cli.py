@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -136,35 +137,15 @@ def list_cmd(patterns, exclude, as_json):
 
 @cli.command()
 @click.argument("name")
+@click.option("--task", "task_name", default=None, metavar="T", help="Describe the model built for task T.")
+@click.option("--allow-pickle", is_flag=True, help="Read a pickled checkpoint folder (torch.load, weights_only).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(name, as_json):
-    """Show everything the catalog knows about NAME."""
-    from .registry import get_catalog
+def info(name, task_name, allow_pickle, as_json):
+    """Show what zoo knows of NAME: a catalog entry, or a checkpoint folder or file (its
+    architecture, task, config, tensors, size, and what loading would drop)."""
+    from .describe import describe
 
-    catalog = get_catalog()
-    e = catalog.get(name)
-    conv = catalog.converters.get(e.converter)
-    data = {
-        "name": e.name,
-        "description": e.description,
-        "architecture": e.architecture,
-        "converter": e.converter,
-        "task": e.task,
-        "repo": e.repo,
-        "revision": e.revision,
-        "aliases": list(e.aliases),
-        "params": e.params,
-        "config": dict(e.config),
-        "preprocessing": dict(e.preprocessing),
-        "origin": e.origin,
-        "converter_rules": len(conv.key_map) if conv else None,
-        "cached": None,
-    }
-    if e.repo and e.path is None:
-        from .hub import cached
-
-        folder = cached(e.repo, e.revision) or cached(e.repo, e.revision, allow_pickle=True)
-        data["cached"] = str(folder) if folder else None
+    data = describe(name, task=task_name, allow_pickle=allow_pickle)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -173,17 +154,40 @@ def info(name, as_json):
         if key == "params" and value:
             value = f"{value:,} ({_fmt_params(value)})"
         click.echo(f"{key:13} {value if value not in (None, '') else '-'}")
-    click.echo(f"{'aliases':13} {', '.join(e.aliases) or '-'}")
-    if e.repo and e.path is None:
+    click.echo(f"{'tasks':13} {', '.join(data['tasks'])}")
+    click.echo(f"{'aliases':13} {', '.join(data['aliases']) or '-'}")
+    if data["repo"] and "files" not in data:
         where = data["cached"] or "no: downloaded on first use (offline: --random-weights runs it on seeded random weights)"
         click.echo(f"{'cached':13} {where}")
+    if "files" in data:
+        click.echo(f"{'files':13} {', '.join(Path(f).name for f in data['files'])} ({data['format']})")
+        dtypes = ", ".join(f"{n} {dt}" for dt, n in data["dtypes"].items())
+        click.echo(f"{'tensors':13} {data['tensors']} ({dtypes}); {_fmt_bytes(data['tensor_bytes'])}, "
+                   f"{_fmt_bytes(data['size_on_disk'])} on disk")
+        acc = data["accounting"]
+        if acc.get("loads") is False:
+            click.echo(f"{'loading':13} fails: {acc['problem']}")
+        else:
+            click.echo(f"{'loading':13} {acc['loaded']} tensors load")
+            for why, n in acc["dropped"].items():
+                click.echo(f"{'':13} {n} dropped: {why}")
+    for key, item in data["ignored_fields"].items():
+        click.echo(f"{'ignored':13} {key} = {json.dumps(item['value'])}: {item['read_as']}")
     click.echo("config")
-    for k, v in e.config.items():
+    for k, v in data["config"].items():
         click.echo(f"  {k} = {json.dumps(v)}")
-    if e.preprocessing:
+    if data["preprocessing"]:
         click.echo("preprocessing")
-        for k, v in e.preprocessing.items():
+        for k, v in data["preprocessing"].items():
             click.echo(f"  {k} = {json.dumps(v)}")
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
 
 
 @cli.command()
@@ -239,8 +243,11 @@ def _device_options(f):
 @click.option("--random-weights", is_flag=True, help="Use seeded random weights even if a checkpoint is cached.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
 @click.option("--plain", is_flag=True, help="Check the plain model only (no fast paths).")
+@click.option("--task", "task_name", default=None, metavar="T",
+              help="The model built for task T (its head, or the body alone) instead of the checkpoint's own.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights, allow_pickle, plain, as_json):
+def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights, allow_pickle, plain, task_name,
+           as_json):
     """Check numerical parity with transformers on the same weights: the model with its fast
     paths, then the plain model.
 
@@ -261,6 +268,7 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
         random_weights=random_weights,
         allow_pickle=allow_pickle,
         plain=plain,
+        task=task_name,
     )
     click.echo(report.to_json() if as_json else report.render())
     sys.exit(0 if report.passed else 1)
@@ -335,9 +343,11 @@ def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, te
 @click.option("--compare", is_flag=True, help="Run transformers side by side on the same weights.")
 @click.option("--cold", is_flag=True, help="Also time a fresh process: import, load, first output; peak RSS.")
 @click.option("--scaling", is_flag=True, help="Also show how time grows with sequence, batch and context.")
+@click.option("--task", "task_name", default=None, metavar="T",
+              help="The model built for task T (its head, or the body alone) instead of the checkpoint's own.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, prompt, beams, repeats, compare, cold,
-          scaling, as_json):
+          scaling, task_name, as_json):
     """Measure load, forward and decode speed (and with --compare, ratios to transformers)."""
     from . import progress
     from .bench import bench as run_bench
@@ -345,7 +355,7 @@ def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, promp
     progress.enable(not as_json)
     report = run_bench(name_or_path, checkpoint=checkpoint, device=device, dtype=dtype, batch=batch, seq=seq,
                        new_tokens=new_tokens, prompt=prompt, num_beams=beams, repeats=repeats, compare=compare,
-                       cold=cold, scaling=scaling)
+                       cold=cold, scaling=scaling, task=task_name)
     click.echo(report.to_json() if as_json else report.render())
 
 
@@ -359,8 +369,10 @@ def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, promp
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
 @click.option("--random-weights", is_flag=True,
               help="Seeded random weights in the Hub's layout instead of the checkpoint (no download).")
+@click.option("--task", "task_name", default=None, metavar="T",
+              help="The model built for task T (its head, or the body alone) instead of the checkpoint's own.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def convert_cmd(name_or_path, to, out, force, checkpoint, allow_pickle, random_weights, as_json):
+def convert_cmd(name_or_path, to, out, force, checkpoint, allow_pickle, random_weights, task_name, as_json):
     """Write a checkpoint as a Hugging Face folder (--to hf) or zoo-native files (--to zoo).
 
     Export reads the converter's key map backwards: HF -> zoo -> HF gives the same keys and
@@ -372,7 +384,7 @@ def convert_cmd(name_or_path, to, out, force, checkpoint, allow_pickle, random_w
     progress.enable(not as_json)
 
     result = convert_checkpoint(name_or_path, to, out, force=force, checkpoint=checkpoint,
-                                allow_pickle=allow_pickle, random_weights=random_weights)
+                                allow_pickle=allow_pickle, random_weights=random_weights, task=task_name)
     if random_weights:
         click.echo("zoo: random weights (seed 0), not the checkpoint's", err=True)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.render())

@@ -38,7 +38,7 @@ import torch
 from .version import __version__
 from . import checkpoint as ckpt
 from . import randomweights
-from .convert import compile_key_map, fill_template, convert, export as export_keys
+from .convert import compile_key_map, fill_template, export as export_keys
 from .errors import ZooError
 from .generation import GENERATIVE_TASKS
 from .publish import PROCESSOR_FILES, check_target, publish
@@ -129,7 +129,7 @@ def read_source(
     """Read a registry name / alias / checkpoint folder (or a zoo-native folder) and convert
     its tensors to zoo's names exactly (no dtype change, no model built but on the meta
     device), with the same key accounting as loading."""
-    from .loading import weight_files, build_model, configure, resolve
+    from .loading import build_model, check_task, configure, convert_for_task, resolve, weight_files
 
     path = Path(str(name_or_path)).expanduser()
     if checkpoint is None and path.is_dir() and (path / ZOO_META).is_file():
@@ -139,6 +139,7 @@ def read_source(
     converter = catalog.converter(entry.converter)
     arch = catalog.architecture(entry.architecture)
     task = task or entry.task
+    check_task(arch, task)
     if random_weights:
         checkpoint = randomweights.instead_of(checkpoint, entry, converter, task)
     folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
@@ -149,7 +150,7 @@ def read_source(
     if converter.config_from_weights is not None:
         config = dict(import_ref(converter.config_from_weights)(config, list(tensors)))
     expected = build_model(arch, converter.architecture_config(config), task, source=config).state_dict()
-    state, report = convert(tensors, converter, expected)
+    state, report = convert_for_task(tensors, converter, expected, task, entry)
     sources = list(files.paths)
     if folder is not None and (folder / "config.json").is_file():
         sources += [folder / name for name in ("config.json", "generation_config.json") if (folder / name).is_file()]

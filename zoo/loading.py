@@ -176,6 +176,23 @@ def build_model(arch: Architecture, config: Mapping[str, Any], task: str, meta: 
     return arch.build(config, task)
 
 
+def convert_for_task(tensors, converter: Converter, expected, task: str, entry: ModelEntry):
+    """:func:`zoo.convert.convert` for the model built for ``task``; when that is not the
+    checkpoint's own task and the keys do not fit, the error says which task the checkpoint is."""
+    try:
+        return convert(tensors, converter, expected)
+    except ConversionError as exc:
+        if task == entry.task:
+            raise
+        raise ConversionError(f"{exc} — {entry.name} is a {entry.task} checkpoint: load it as that "
+                              f"(task={entry.task!r}, --task {entry.task}), or ask for a task its weights have") from None
+
+
+def check_task(arch: Architecture, task: str) -> None:
+    if task not in arch.tasks:
+        raise UnknownModelError(f"architecture {arch.name!r} has no task {task!r} (tasks: {', '.join(arch.tasks)})")
+
+
 def configure(entry: ModelEntry, folder: Optional[Path], converter: Optional[Converter] = None) -> Dict[str, Any]:
     """The config an architecture gets: the catalog entry's, then the checkpoint folder's
     config.json over it (each value of the kind ``converter.config_fields`` says), then its
@@ -222,8 +239,7 @@ def load_full(
     target_device = pick_device(device)
     target_dtype = pick_dtype(dtype, target_device)
     task = task or entry.task
-    if task not in arch.tasks:
-        raise UnknownModelError(f"architecture {arch.name!r} has no task {task!r} (tasks: {', '.join(arch.tasks)})")
+    check_task(arch, task)
 
     if random_weights:
         checkpoint = randomweights.instead_of(checkpoint, entry, converter, task, seed)
@@ -253,7 +269,7 @@ def load_full(
                            key_map=tuple(Map(key, key) for key in expected))
         state, report = convert(tensors, native, expected)
     else:
-        state, report = convert(tensors, converter, expected)
+        state, report = convert_for_task(tensors, converter, expected, task, entry)
     # weights the speed layer packs are read in their packed copy only: their plain layout does not matter
     packed = accel.packable(model, target_device, target_dtype) if fast else set()
     if files.format == "safetensors":

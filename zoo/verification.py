@@ -222,8 +222,9 @@ class WeightSource:
 
 
 def prepare_weights(entry, converter: Converter, checkpoint=None, allow_pickle: bool = False,
-                    random_weights: bool = False, seed: int = 0) -> WeightSource:
-    """A checkpoint for ``entry``: the local/cached/downloadable one, else seeded random weights."""
+                    random_weights: bool = False, seed: int = 0, task: Optional[str] = None) -> WeightSource:
+    """A checkpoint for ``entry``: the local/cached/downloadable one, else seeded random weights
+    (those of the reference built for ``task``, the entry's own by default)."""
     if converter.reference is None:
         raise ZooError(f"converter {converter.name!r} has no transformers reference to compare with")
     why = "requested"
@@ -240,7 +241,7 @@ def prepare_weights(entry, converter: Converter, checkpoint=None, allow_pickle: 
             why = "the catalog entry names no weights"
     tmp = tempfile.TemporaryDirectory(prefix="zoo-weights-")
     folder = Path(tmp.name)
-    ref = randomweights.write(converter, dict(entry.config), entry.task, seed, folder)
+    ref = randomweights.write(converter, dict(entry.config), task or entry.task, seed, folder)
     return WeightSource(entry, converter, folder, _load_name(entry, folder), random_seed=seed, tmp=tmp, _ref=ref,
                         random_why=why)
 
@@ -265,6 +266,7 @@ def verify(
     random_weights: bool = False,
     converter: Optional[Converter] = None,
     plain: bool = False,
+    task: Optional[str] = None,
 ) -> VerifyReport:
     """Compare zoo's model with the transformers reference on the same weights and inputs.
 
@@ -272,18 +274,20 @@ def verify(
     ``random_weights=True``, random weights with ``seed`` written in the Hub layout. Pass
     ``converter`` to check a modified converter (a broken one must fail). The model is loaded
     with its fast paths (zoo.accel) and checked, then made plain and checked again;
-    ``plain=True`` checks the plain model only.
+    ``plain=True`` checks the plain model only. ``task`` checks the model built for another
+    task than the checkpoint's own (its head, or the body alone), against the matching class.
     """
     catalog = get_catalog()
     entry = resolve(str(name_or_path), catalog)
     converter = converter or catalog.converter(entry.converter)
 
+    task = task or entry.task
     progress.step(f"preparing the weights of {entry.name}")
-    source = prepare_weights(entry, converter, checkpoint, allow_pickle, random_weights, seed)
+    source = prepare_weights(entry, converter, checkpoint, allow_pickle, random_weights, seed, task)
     progress.step("loading them into zoo")
     t0 = time.perf_counter()
     loaded = load_full(source.load_name, checkpoint=source.folder, device=device, dtype=dtype,
-                       allow_pickle=allow_pickle, converter=converter, fast=not plain)
+                       allow_pickle=allow_pickle, converter=converter, fast=not plain, task=task)
     zoo_load_ms = (time.perf_counter() - t0) * 1000
     progress.step("building transformers' model on the same weights")
     ref = source.reference(loaded)

@@ -1,0 +1,73 @@
+"""`zoo info` on a checkpoint folder: architecture, task, config, tensors, sizes and the key
+accounting of the task asked for; folders zoo cannot read get one line saying what to do."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from zoo.cli import cli
+from zoo.registry import get_catalog
+
+from conftest import converters, write_checkpoint
+
+
+def _info(*args):
+    result = CliRunner().invoke(cli, ["info", *[str(a) for a in args]])
+    return result.exit_code, result.stdout, result.output
+
+
+@pytest.mark.parametrize("conv", converters(), ids=lambda c: c.name)
+def test_info_describes_a_checkpoint_folder(conv, tmp_path):
+    from zoo.checkpoint import read_safetensors
+
+    write_checkpoint(conv, tmp_path)
+    code, out, output = _info(tmp_path, "--json")
+    assert code == 0, output
+    data = json.loads(out)
+    tensors = read_safetensors(tmp_path / "model.safetensors")
+    assert data["converter"] == conv.name and data["architecture"] == conv.architecture
+    assert data["task"] in data["tasks"] and data["tensors"] == len(tensors)
+    assert data["tensor_bytes"] == sum(t.numel() * t.element_size() for t in tensors.values())
+    assert data["size_on_disk"] == (tmp_path / "model.safetensors").stat().st_size
+    acc = data["accounting"]
+    assert acc["loads"] and acc["loaded"] + sum(acc["dropped"].values()) == len(tensors)
+    assert data["params"] > 0 and data["config"]["model_type"] == json.loads((tmp_path / "config.json").read_text())["model_type"]
+    code, text, _ = _info(tmp_path)
+    assert code == 0 and f"{len(tensors)} (" in text and "tensors load" in text
+
+
+def test_info_for_another_task_says_what_would_be_dropped(tmp_path):
+    """A BERT pretraining folder described for feature-extraction: the MLM head dropped by its
+    named rule, as loading would."""
+    conv = get_catalog().converter("hf_bert")
+    write_checkpoint(conv, tmp_path)
+    code, out, output = _info(tmp_path, "--task", "feature-extraction", "--json")
+    assert code == 0, output
+    dropped = json.loads(out)["accounting"]["dropped"]
+    assert any("MLM head" in why for why in dropped), dropped
+    code, _, output = _info(tmp_path, "--task", "translation")
+    assert code == 2 and "has no task 'translation'" in output
+
+
+def test_info_of_a_catalog_name_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from zoo.cli import cli; cli(['info', 'gpt2'], standalone_mode=False); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("False")
+
+
+@pytest.mark.parametrize("name, framework, flag", [("tf_model.h5", "TensorFlow", "from_tf"),
+                                                   ("flax_model.msgpack", "Flax", "from_flax")])
+def test_a_folder_of_another_framework_says_how_to_convert_it(name, framework, flag, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
+    (tmp_path / name).write_bytes(b"\0" * 16)
+    for command in (["info"], ["run", "--ids", "1,2"]):
+        result = CliRunner().invoke(cli, [command[0], str(tmp_path), *command[1:]])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert framework in lines[0] and name in lines[0] and f"BertForMaskedLM.from_pretrained(folder, {flag}=True)" in lines[0]
