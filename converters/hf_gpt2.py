@@ -1,14 +1,20 @@
 """Hugging Face GPT-2 checkpoints -> zoo's ``gpt2`` architecture.
 
-Two layouts are read:
+Three layouts are read:
 
 * the files on the Hub (``openai-community/gpt2`` and friends): keys without a prefix
   (``wte.weight``, ``h.0.attn.c_attn.weight``), a causal-mask buffer ``h.N.attn.bias``
   [1, 1, 1024, 1024] per block (and ``h.N.attn.masked_bias`` in some), no ``lm_head.weight``;
-* what transformers ``save_pretrained`` writes today: the same keys under ``transformer.``.
+* what transformers ``save_pretrained`` writes today: the same keys under ``transformer.``;
+* sequence classifiers (``GPT2ForSequenceClassification``, task ``text-classification``): the
+  body under ``transformer.`` (with the causal-mask buffers in files that transformers 4 wrote,
+  and ``masked_bias`` in older ones) and the head ``score.weight`` [num_labels, n_embd]; no
+  language-model head. Loaded for ``text-generation``, the classifier's head is dropped by a
+  named rule; a language model's files lack ``score.weight``, which ``text-classification``
+  then names as missing.
 
 Its config.json (transformers' ``GPT2Config``) is translated into the architecture's own config
-(``GPT2Config`` in plugins/gpt2.py: OpenAI's names) by :func:`to_architecture`, and back by
+(``GPT2Config`` in plugins/gpt2.py: OpenAI's names where it has them) by :func:`to_architecture`, and back by
 :func:`from_architecture`.
 
 This module imports no torch: transforms use tensor methods only.
@@ -52,6 +58,8 @@ KEY_MAP = (
          fill="zoo.converters.hf_gpt2:causal_mask"),
     Drop("h.{}.attn.masked_bias", "masking constant buffer; not a weight"),
     Drop("lm_head.weight", "output head tied to wte.weight"),
+    Map("score.weight", "score.weight",
+        unused="the sequence classifier's head; a language model's head is the token embedding (tied)"),
 )
 
 RENAMES = (
@@ -61,12 +69,14 @@ RENAMES = (
 
 # transformers' GPT2Config defaults, for the fields a config.json leaves out
 HF_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
-               "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}
+               "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+               "pad_token_id": None}
 
-# config.json field -> the architecture's field (plugins/gpt2.py GPT2Config)
+# config.json field -> the architecture's field (plugins/gpt2.py GPT2Config); the label count
+# (n_labels) comes from num_labels or id2label (:func:`label_count`)
 NAMES = {"vocab_size": "n_vocab", "n_positions": "n_ctx", "n_embd": "n_embd", "n_layer": "n_layer",
          "n_head": "n_head", "n_inner": "mlp_width", "activation_function": "activation",
-         "layer_norm_epsilon": "norm_eps"}
+         "layer_norm_epsilon": "norm_eps", "pad_token_id": "pad_id"}
 
 # transformers' GPT-2 switches: the value the architecture implements, and what the other means
 FIXED = {
@@ -75,6 +85,19 @@ FIXED = {
     "add_cross_attention": (False, "cross-attention"),
     "tie_word_embeddings": (True, "an output head of its own, not the token embedding"),
 }
+
+
+def label_count(config):
+    """The classifier's outputs as transformers counts them: ``num_labels`` when given (it wins
+    over ``id2label``), else the labels of ``id2label``, else 2."""
+    if config.get("num_labels") is not None:
+        return config["num_labels"]
+    labels = config.get("id2label")
+    if labels is None:
+        return 2
+    if not labels:
+        raise ConfigError("gpt2: config field id2label={} names no labels")
+    return len(labels)
 
 
 def to_architecture(config):
@@ -93,13 +116,16 @@ def to_architecture(config):
             f"gpt2: config field activation_function={hf['activation_function']!r} is not "
             f"supported (supported: {', '.join(sorted(ACTIVATIONS))})"
         )
-    return {ours: hf[theirs] for theirs, ours in NAMES.items()}
+    return {**{ours: hf[theirs] for theirs, ours in NAMES.items()}, "n_labels": label_count(config)}
 
 
 def from_architecture(arch_config):
     """The GPT2Config fields a ``gpt2`` architecture config determines: its sizes and numerics,
-    and the switches it implements (tied head, attention scaled by 1/sqrt(head width))."""
+    the classifier's label count and pad id, and the switches it implements (tied head,
+    attention scaled by 1/sqrt(head width)). ``num_labels`` keeps the names of a config's
+    ``id2label`` of that length (transformers renames the labels only when the counts differ)."""
     return {**{theirs: arch_config[ours] for theirs, ours in NAMES.items()},
+            "num_labels": arch_config["n_labels"],
             **{key: implemented for key, (implemented, _) in FIXED.items()}}
 
 
@@ -112,26 +138,42 @@ def causal_mask(config, key):
     return torch.tril(torch.ones(n, n, dtype=torch.bool)).view(1, 1, n, n).float()
 
 
-def reference(config, task, folder=None):
-    """The transformers model zoo is checked against: ``GPT2LMHeadModel``."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+# task -> the transformers class zoo's model is checked against
+REFERENCES = {"text-generation": "GPT2LMHeadModel", "text-classification": "GPT2ForSequenceClassification"}
 
+
+def reference(config, task, folder=None):
+    """The transformers model zoo is checked against: ``GPT2LMHeadModel``, or for
+    ``text-classification`` ``GPT2ForSequenceClassification``."""
+    import transformers
+
+    if task not in REFERENCES:
+        raise ConfigError(f"gpt2: task {task!r} has no transformers reference (tasks: {', '.join(REFERENCES)})")
+    cls = getattr(transformers, REFERENCES[task])
     if folder is not None:
-        return GPT2LMHeadModel.from_pretrained(folder)
-    return GPT2LMHeadModel(GPT2Config(**config))
+        return cls.from_pretrained(folder)
+    return cls(transformers.GPT2Config(**config))
 
 
 def hub_layout(state_dict, config):
-    """``GPT2LMHeadModel.state_dict()`` -> the key layout of the files on the Hub: no
-    ``transformer.`` prefix, no ``lm_head.weight`` (tied), a causal-mask buffer per block."""
+    """A reference's ``state_dict()`` -> the key layout of the files on the Hub, a
+    causal-mask buffer per block in both:
+
+    * ``GPT2LMHeadModel``: no ``transformer.`` prefix, no ``lm_head.weight`` (tied), as in
+      ``openai-community/gpt2``;
+    * ``GPT2ForSequenceClassification`` (it has ``score.weight``): the keys as they are,
+      ``transformer.h.N.attn.bias`` beside them, as fine-tuned classifiers saved by
+      transformers 4 hold them."""
+    classifier = "score.weight" in state_dict
+    prefix = "transformer." if classifier else ""
     mask = causal_mask(config, "h.0.attn.bias")
     out = {}
     for key, tensor in state_dict.items():
         if key == "lm_head.weight":
             continue
-        out[key.removeprefix("transformer.")] = tensor
+        out[key if classifier else key.removeprefix("transformer.")] = tensor
     for i in range(int(config.get("n_layer", HF_DEFAULTS["n_layer"]))):
-        out[f"h.{i}.attn.bias"] = mask.clone()
+        out[f"{prefix}h.{i}.attn.bias"] = mask.clone()
     return out
 
 
@@ -142,6 +184,7 @@ CONFIG_FIELDS = {
     "layer_norm_epsilon": fields.POSITIVE, "eos_token_id": fields.TOKEN_IDS, "bos_token_id": fields.TOKEN_IDS,
     "tie_word_embeddings": fields.FLAG, "scale_attn_weights": fields.FLAG,
     "scale_attn_by_inverse_layer_idx": fields.FLAG, "add_cross_attention": fields.FLAG,
+    "pad_token_id": fields.TOKEN_ID, "num_labels": fields.COUNT, "id2label": fields.LABELS,
 }
 
 # the tokenizer random weights get (zoo.tinytokenizer): byte-level BPE, <|endoftext|> at the eos id
@@ -157,7 +200,8 @@ CONVERTER = Converter(
     model_types=("gpt2",),
     key_map=KEY_MAP,
     renames=RENAMES,
-    tasks={"GPT2LMHeadModel": "text-generation", "GPT2Model": "text-generation"},
+    tasks={"GPT2LMHeadModel": "text-generation", "GPT2Model": "text-generation",
+           "GPT2ForSequenceClassification": "text-classification"},
     reference="zoo.converters.hf_gpt2:reference",
     hub_layout="zoo.converters.hf_gpt2:hub_layout",
     tiny_config={"vocab_size": 96, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4,
@@ -167,6 +211,7 @@ CONVERTER = Converter(
     tokenizer=TOKENIZER,
     to_architecture="zoo.converters.hf_gpt2:to_architecture",
     from_architecture="zoo.converters.hf_gpt2:from_architecture",
+    version="2",  # 2: the sequence classifier (score.weight)
 )
 
 

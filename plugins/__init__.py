@@ -13,7 +13,7 @@ ARCHITECTURES = (
         example_inputs="zoo.plugins.gpt2:example_inputs",
         parameter_count="zoo.plugins.gpt2:parameter_count",
         fast_paths="zoo.accel.gpt2:FAST_PATHS",
-        tasks=("text-generation",),
+        tasks=("text-generation", "text-classification"),
         description="GPT-2 decoder-only language model (KV-cache generation)",
     ),
     Architecture(

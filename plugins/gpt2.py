@@ -4,6 +4,10 @@ A decoder-only transformer: token + learned position embeddings, ``n_layer`` pre
 (LayerNorm -> causal self-attention -> residual, LayerNorm -> MLP -> residual), a final
 LayerNorm, and an output head that reuses the token embedding matrix (tied weights).
 
+The same transformer classifies text (task ``text-classification``, :class:`GPT2Classifier`):
+a linear ``score`` head (no bias) reads the final hidden state of each row's last token that
+is not the padding token, the only position whose causal attention has seen the whole text.
+
 Submodules carry the names of the Hugging Face checkpoint (``wte``, ``h.N.attn.c_attn``, ...)
 so the converter's key map is almost 1:1; the only layout change is that GPT-2's ``Conv1D``
 stores weights as ``[in, out]`` while ``nn.Linear`` wants ``[out, in]``. The config
@@ -29,6 +33,8 @@ from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
 
+TASKS = ("text-generation", "text-classification")
+
 
 @dataclass
 class GPT2Config:
@@ -43,13 +49,19 @@ class GPT2Config:
     mlp_width: Optional[int] = None  # hidden width of the MLP; None means 4 * n_embd
     activation: str = "gelu_new"  # the MLP's activation, a name in zoo.activations.ACTIVATIONS
     norm_eps: float = 1e-5  # epsilon of every LayerNorm
+    n_labels: int = 2  # outputs of the classifier's score head (task text-classification)
+    # the padding token: a classifier reads each row's last token that is not it; None: no
+    # padding, the classifier reads the last position (and takes one row at a time)
+    pad_id: Optional[int] = None
 
     def __post_init__(self):
         """Refuse, naming the field, a config this file cannot build."""
-        for name in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "mlp_width"):
+        for name in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "mlp_width", "n_labels"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"gpt2: {name}={value!r} must be at least 1")
+        if self.pad_id is not None and self.pad_id < 0:
+            raise ConfigError(f"gpt2: pad_id={self.pad_id!r} must be a token id (at least 0)")
         if self.n_embd % self.n_head:
             raise ConfigError(f"gpt2: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.activation not in ACTIVATIONS:
@@ -74,13 +86,16 @@ class Attention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # columns: q | k | v
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``mask`` (without a cache): (B, 1, T, T) bool, True where a query may attend a key
+        (:func:`padding_mask`); None: causal."""
         B, T, C = x.shape
         # (B, T, 3C) -> (3, B, nh, T, hs): q, k and v with their heads apart, as one view
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         if cache is None:
             q, k, v = qkv.unbind(0)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         else:
             past = cache.length
             q = qkv[0]
@@ -115,13 +130,28 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)
         return x + self.mlp(self.ln_2(x))
 
 
+def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) with 1 at tokens and 0 at padding -> (B, 1, T, T) bool: query t may attend key s
+    when s <= t and s is a token, as transformers masks GPT-2's attention. Each position also
+    sees itself: that changes nothing at tokens, and keeps a padding position from having no key
+    at all (a softmax over nothing is NaN in some torch versions, and NaN would reach the tokens
+    through the next layer's values even at weight 0). What padding positions compute carries
+    no meaning and differs from transformers'; the classifier reads a token's."""
+    T = attention_mask.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
+    diagonal = torch.eye(T, dtype=torch.bool, device=attention_mask.device)
+    return (causal & attention_mask.bool()[:, None, None, :]) | diagonal
+
+
 class GPT2(nn.Module):
-    """GPT-2 language model: ``model(input_ids)`` -> output with ``.logits`` [B, T, vocab]."""
+    """GPT-2 language model (task ``text-generation``): ``model(input_ids)`` -> output with
+    ``.logits`` [B, T, vocab]."""
 
     def __init__(self, cfg: GPT2Config):
         super().__init__()
@@ -164,16 +194,18 @@ class GPT2(nn.Module):
         """(B, T, C) -> (B, T, vocab): the head is the token embedding (tied)."""
         return F.linear(x, self.wte.weight)
 
-    def hidden(self, input_ids, cache: Optional[KVCache] = None, output_hidden_states: bool = False):
+    def hidden(self, input_ids, cache: Optional[KVCache] = None, output_hidden_states: bool = False,
+               mask: Optional[torch.Tensor] = None):
         """The blocks and the final LayerNorm: (B, T, C), and the hidden states if asked.
-        With a ``cache``, ``input_ids`` continue what it holds, and it is advanced."""
+        With a ``cache``, ``input_ids`` continue what it holds, and it is advanced; without one,
+        ``mask`` (:func:`padding_mask`) may keep padding out of the attention."""
         past = cache.length if cache is not None else 0
         T = input_ids.size(1)
         pos = torch.arange(past, past + T, device=input_ids.device)
         x = self.wte(input_ids) + self.wpe(pos)  # (B, T, C)
         hidden = [x] if output_hidden_states else None
         for i, block in enumerate(self.h):
-            x = block(x, cache, i)
+            x = block(x, cache, i, mask)
             if hidden is not None and i < len(self.h) - 1:
                 hidden.append(x)
         x = self.ln_f(x)
@@ -196,9 +228,59 @@ class GPT2(nn.Module):
     generate = generation.generate
 
 
+class GPT2Classifier(GPT2):
+    """GPT-2 as a sequence classifier (task ``text-classification``): ``model(input_ids,
+    attention_mask=None)`` -> output with ``.logits`` [B, n_labels], the ``score`` head at each
+    row's last token (:meth:`last_tokens`)."""
+
+    def __init__(self, cfg: GPT2Config):
+        super().__init__(cfg)
+        self.score = nn.Linear(cfg.n_embd, cfg.n_labels, bias=False)
+
+    def last_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) the position the score is read at in each row: the rightmost token that is not
+        the pad id (right and left padding alike; position 0 for a row of padding only), as
+        transformers picks it. Without a pad id, the last position: a row's own last token
+        only when there is one row, so a batch of several is refused, as transformers does."""
+        B, T = input_ids.shape
+        if self.config.pad_id is None:
+            if B > 1:
+                raise InputError(f"gpt2: {B} rows need a pad_id to tell where each row ends; the config has "
+                                 f"none: classify one row at a time")
+            return torch.full((B,), T - 1, device=input_ids.device)
+        positions = torch.arange(T, device=input_ids.device)
+        return (positions * (input_ids != self.config.pad_id)).argmax(-1)  # argmax: the first of equal maxima
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """``attention_mask`` (B, T), 1 at tokens and 0 at padding, keeps padding out of the
+        attention (what left padding needs; right padding comes after every token anyway)."""
+        self.check_ids(input_ids)
+        mask = None
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(input_ids.shape):
+                raise InputError(f"gpt2: attention_mask has shape {list(attention_mask.shape)}, the input ids "
+                                 f"{list(input_ids.shape)}")
+            if not bool(attention_mask.all()):
+                mask = padding_mask(attention_mask)
+        x, hidden = self.hidden(input_ids, None, output_hidden_states, mask)
+        rows = torch.arange(x.size(0), device=x.device)
+        logits = self.score(x[rows, self.last_tokens(input_ids)])  # (B, n_labels)
+        return ModelOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None)
+
+
 def from_config(config: Dict[str, Any], task: Optional[str] = None) -> GPT2:
-    """The model for ``config``: the fields of :class:`GPT2Config` (defaults for those left out)."""
-    return GPT2(GPT2Config(**config))
+    """The model for ``task`` from a config in :class:`GPT2Config`'s names (defaults for the
+    fields left out)."""
+    task = task or TASKS[0]
+    if task not in TASKS:
+        raise ConfigError(f"gpt2: task {task!r} is not supported (tasks: {', '.join(TASKS)})")
+    cfg = GPT2Config(**config)
+    return GPT2Classifier(cfg) if task == "text-classification" else GPT2(cfg)
 
 
 def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
@@ -206,9 +288,28 @@ def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
     cfg = GPT2Config(**config)
     C, inner = cfg.n_embd, cfg.mlp_width or 4 * cfg.n_embd
     block = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * inner + inner) + (inner * C + C)
-    return cfg.n_vocab * C + cfg.n_ctx * C + cfg.n_layer * block + 2 * C
+    head = C * cfg.n_labels if task == "text-classification" else 0  # the language model's is wte
+    return cfg.n_vocab * C + cfg.n_ctx * C + cfg.n_layer * block + 2 * C + head
 
 
 def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
+    """Random token ids [batch, seq] (at most the context). A classifier's rows are padded on
+    the right with the pad id (the first row full, the others 1 to seq - 1 tokens long, none
+    of them the pad id), with their ``attention_mask``, so that each row's score is read at
+    another position; without a pad id (or one outside the vocabulary) there is no padding,
+    and without a pad id only one row (see :meth:`GPT2Classifier.last_tokens`)."""
     cfg = GPT2Config(**config)
-    return {"input_ids": torch.randint(0, cfg.n_vocab, (batch, min(seq, cfg.n_ctx)), generator=generator)}
+    T = min(seq, cfg.n_ctx)
+    if task != "text-classification":
+        return {"input_ids": torch.randint(0, cfg.n_vocab, (batch, T), generator=generator)}
+    if cfg.pad_id is None:
+        return {"input_ids": torch.randint(0, cfg.n_vocab, (1, T), generator=generator)}
+    pad = cfg.pad_id
+    if pad >= cfg.n_vocab or cfg.n_vocab == 1:  # no padding token can be written
+        return {"input_ids": torch.randint(0, cfg.n_vocab, (batch, T), generator=generator)}
+    ids = torch.randint(0, cfg.n_vocab - 1, (batch, T), generator=generator)
+    ids += (ids >= pad).long()  # every id but the pad id
+    lengths = torch.randint(1, max(T, 2), (batch,), generator=generator).clamp(max=T)
+    lengths[0] = T
+    attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids.masked_fill(attention_mask == 0, pad), "attention_mask": attention_mask}

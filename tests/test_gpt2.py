@@ -1,4 +1,5 @@
-"""GPT-2 specifics: generation, KV cache, config refusal, run-time input errors, full size."""
+"""GPT-2 specifics: generation, KV cache, config refusal, run-time input errors, full size; the
+sequence classifier (GPT2ForSequenceClassification, task text-classification)."""
 from __future__ import annotations
 
 import pytest
@@ -212,7 +213,7 @@ def test_the_config_json_is_translated_to_gpt2s_own_names():
 
     assert CONV.architecture_config({**CONV.tiny_config, "n_inner": 40, "layer_norm_epsilon": 1e-3}) == {
         "n_vocab": 96, "n_ctx": 32, "n_embd": 32, "n_layer": 2, "n_head": 4, "mlp_width": 40,
-        "activation": "gelu_new", "norm_eps": 1e-3}
+        "activation": "gelu_new", "norm_eps": 1e-3, "n_labels": 2, "pad_id": None}
     # absent or null fields: transformers' defaults, which are GPT-2 small's
     assert CONV.architecture_config({"n_inner": None, "n_embd": None}) == vars(GPT2Config())
 
@@ -326,3 +327,275 @@ def test_greedy_pads_rows_that_finished_as_transformers_does(tiny):
     theirs = ref.generate(ids, do_sample=False, max_new_tokens=8, eos_token_id=stop, pad_token_id=5)
     assert torch.equal(ours, theirs), (ours, theirs)
     assert (ours[0, 4:] == 5).all() and ours.shape[1] > 4
+
+
+# ----------------------------------------------------------------------------- sequence classification
+
+# a fine-tuned classifier: three named labels, a pad id of its own (eos is 0)
+CLASSIFIER = {**CONV.tiny_config, "pad_token_id": 1, "id2label": {"0": "negative", "1": "neutral", "2": "positive"}}
+TC = "text-classification"
+
+
+def _classifier_folder(tmp_path, layout="hub", config=None):
+    from zoo import testing
+
+    ref = testing.write_reference_checkpoint(CONV, tmp_path, layout, config or CLASSIFIER, TC)
+    return ref.eval()
+
+
+def _padded(rows, pad, side="right", seed=0):
+    """Token ids (none of them ``pad``) [len(rows), max(rows)], each row ``rows[i]`` tokens
+    long, padded with ``pad`` on ``side``; and the attention mask."""
+    T = max(rows)
+    ids = torch.randint(2, 96, (len(rows), T), generator=torch.Generator().manual_seed(seed))
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, n in enumerate(rows):
+        mask[i, :n] = 1
+    if side == "left":
+        mask = mask.flip(-1)
+    return ids.masked_fill(mask == 0, pad), mask
+
+
+@pytest.mark.parametrize("layout", ["hub", "save_pretrained"])
+def test_the_classifier_matches_transformers_on_padded_batches(layout, tmp_path):
+    """GPT2ForSequenceClassification's logits (and hidden states, at real tokens) on the same
+    weights, fast and plain, for right and left padding with and without the attention mask."""
+    from zoo import testing
+    from zoo.loading import load_full
+
+    ref = _classifier_folder(tmp_path, layout)
+    fast = load_full(str(tmp_path), device="cpu")
+    plain = load_full(str(tmp_path), device="cpu", fast=False)
+    assert fast.task == TC and type(fast.model).__name__ == "GPT2Classifier"
+    for side, with_mask in [("right", True), ("right", False), ("left", True)]:
+        ids, mask = _padded([9, 4, 1, 7], pad=1, side=side)
+        inputs = {"input_ids": ids, **({"attention_mask": mask} if with_mask else {})}
+        with torch.inference_mode():
+            theirs = ref(**inputs, output_hidden_states=True)
+            for loaded in (fast, plain):
+                ours = loaded.model(**inputs, output_hidden_states=True)
+                assert ours.logits.shape == (4, 3)
+                compared = testing.assert_outputs_close(ours, theirs, inputs, atol=1e-5)
+                assert "logits" in compared and "hidden_states[2]" in compared
+    report = verify(str(tmp_path), device="cpu")
+    assert report.passed and report.max_abs_diff <= 1e-4, report.render()
+
+
+def test_the_classifier_hub_layout_and_its_key_accounting(tmp_path):
+    """The files of a fine-tuned classifier: the body under ``transformer.`` with the causal-mask
+    buffers transformers 4 saved (``masked_bias`` too in older files), ``score.weight``, no
+    language-model head; every key loaded or dropped by a named rule."""
+    from zoo import testing
+    from zoo.checkpoint import read_safetensors, save_safetensors
+    from zoo.loading import load_full
+
+    _classifier_folder(tmp_path)
+    path = tmp_path / "model.safetensors"
+    keys = set(read_safetensors(path))
+    assert {"transformer.wte.weight", "transformer.h.1.attn.c_attn.weight", "transformer.h.1.attn.bias",
+            "transformer.ln_f.bias", "score.weight"} <= keys
+    assert not any(k.startswith(("h.", "lm_head")) for k in keys)
+    tensors = dict(read_safetensors(path))
+    tensors["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    save_safetensors(tensors, path)
+    report = load_full(str(tmp_path), device="cpu").report
+    assert report.consumed["score.weight"] == "score.weight"
+    assert report.consumed["transformer.h.0.attn.c_attn.weight"] == "h.0.attn.c_attn.weight"
+    assert set(report.dropped) == {"transformer.h.0.attn.bias", "transformer.h.1.attn.bias",
+                                   "transformer.h.0.attn.masked_bias"}
+    assert set(report.consumed) | set(report.dropped) == set(tensors)
+    testing.check_key_accounting(CONV, CLASSIFIER, task=TC)
+    testing.check_config_translation(CONV, CLASSIFIER)
+
+
+@pytest.mark.parametrize("pad", [1, 0])  # 0: the pad id is the eos id, as GPT-2 tokenizers set it up
+def test_the_score_is_read_where_transformers_reads_it(pad, tmp_path):
+    """The rightmost token that is not the pad id: right or left padding, a pad id inside the
+    text, a row of padding only (position 0), a row without padding (the last position)."""
+    ref = _classifier_folder(tmp_path, config={**CLASSIFIER, "pad_token_id": pad})
+    model = zoo.load(str(tmp_path), device="cpu")
+    p = pad
+    ids = torch.tensor([[5, 6, 7, p, p], [p, p, 5, 6, 7], [5, p, 6, 7, p], [p, p, p, p, p], [5, 6, 7, 8, 9],
+                        [5, p, p, p, p]])
+    assert model.last_tokens(ids).tolist() == [2, 4, 3, 0, 4, 0]
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_without_a_pad_id_one_row_is_read_at_its_end_and_a_batch_is_refused(tmp_path):
+    from zoo.plugins.gpt2 import example_inputs
+
+    config = {k: v for k, v in CLASSIFIER.items() if k != "pad_token_id"}
+    ref = _classifier_folder(tmp_path, config=config)
+    model = zoo.load(str(tmp_path), device="cpu")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="no padding token"):
+            ref(ids.repeat(2, 1))
+        with pytest.raises(InputError, match="2 rows need a pad_id to tell where each row ends"):
+            model(ids.repeat(2, 1))
+    inputs = example_inputs(CONV.architecture_config(config), TC, 2, 8, torch.Generator().manual_seed(0))
+    assert list(inputs) == ["input_ids"] and inputs["input_ids"].shape == (1, 8)
+    assert verify(str(tmp_path), device="cpu").passed
+
+
+def test_example_inputs_pad_the_classifier_rows_on_the_right():
+    from zoo.plugins.gpt2 import GPT2Classifier, GPT2Config, example_inputs
+
+    arch = CONV.architecture_config(CLASSIFIER)
+    inputs = example_inputs(arch, TC, 4, 8, torch.Generator().manual_seed(0))
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    lengths = mask.sum(-1)
+    assert ids.shape == mask.shape == (4, 8) and lengths[0] == 8 and (lengths[1:] < 8).all() and (lengths >= 1).all()
+    assert torch.equal(mask, (torch.arange(8) < lengths[:, None]).long())  # tokens first, then padding
+    assert ((ids == 1) == (mask == 0)).all()  # the pad id exactly at the padding
+    assert GPT2Classifier(GPT2Config(**arch)).last_tokens(ids).tolist() == (lengths - 1).tolist()
+    assert list(example_inputs(arch, "text-generation", 2, 8, torch.Generator().manual_seed(0))) == ["input_ids"]
+
+
+@pytest.mark.parametrize("config, want", [
+    ({}, (2, None)),
+    ({"num_labels": 5}, (5, None)),
+    ({"id2label": {"0": "a", "1": "b", "2": "c"}, "pad_token_id": 50256}, (3, 50256)),
+    ({"id2label": {"0": "a", "1": "b", "2": "c"}, "num_labels": 4}, (4, None)),  # transformers: num_labels wins
+])
+def test_the_label_count_and_pad_id_are_translated(config, want):
+    from transformers import GPT2Config as HFConfig
+
+    arch = CONV.architecture_config({**CONV.tiny_config, **config})
+    assert (arch["n_labels"], arch["pad_id"]) == want
+    hf = HFConfig(**{**CONV.tiny_config, **config})
+    assert (hf.num_labels, hf.pad_token_id) == want
+
+
+def test_a_config_without_labels_is_refused_by_its_field():
+    with pytest.raises(ConfigError, match=r"config field id2label=\{\} names no labels"):
+        CONV.architecture_config({**CONV.tiny_config, "id2label": {}})
+
+
+def test_the_classifier_parameter_count_is_transformers_own():
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from zoo.plugins.gpt2 import from_config, parameter_count
+
+    arch = CONV.architecture_config(CLASSIFIER)
+    with torch.device("meta"):
+        built = sum(p.numel() for p in from_config(arch, TC).parameters())
+        theirs = sum(p.numel() for p in GPT2ForSequenceClassification(GPT2Config(**CLASSIFIER)).parameters())
+    assert parameter_count(arch, TC) == built == theirs == parameter_count(arch, "text-generation") + 32 * 3
+
+
+def test_a_classifier_head_read_wrong_is_caught_by_verify(tmp_path):
+    """The score rows read in reverse order (labels swapped): the body agrees, verify fails and
+    says the difference is in the head."""
+    import dataclasses
+
+    from zoo.types import Transform
+
+    _classifier_folder(tmp_path)
+    flip = Transform("flip-labels", lambda w: w.flip(0), lambda w: w.flip(0), "labels in reverse order")
+    broken = dataclasses.replace(CONV, key_map=tuple(
+        dataclasses.replace(rule, transform=flip) if rule.source == "score.weight" else rule for rule in CONV.key_map))
+    report = verify(str(tmp_path), device="cpu", converter=broken)
+    assert not report.passed
+    assert report.first_divergence == "hidden states agree; the difference is in the output head", report.render()
+    assert verify(str(tmp_path), device="cpu").passed
+
+
+def test_the_classifier_exports_to_a_folder_transformers_auto_class_loads(tmp_path):
+    """``zoo convert --to hf``: AutoModelForSequenceClassification loads it with every weight,
+    the label names and pad id kept, the same logits as zoo's; and the Hub files come back
+    bit for bit (the causal-mask buffers regenerated)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from zoo import testing
+    from zoo.export import convert_checkpoint
+
+    _classifier_folder(tmp_path / "hf")
+    result = convert_checkpoint(str(tmp_path / "hf"), "hf", tmp_path / "out")
+    assert not result.skipped and len(result.filled) == 2
+    ref, info = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    assert type(ref).__name__ == "GPT2ForSequenceClassification"
+    assert not info["missing_keys"] and not info.get("mismatched_keys"), info
+    assert ref.config.id2label == {0: "negative", 1: "neutral", 2: "positive"} and ref.config.pad_token_id == 1
+    model = zoo.load(str(tmp_path / "out"), device="cpu")
+    ids, mask = _padded([6, 3, 8], pad=1)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits, ref.eval()(ids, attention_mask=mask).logits,
+                                   atol=1e-5, rtol=0)
+    testing.check_round_trip(CONV, CLASSIFIER, task=TC)
+
+
+def test_text_generation_on_a_classifier_drops_its_head_by_name(tmp_path):
+    """A classifier's body loads as a language model (its head the tied token embedding, as
+    GPT2LMHeadModel.from_pretrained reads the same folder): ``score.weight`` is dropped by its
+    named rule, not ignored silently."""
+    from transformers import GPT2LMHeadModel
+
+    from zoo.loading import load_full
+
+    _classifier_folder(tmp_path)
+    loaded = load_full(str(tmp_path), device="cpu", task="text-generation")
+    assert loaded.report.dropped["score.weight"].startswith("the sequence classifier's head")
+    assert not hasattr(loaded.model, "score")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.model(ids).logits, GPT2LMHeadModel.from_pretrained(str(tmp_path))(ids).logits,
+                                   atol=1e-5, rtol=0)
+
+
+def test_text_classification_on_a_language_model_names_the_missing_head(tmp_path):
+    from zoo.errors import ConversionError
+    from zoo.loading import load_full
+
+    write_checkpoint(CONV, tmp_path)
+    with pytest.raises(ConversionError, match=r"missing from the checkpoint: score\.weight") as err:
+        load_full(str(tmp_path), device="cpu", task=TC)
+    assert "\n" not in str(err.value)
+
+
+def test_the_fast_paths_leave_the_classifier_to_the_packed_products(tmp_path):
+    """The decoding step and the few-row tied head are the language model's: a classifier gets
+    neither, its fast model equals its plain one, and in training both step aside."""
+    from zoo import accel
+    from zoo.accel import ops
+    from zoo.loading import load_full
+    from zoo.plugins.gpt2 import GPT2Classifier, example_inputs
+
+    _classifier_folder(tmp_path)
+    fast = load_full(str(tmp_path), device="cpu")
+    assert type(fast.model) is GPT2Classifier
+    assert accel.applied(fast.model) == (["packed-linear"] if ops.packing_available() else [])
+    assert gpt2_accel.decode_step(fast.model) is None
+    inputs = example_inputs(fast.arch_config, TC, 3, 8, torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = load_full(str(tmp_path), device="cpu", fast=False).model(**inputs).logits
+        torch.testing.assert_close(fast.model(**inputs).logits, want, atol=1e-5, rtol=1e-5)
+    model = fast.model.train().requires_grad_(True)
+    model(**inputs).logits.square().mean().backward()
+    assert model.score.weight.grad is not None and bool(model.score.weight.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"input_ids": torch.tensor([[5, 6]]), "attention_mask": torch.tensor([[1, 1, 0]])},
+     r"attention_mask has shape \[1, 3\], the input ids \[1, 2\]"),
+    ({"input_ids": torch.tensor([[5, 96]])}, "token ids must be in"),
+])
+def test_bad_classifier_input_is_an_input_error(inputs, message, tmp_path):
+    _classifier_folder(tmp_path)
+    with pytest.raises(InputError, match=message):
+        zoo.load(str(tmp_path), device="cpu")(**inputs)
+
+
+def test_zoo_run_classifies_a_text_with_the_label_names(tmp_path):
+    """``zoo run FOLDER --ids ...`` on a classifier: its labels by name, one row (no pad id needed)."""
+    from zoo import testing
+
+    ref = _classifier_folder(tmp_path, config={k: v for k, v in CLASSIFIER.items() if k != "pad_token_id"})
+    result = testing.check_task(TC, str(tmp_path), ids=[5, 6, 7], top=3)
+    with torch.inference_mode():
+        want = ref(torch.tensor([[5, 6, 7]])).logits[0].softmax(-1)
+    assert [item["label"] for item in result["labels"]] == [
+        ref.config.id2label[i] for i in want.argsort(descending=True).tolist()]
+    assert abs(result["labels"][0]["score"] - float(want.max())) < 1e-5

@@ -299,12 +299,13 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
               help="Seeded random weights in the Hub's layout instead of the checkpoint (no download; outputs mean nothing).")
 @click.option("--task", "task_name", default=None, metavar="T",
               help="Run task T (any registered one, see `zoo plugins`) instead of the model's own.")
-@click.option("--top", default=5, show_default=True, type=COUNT, help="How many candidates/labels to show.")
+@click.option("--top", default=5, show_default=True, type=COUNT, help="How many candidates/labels/answers to show.")
+@click.option("--question", default=None, metavar="Q", help="Question answering: the question (INPUT is the context).")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, temperature, top_k, top_p, seed, ids,
-        beams, embed, random_weights, task_name, top, allow_pickle, as_json):
+        beams, embed, random_weights, task_name, top, question, allow_pickle, as_json):
     """Run a model on INPUTS (a prompt, a sentence, an image file ...)."""
     from . import progress
     from .tasks import parse_ids, run as run_task
@@ -312,7 +313,7 @@ def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, te
     progress.enable(not as_json)
     values = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
               "seed": seed, "ids": parse_ids(ids) if ids is not None else None, "beams": beams, "embed": embed,
-              "top": top}
+              "top": top, "question": question}
     # the options given on the command line: each must be one the task reads
     options = {name: value for name, value in values.items()
                if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}

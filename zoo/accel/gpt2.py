@@ -12,6 +12,9 @@ It steps aside (generation then calls the modules) in training mode, under autog
 set or a ``forward`` set on a module (the plain step would bypass them), and when a module is
 of another kind than plugins/gpt2.py builds (a subclass or a replacement may compute something
 else).
+
+Both fast paths are for the language model: a classifier (``gpt2.GPT2Classifier``, whose head is
+``score`` on one token per row) is left as it is, to the generic packed products alone.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ class FewRowHeadGPT2(gpt2.GPT2):
             return super().logits(x)
         return ops.linear(x, self.wte.weight)
 
+
+LANGUAGE_MODELS = (gpt2.GPT2, FewRowHeadGPT2)  # what generates; not the classifier
 
 # the kinds of module a GPT-2 is built of (its Linears plain or packed)
 PLAIN_MODULES = (gpt2.GPT2, FewRowHeadGPT2, nn.ModuleList, gpt2.Block, gpt2.Attention, gpt2.MLP, nn.Linear, ops.Linear,
@@ -76,7 +81,7 @@ def step(model: gpt2.GPT2, blocks: List[tuple], tokens: torch.Tensor, cache: gpt
 
 def decode_step(model: nn.Module):
     """The step for this ``generate`` call, or None (see the module docstring)."""
-    if not isinstance(model, gpt2.GPT2):
+    if type(model) not in LANGUAGE_MODELS:
         return None
     blocks = plan(model)
     return None if blocks is None else functools.partial(step, model, blocks)
@@ -85,7 +90,7 @@ def decode_step(model: nn.Module):
 FAST_PATHS = (
     class_swap("few-row-head", gpt2.GPT2, FewRowHeadGPT2, "a few rows times the tied head as (W @ xᵀ)ᵀ",
                packed=False),
-    FastPath("gpt2-decode-step", lambda model, release: isinstance(model, gpt2.GPT2), lambda model: None,
+    FastPath("gpt2-decode-step", lambda model, release: type(model) in LANGUAGE_MODELS, lambda model: None,
              "a decoding step as plain operations over weights bound once per generate call",
              decode_step=decode_step),
 )

@@ -38,6 +38,7 @@ class RunOptions:
     beams: Optional[int] = None  # None: the checkpoint's num_beams
     embed: bool = False
     top: int = 5
+    question: Optional[str] = None  # question answering: the question (the inputs are the context)
     json: bool = False
 
 
@@ -51,6 +52,12 @@ BUILTIN = (
     Task("feature-extraction", "zoo.tasks.feature_extraction:run", ("ids", "embed"), "a sentence embedding"),
     Task("image-classification", "zoo.tasks.image_classification:run", ("top",), "the top labels of an image"),
     Task("image-feature-extraction", "zoo.tasks.image_feature_extraction:run", (), "an image embedding"),
+    Task("text-classification", "zoo.tasks.text_classification:run", ("ids", "top"),
+         "the labels of a text with their scores"),
+    Task("token-classification", "zoo.tasks.token_classification:run", (),
+         "the entities of a text: words, spans, scores"),
+    Task("question-answering", "zoo.tasks.question_answering:run", ("question", "top"),
+         "the span of a context that answers a question"),
 )
 
 
