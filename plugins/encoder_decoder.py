@@ -16,13 +16,20 @@ norm_placement              "pre": x + f(norm(x))         "post": norm(x + f(x))
 layer_norm                  "unbiased_std":               "torch": nn.LayerNorm,
                             (x-mean)/(std+eps), eps 1e-6  (x-mean)/sqrt(var+eps), 1e-5
 sinusoid_layout             "interleaved" (sin, cos, ..)  "halves" (sin... | cos...)
-scale_embedding             True (* sqrt(d_model))        True
-share_embeddings            False                         True (one ``shared`` table)
-tie_output                  False (own ``proj`` + bias)   True (+ ``final_logits_bias``)
-activation                  relu                          swish
+scale_embedding             True (* sqrt(d_model))        True (opus-mt) or False
+share_embeddings            False (``src_embed`` and      True (one ``shared`` table) or
+                            ``tgt_embed``)                False (separate vocabularies)
+tie_output                  False (own ``proj``)          True (the decoder's table) or
+                                                          False (own ``proj``)
+final_logits_bias           False (``proj`` has a bias)   True (a [1, V] buffer instead)
+activation                  relu                          swish (opus-mt), relu (tc-big)
 final_norms                 True (norm after each stack)  False
 log_softmax_output          True (log-probabilities)      False (logits)
 ==========================  ===========================  ===============================
+
+The output projection is the decoder's embedding table (``tie_output``) or its own ``proj``;
+its bias is ``proj``'s own or, with ``final_logits_bias``, a [1, V] buffer added to the logits
+(``proj`` then has none).
 
 Generation (zoo.generation.generate_seq2seq: greedy and beam search) runs the encoder once and
 then the decoder one token at a time over a preallocated key/value cache: self-attention
@@ -82,9 +89,9 @@ class EncoderDecoderConfig:
     layer_norm_eps: float = 1e-6
     sinusoid_layout: str = "interleaved"  # "interleaved" | "halves"
     scale_embedding: bool = True
-    share_embeddings: bool = False
-    tie_output: bool = False
-    final_logits_bias: bool = False
+    share_embeddings: bool = False  # one token table for both stacks (one vocabulary)
+    tie_output: bool = False  # output projection = the decoder's token table, else its own proj
+    final_logits_bias: bool = False  # the output bias is a [1, V] buffer, else proj's own bias
     final_norms: bool = True
     log_softmax_output: bool = True
     # special tokens and generation defaults (the keywords of zoo.generation)
@@ -401,12 +408,14 @@ class Generator(nn.Module):
     """Decoder states -> vocabulary scores.
 
     Annotated: its own ``proj`` (Linear with bias), then log_softmax.
-    Marian: the shared embedding matrix (tied), plus the ``final_logits_bias`` buffer [1, V].
+    Marian: the decoder's embedding matrix (tied) or its own ``proj`` (no bias), plus the
+    ``final_logits_bias`` buffer [1, V].
     """
 
     def __init__(self, cfg: EncoderDecoderConfig):
         super().__init__()
-        self.proj = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size)
+        bias = not cfg.final_logits_bias  # one output bias: proj's own, or the buffer below
+        self.proj = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=bias)
         if cfg.final_logits_bias:
             self.register_buffer("final_logits_bias", torch.zeros(1, cfg.tgt_vocab_size))
         else:
@@ -436,9 +445,11 @@ class EncoderDecoder(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.src_embed = Embeddings(cfg, cfg.src_vocab_size)
-        # shared embeddings: the decoder reads src_embed too (one tensor, one name)
-        self.tgt_embed = None if cfg.share_embeddings else Embeddings(cfg, cfg.tgt_vocab_size)
+        # token tables: one ``shared`` by both stacks, or ``src_embed`` and ``tgt_embed``
+        shared = cfg.share_embeddings
+        self.shared = Embeddings(cfg, cfg.src_vocab_size) if shared else None
+        self.src_embed = None if shared else Embeddings(cfg, cfg.src_vocab_size)
+        self.tgt_embed = None if shared else Embeddings(cfg, cfg.tgt_vocab_size)
         self.src_pos = PositionalEncoding(cfg)
         self.tgt_pos = PositionalEncoding(cfg)
         self.generator = Generator(cfg)
@@ -449,7 +460,7 @@ class EncoderDecoder(nn.Module):
         matrix; Linear biases as nn.Linear's default (uniform within 1/sqrt(fan_in)); LayerNorm
         gains 1 and biases 0; ``final_logits_bias`` 0."""
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and module.bias is not None:
                 bound = 1.0 / math.sqrt(module.in_features)
                 nn.init.uniform_(module.bias, -bound, bound)
             elif isinstance(module, LayerNorm):
@@ -491,15 +502,18 @@ class EncoderDecoder(nn.Module):
             raise InputError("encoder_decoder: a row of attention_mask masks every source token")
         return mask[:, None, None, :]
 
+    def _embed_src(self) -> Embeddings:
+        return self.shared if self.shared is not None else self.src_embed
+
     def _embed_tgt(self) -> Embeddings:
-        return self.src_embed if self.tgt_embed is None else self.tgt_embed
+        return self.shared if self.shared is not None else self.tgt_embed
 
     # -- the two halves
     def encode(self, input_ids, attention_mask=None, hidden: Optional[list] = None):
         """Source ids (B, S) -> (memory (B, S, C), src_mask (B, 1, 1, S))."""
         self._check_ids(input_ids, self.config.src_vocab_size, "input_ids")
         src_mask = self._src_mask(input_ids, attention_mask)
-        x = self.src_pos(self.src_embed(input_ids))
+        x = self.src_pos(self._embed_src()(input_ids))
         if hidden is not None:
             hidden.append(x)
         return self.encoder(x, src_mask, hidden), src_mask
@@ -548,13 +562,14 @@ class EncoderDecoder(nn.Module):
         return KVCache(self.config, batch, max_len, w.device, w.dtype)
 
     def head(self):
-        """The output projection as ``(weight [V, C], bias or None)``: the tied embedding plus
-        ``final_logits_bias`` (Marian), or ``proj`` (Annotated; its log_softmax changes no
-        ranking, so generation leaves it out)."""
+        """The output projection as ``(weight [V, C], bias or None)``: the decoder's embedding
+        table (tied) or ``proj``'s weight, with ``final_logits_bias`` (Marian) or ``proj``'s bias
+        (Annotated; its log_softmax changes no ranking, so generation leaves it out)."""
         g = self.generator
-        if g.proj is not None:
-            return g.proj.weight, g.proj.bias
-        return self._embed_tgt().lut.weight, g.final_logits_bias
+        weight = self._embed_tgt().lut.weight if g.proj is None else g.proj.weight
+        if g.final_logits_bias is not None:
+            return weight, g.final_logits_bias
+        return weight, None if g.proj is None else g.proj.bias
 
     def processors(self) -> generation.Processors:
         """transformers' logits processors for these models: ``bad_words_ids`` (other than eos)
@@ -624,7 +639,7 @@ def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
     decoder = cfg.decoder_layers * (2 * attention + ffn(cfg.decoder_ffn_dim) + 3 * norm)
     finals = 2 * norm if cfg.final_norms else 0
     embeddings = cfg.src_vocab_size * d + (0 if cfg.share_embeddings else cfg.tgt_vocab_size * d)
-    head = 0 if cfg.tie_output else d * cfg.tgt_vocab_size + cfg.tgt_vocab_size
+    head = 0 if cfg.tie_output else d * cfg.tgt_vocab_size + (0 if cfg.final_logits_bias else cfg.tgt_vocab_size)
     return embeddings + encoder + decoder + finals + head
 
 

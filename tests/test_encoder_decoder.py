@@ -5,7 +5,10 @@ Marian parity: tiny random ``MarianMTModel``s are written in each key layout the
 (transformers ``save_pretrained``; the Hub layout with stored embedding aliases and sinusoid
 tables), loaded through ``zoo.loading``, and compared on padded batches: logits and hidden
 states within 1e-5 (float32, absolute), greedy and beam-search token ids identical to
-``generate``.
+``generate``. The same holds for each layout of the token tables (one shared vocabulary or
+separate ones, output tied or its own), each activation and embedding scale, and for configs
+carrying the fields MarianMTModel ignores; ``zoo convert --to hf`` of each layout loads in
+MarianMTModel with the same outputs.
 
 The Annotated Transformer's code cannot be imported here, so its numerics are pinned by formulas
 stated independently in this file (unbiased-std LayerNorm, interleaved sinusoids, pre-norm
@@ -14,6 +17,7 @@ residuals, a functional forward pass), on a state dict written in its own naming
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -300,9 +304,9 @@ def test_bad_input_raises_input_error(marian, case):
 
 
 BAD_CONFIGS = {
-    "normalize_before": {**COMMON, **MARIAN["opus-like"], "normalize_before": True},
     "activation": {**COMMON, **MARIAN["opus-like"], "activation_function": "mish"},
-    "separate vocab": {**COMMON, **MARIAN["opus-like"], "share_encoder_decoder_embeddings": False},
+    "layerdrop": {**COMMON, **MARIAN["opus-like"], "decoder_layerdrop": 0.1},
+    "shared untied, two sizes": {**COMMON, **MARIAN["opus-like"], "tie_word_embeddings": False, "decoder_vocab_size": 50},
     "heads": {**COMMON, **MARIAN["opus-like"], "encoder_attention_heads": 5},
     "multi-token bad words": {**COMMON, **MARIAN["opus-like"], "bad_words_ids": [[3, 4]]},
     "unknown native field": {"model_type": "annotated-transformer", "src_vocab": 10, "tgt_vocab": 10, "nheads": 4},
@@ -330,6 +334,374 @@ def test_unsupported_config_raises_config_error(case):
     assert str(err.value)
 
 
+# ---------------------------------------------------------------------------------- Marian layouts
+
+
+# The four layouts of the token tables (share_encoder_decoder_embeddings x tie_word_embeddings),
+# each with its own vocabulary sizes, activation and embedding scale.
+LAYOUTS = {
+    "shared-tied": dict(vocab_size=60, activation_function="swish", scale_embedding=True),
+    "shared-untied": dict(vocab_size=60, tie_word_embeddings=False, activation_function="relu", scale_embedding=False),
+    "separate-tied": dict(vocab_size=60, decoder_vocab_size=52, share_encoder_decoder_embeddings=False,
+                          activation_function="gelu_new", scale_embedding=True),
+    "separate-untied": dict(vocab_size=44, decoder_vocab_size=60, share_encoder_decoder_embeddings=False,
+                            tie_word_embeddings=False, activation_function="gelu", scale_embedding=False),
+}
+# the token tables and output projection zoo builds for each
+ZOO_TABLES = {
+    "shared-tied": {"shared.lut.weight"},
+    "shared-untied": {"src_embed.lut.weight", "tgt_embed.lut.weight", "generator.proj.weight"},
+    "separate-tied": {"src_embed.lut.weight", "tgt_embed.lut.weight"},
+    "separate-untied": {"src_embed.lut.weight", "tgt_embed.lut.weight", "generator.proj.weight"},
+}
+POSITIONS = {"model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}
+# what the Hub layout (every key of the state dict) holds and zoo drops, besides the sinusoids
+DROPPED = {
+    "shared-tied": {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"},
+    "shared-untied": {"model.shared.weight"},  # no forward reads it once the config unties it
+    "separate-tied": {"lm_head.weight"},
+    "separate-untied": set(),
+}
+TABLES = ("shared.weight", "embed_tokens.weight", "lm_head.weight")
+# seeds whose random models end some hypotheses early and make beam search differ from greedy
+LAYOUT_SEEDS = {"shared-tied": 6, "shared-untied": 3, "separate-tied": 10, "separate-untied": 4}
+
+
+def layout_config(layout, **over):
+    """A tiny Marian config in ``layout``; pad (also the decoder start and the banned token)
+    is the last id both vocabularies have."""
+    config = {**COMMON, **MARIAN["opus-like"], **LAYOUTS[layout], **over}
+    pad = min(config["vocab_size"], config.get("decoder_vocab_size") or config["vocab_size"]) - 1
+    config.update(pad_token_id=pad, decoder_start_token_id=pad, bad_words_ids=[[pad]])
+    return config
+
+
+def layout_reference(layout, seed=None, **over):
+    """A random MarianMTModel in ``layout`` whose decoding is not trivial (spread-out tables and
+    output bias, eos likely enough that some hypotheses end early)."""
+    seed = LAYOUT_SEEDS[layout] if seed is None else seed
+    torch.manual_seed(seed)
+    config = layout_config(layout, **over)
+    ref = hf_marian.reference(config, "translation").eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():  # a tied table once
+            if name.endswith(TABLES):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        ref.final_logits_bias.copy_(torch.randn(ref.final_logits_bias.shape, generator=g) * 0.5)
+        ref.final_logits_bias[0, 0] += 2.0
+        for module in ref.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.normal_(1.0, 0.2)
+                module.bias.normal_(0, 0.2)
+    return ref, config
+
+
+def layout_batch(config, seed=1):
+    """Padded source ids over the whole source vocabulary, and target ids over the whole target
+    vocabulary starting with the decoder start token."""
+    g = torch.Generator().manual_seed(seed)
+    pad = config["pad_token_id"]
+    src_vocab, tgt_vocab = config["vocab_size"], config.get("decoder_vocab_size") or config["vocab_size"]
+    x = torch.randint(1, src_vocab, (4, 7), generator=g)
+    x[x == pad] = 1
+    mask = torch.ones_like(x)
+    for row, length in ((2, 4), (3, 2)):
+        x[row, length:] = pad
+        mask[row, length:] = 0
+    dec = torch.randint(1, tgt_vocab, (4, 6), generator=g)
+    dec[:, 0] = pad
+    return x, mask, dec
+
+
+def assert_same_outputs(model, ref, config):
+    x, mask, dec = layout_batch(config)
+    with torch.no_grad():
+        want = ref(input_ids=x, attention_mask=mask, decoder_input_ids=dec, output_hidden_states=True)
+        got = model(x, dec, attention_mask=mask, output_hidden_states=True)
+    torch.testing.assert_close(got.logits, want.logits, atol=ATOL, rtol=0)
+    for a, b in zip(got.hidden_states, want.encoder_hidden_states + want.decoder_hidden_states, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """layout -> (reference, config, folder in save_pretrained layout, loaded zoo model)."""
+    out = {}
+    for layout in LAYOUTS:
+        ref, config = layout_reference(layout)
+        folder = write_layout(ref, config, tmp_path_factory.mktemp(layout), "save_pretrained")
+        out[layout] = (ref, config, folder, load_full(folder, device="cpu").model)
+    return out
+
+
+@pytest.mark.parametrize("files", ["save_pretrained", "hub"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_marian_layout_parity_and_accounting(layout, files, tmp_path):
+    from transformers import MarianConfig
+
+    from zoo.checkpoint import read_safetensors
+    from zoo.plugins.encoder_decoder import parameter_count
+
+    ref, config = layout_reference(layout)
+    folder = write_layout(ref, config, tmp_path, files)
+    loaded = load_full(folder, device="cpu")
+    assert_same_outputs(loaded.model, ref, config)
+    # strict accounting: every key of the file loaded or dropped by its named rule
+    source = set(read_safetensors(folder / "model.safetensors"))
+    report, state = loaded.report, loaded.model.state_dict()
+    assert set(report.consumed) | set(report.dropped) == source
+    assert set(report.consumed.values()) == set(state)
+    assert set(report.dropped) == (DROPPED[layout] | POSITIONS) & source
+    assert all(report.dropped.values())
+    if files == "hub":
+        assert set(report.dropped) == DROPPED[layout] | POSITIONS
+    tables = {k for k in state if k.endswith(("lut.weight", "proj.weight"))}
+    assert tables == ZOO_TABLES[layout]
+    # sizes: the source table has vocab_size rows; the target tables and the output, V_tgt
+    cfg = MarianConfig(**config)
+    tgt = cfg.vocab_size if cfg.share_encoder_decoder_embeddings else cfg.decoder_vocab_size
+    assert loaded.model.generator.final_logits_bias.shape == (1, tgt)
+    assert loaded.model.head()[0].shape == (tgt, cfg.d_model)
+    # the exact parameter count: transformers' parameters less its sinusoid tables (and the
+    # model.shared table an untied config leaves unused)
+    n = sum(p.numel() for p in loaded.model.parameters())
+    assert parameter_count(loaded.arch_config) == n
+    unused = POSITIONS | ({"model.shared.weight"} if layout == "shared-untied" else set())
+    assert n == sum(p.numel() for name, p in ref.named_parameters() if name not in unused)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_marian_layout_generate_ids_identical(layouts, layout):
+    ref, config, _, model = layouts[layout]
+    x, mask, _ = layout_batch(config)
+    for beams in (1, 3):
+        want = ref.generate(x, attention_mask=mask, num_beams=beams, max_new_tokens=12)
+        got = model.generate(x, attention_mask=mask, num_beams=beams, max_new_tokens=12)
+        assert got.tolist() == want.tolist(), (beams, got.tolist(), want.tolist())
+    for row in range(2):  # batch 1: greedy through the screen of the head
+        ids = x[row : row + 1, : int(mask[row].sum())]
+        assert model.generate(ids, max_new_tokens=12).tolist() == ref.generate(ids, max_new_tokens=12).tolist()
+
+
+def test_marian_layout_generation_is_not_vacuous(layouts):
+    """In every layout, some hypotheses end early (rows padded) and beam search chooses
+    differently from greedy: the identity checks above exercise both."""
+    for layout in LAYOUTS:
+        _, config, _, model = layouts[layout]
+        x, mask, _ = layout_batch(config)
+        greedy = model.generate(x, attention_mask=mask, max_new_tokens=12)
+        beam = model.generate(x, attention_mask=mask, max_new_tokens=12, num_beams=3)
+        assert greedy.tolist() != beam.tolist()
+        assert (greedy == config["pad_token_id"])[:, 1:].any() or (beam == config["pad_token_id"])[:, 1:].any()
+
+
+def _marian_activations():
+    from transformers.activations import ACT2CLS
+
+    from zoo.activations import ACTIVATIONS
+
+    return sorted(set(ACTIVATIONS) & set(ACT2CLS))
+
+
+def test_every_zoo_activation_is_a_transformers_name():
+    from transformers.activations import ACT2CLS
+
+    from zoo.activations import ACTIVATIONS
+
+    assert set(ACTIVATIONS) <= set(ACT2CLS)
+    assert {"gelu", "gelu_new", "relu", "swish", "silu"} <= set(ACTIVATIONS)
+
+
+@pytest.mark.parametrize("activation", _marian_activations())
+def test_marian_activation_and_embedding_scale(activation, tmp_path):
+    """Each activation zoo implements, in turn with scaled and unscaled embeddings and in
+    each layout of the tables."""
+    i = _marian_activations().index(activation)
+    layout = list(LAYOUTS)[i % len(LAYOUTS)]
+    ref, config = layout_reference(layout, activation_function=activation, scale_embedding=bool(i % 2))
+    loaded = load_full(write_layout(ref, config, tmp_path, "save_pretrained"), device="cpu")
+    assert loaded.model.config.activation == activation
+    assert loaded.model.config.scale_embedding == bool(i % 2)
+    assert_same_outputs(loaded.model, ref, config)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_marian_layout_config_translation(layout):
+    from zoo import testing
+
+    config = layout_config(layout)
+    arch = testing.check_config_translation(hf_marian.CONVERTER, config)
+    shared = config.get("share_encoder_decoder_embeddings", True)
+    tied = config.get("tie_word_embeddings", True)
+    assert (arch["share_embeddings"], arch["tie_output"], arch["final_logits_bias"]) == (shared and tied, tied, True)
+    assert arch["src_vocab_size"] == config["vocab_size"]
+    assert arch["tgt_vocab_size"] == (config["vocab_size"] if shared else config["decoder_vocab_size"])
+    back = hf_marian.from_architecture(arch)
+    # separate tables of one size go back as separate vocabularies: the same weights, none unused
+    assert back["share_encoder_decoder_embeddings"] == (shared and tied)
+    assert back["tie_word_embeddings"] == tied
+
+
+def test_a_shared_table_with_its_own_output_is_no_marian_model():
+    arch = hf_marian.to_architecture(layout_config("shared-tied"))
+    with pytest.raises(ConfigError, match="tie_output"):
+        hf_marian.from_architecture({**arch, "tie_output": False})
+
+
+def test_shared_decoder_vocab_size_is_ignored_as_transformers_does(tmp_path):
+    """Shared and tied, MarianMTModel builds every table with vocab_size rows, whatever
+    decoder_vocab_size says."""
+    ref, config = layout_reference("shared-tied", decoder_vocab_size=50)
+    assert ref.lm_head.weight.shape[0] == 60
+    loaded = load_full(write_layout(ref, config, tmp_path, "save_pretrained"), device="cpu")
+    assert loaded.model.config.tgt_vocab_size == 60
+    assert_same_outputs(loaded.model, ref, config)
+
+
+@pytest.mark.parametrize("files", ["save_pretrained", "hub"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_marian_layout_export_loads_in_transformers(layout, files, tmp_path):
+    """``zoo convert --to hf`` of each layout: MarianMTModel loads every weight it computes
+    with from the export (nothing left to random initialization) and gives the same outputs;
+    so does zoo."""
+    from transformers import MarianMTModel
+
+    from zoo.export import convert_checkpoint
+
+    ref, config = layout_reference(layout)
+    folder = write_layout(ref, config, tmp_path / "source", files)
+    convert_checkpoint(str(folder), "hf", tmp_path / "out")
+    theirs, info = MarianMTModel.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    assert not set(info["missing_keys"]) - POSITIONS and not info["unexpected_keys"], info
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["tie_word_embeddings"] == config.get("tie_word_embeddings", True)
+    x, mask, dec = layout_batch(config)
+    with torch.no_grad():
+        want = ref(input_ids=x, attention_mask=mask, decoder_input_ids=dec).logits
+        got = theirs.eval()(input_ids=x, attention_mask=mask, decoder_input_ids=dec).logits
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert_same_outputs(load_full(tmp_path / "out", device="cpu").model, ref, config)
+
+
+def test_untied_shared_file_without_per_stack_tables_is_refused(tmp_path):
+    """Untied, MarianMTModel reads model.{encoder,decoder}.embed_tokens: a file holding only
+    model.shared.weight and lm_head.weight (as transformers 4 saved such models) would leave
+    them to random initialization in transformers 5. zoo refuses it, naming them."""
+    ref, config = layout_reference("shared-untied")
+    state = {k: v.clone() for k, v in ref.state_dict().items()
+             if k not in {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"}}
+    save_safetensors(state, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError) as err:
+        load_full(tmp_path, device="cpu")
+    assert "model.encoder.embed_tokens.weight" in str(err.value)
+    assert "model.decoder.embed_tokens.weight" in str(err.value)
+
+
+def _retarget(conv: Converter, swap) -> Converter:
+    """``conv`` with the targets of two source keys exchanged."""
+    (a, b), rules = swap, {m.source: m for m in conv.key_map}
+    key_map = tuple(
+        dataclasses.replace(m, target=rules[b].target) if m.source == a
+        else dataclasses.replace(m, target=rules[a].target) if m.source == b else m
+        for m in conv.key_map
+    )
+    return dataclasses.replace(conv, name="broken", key_map=key_map)
+
+
+@pytest.mark.parametrize("layout, swap", [
+    ("shared-untied", ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight")),
+    ("separate-untied", ("model.decoder.embed_tokens.weight", "lm_head.weight")),
+], ids=["encoder-decoder tables", "decoder table-output"])
+def test_swapped_tables_of_one_shape_are_caught_by_verify(layout, swap, tmp_path):
+    from zoo.verification import verify
+
+    ref, config = layout_reference(layout)
+    folder = write_layout(ref, config, tmp_path, "hub")
+    assert verify(str(folder), device="cpu").passed
+    report = verify(str(folder), device="cpu", converter=_retarget(hf_marian.CONVERTER, swap))
+    assert not report.passed and report.first_divergence
+
+
+def test_swapped_tables_of_two_vocabularies_are_named(tmp_path):
+    ref, config = layout_reference("separate-tied")
+    folder = write_layout(ref, config, tmp_path, "hub")
+    broken = _retarget(hf_marian.CONVERTER, ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"))
+    with pytest.raises(ConversionError) as err:
+        load_full(folder, device="cpu", converter=broken)
+    assert "model.encoder.embed_tokens.weight: checkpoint [60, 32]" in str(err.value)
+
+
+# the config.json fields the newer OPUS configs carry, each set to the value that would mean
+# something else than MarianMTModel's post-norm, sinusoidal model if it were read
+IGNORED = {"normalize_before": True, "normalize_embedding": True, "add_final_layer_norm": True,
+           "static_position_embeddings": False, "extra_pos_embeddings": 7, "add_bias_logits": True,
+           "scale_attention_softmax": True}
+
+
+def test_ignored_fields_are_those_marian_never_reads():
+    """Every field the converter declares ignored is named nowhere in transformers' Marian model
+    and config code (so MarianMTModel cannot read it); the fields the newer OPUS configs carry
+    are all declared."""
+    import transformers.models.marian.configuration_marian as configuration
+    import transformers.models.marian.modeling_marian as modeling
+
+    source = Path(modeling.__file__).read_text() + Path(configuration.__file__).read_text()
+    assert set(IGNORED) == set(hf_marian.CONVERTER.ignored_fields)
+    for field, why in hf_marian.CONVERTER.ignored_fields.items():
+        assert field not in source, field
+        assert why and field not in hf_marian.CONVERTER.config_fields
+
+
+@pytest.mark.parametrize("layout", ["shared-tied", "separate-untied"])
+def test_ignored_fields_load_as_transformers_loads_them(layout, tmp_path):
+    ref, config = layout_reference(layout, **IGNORED)
+    folder = write_layout(ref, config, tmp_path, "save_pretrained")
+    assert json.loads((folder / "config.json").read_text())["normalize_before"] is True
+    loaded = load_full(folder, device="cpu")
+    cfg = loaded.model.config
+    assert (cfg.norm_placement, cfg.final_norms, cfg.sinusoid_layout) == ("post", False, "halves")
+    assert_same_outputs(loaded.model, ref, config)
+
+
+def test_marian_attribute_aliases_set_their_fields():
+    """MarianConfig's attribute_map: num_hidden_layers, hidden_size and num_attention_heads set
+    encoder_layers, d_model and encoder_attention_heads, over those fields' own values."""
+    from transformers import MarianConfig
+
+    config = {**layout_config("shared-tied"), "num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2}
+    arch = hf_marian.to_architecture(config)
+    theirs = MarianConfig(**config)
+    assert (arch["encoder_layers"], arch["d_model"], arch["encoder_heads"]) == (
+        theirs.encoder_layers, theirs.d_model, theirs.encoder_attention_heads) == (1, 16, 2)
+
+
+@pytest.mark.parametrize("config, field", [
+    (BAD_CONFIGS["activation"], "activation_function='mish'"),
+    (BAD_CONFIGS["layerdrop"], "decoder_layerdrop=0.1"),
+    (BAD_CONFIGS["shared untied, two sizes"], "decoder_vocab_size=50"),
+], ids=["activation", "layerdrop", "decoder_vocab_size"])
+def test_refusals_name_the_config_json_field(config, field):
+    with pytest.raises(ConfigError) as err:
+        hf_marian.to_architecture(config)
+    assert field in str(err.value) and "\n" not in str(err.value)
+
+
+MARIAN_ENTRIES = [e for e in get_catalog().list() if e.converter == "hf_marian"]
+
+
+@pytest.mark.parametrize("entry", MARIAN_ENTRIES, ids=[e.name for e in MARIAN_ENTRIES])
+def test_marian_entry_params_are_transformers_count(entry):
+    """The catalog's params, against MarianMTModel built (on the meta device) from the entry's
+    config: its parameters less the sinusoid tables zoo computes."""
+    from transformers import MarianConfig, MarianMTModel
+
+    with torch.device("meta"):
+        ref = MarianMTModel(MarianConfig(**entry.config))
+    assert entry.params == sum(p.numel() for name, p in ref.named_parameters() if name not in POSITIONS)
+
+
 # ---------------------------------------------------------------------------------- registry
 
 
@@ -352,7 +724,8 @@ def test_registry_entry_builds_with_exact_param_count(entry):
 
 def test_catalog_has_the_family():
     names = {e.name for e in ENTRIES}
-    assert {"opus-mt-en-de", "opus-mt-de-en", "opus-mt-en-fr", "opus-mt-fr-en", "transformer-base"} <= names
+    assert {"opus-mt-en-de", "opus-mt-de-en", "opus-mt-en-fr", "opus-mt-fr-en", "opus-mt-tc-big-en-fr",
+            "transformer-base"} <= names
     assert get_catalog().get("Helsinki-NLP/opus-mt-en-de").name == "opus-mt-en-de"
 
 

@@ -5,7 +5,8 @@ vocabulary-wide embedding matrix; for 4 to 32 rows on CPU float32 ``(W @ xᵀ)�
 matrix once and runs several times faster than ``x @ Wᵀ`` (:func:`zoo.accel.ops.linear`).
 :class:`FewRowGenerator` is the model's ``Generator`` with that product, its class swapped by
 :func:`zoo.accel.accelerate`. Generation reads the head through ``zoo.accel.head_logits``, which
-does the same.
+does the same. An output projection of its own (an untied ``proj``) is an ``nn.Linear``, which
+the generic pass makes a :class:`zoo.accel.ops.Linear` computing the same product.
 """
 from __future__ import annotations
 
