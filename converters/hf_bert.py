@@ -13,6 +13,14 @@ The key map is written in the layout of the pretraining checkpoints on the Hub
     cls.predictions.decoder.weight (tied to the word embeddings; may be absent)
     cls.seq_relationship.*            (next-sentence head)
 
+and of the fine-tuned checkpoints (``BertFor*.state_dict()``: the encoder under ``bert.``, the
+task's head at the top level, no ``cls.*``)::
+
+    classifier.{weight,bias}          BertForSequenceClassification [num_labels, H] (+ the pooler),
+                                      BertForTokenClassification [num_labels, H],
+                                      BertForMultipleChoice [1, H] (+ the pooler)
+    qa_outputs.{weight,bias}          BertForQuestionAnswering [2, H]: start and end scores
+
 Other real files differ, and are brought to that layout by named renames first:
 
 * no ``bert.`` prefix (``BertModel.save_pretrained``, many fine-tuned encoders);
@@ -21,28 +29,42 @@ Other real files differ, and are brought to that layout by named renames first:
 * a legacy ``embeddings.position_ids`` buffer (dropped: positions are computed in code).
 
 zoo's module names are the same keys without the ``bert.`` prefix. Which heads a build has
-depends on the task: ``fill-mask`` has the MLM head and no pooler (as ``BertForMaskedLM``),
-``feature-extraction`` has the pooler and no MLM head (as ``BertModel``); the head a build lacks
-is dropped by a named ``unused`` reason.
+depends on the task, as in transformers' class of the task (:data:`TASKS`): ``fill-mask`` has
+the MLM head and no pooler, ``feature-extraction`` the pooler only, ``text-classification``
+and ``multiple-choice`` the pooler and ``classifier``, ``token-classification`` ``classifier``
+only, ``question-answering`` ``qa_outputs`` only. A head of the file that the build lacks is
+dropped by a named ``unused`` reason; a head the build needs that the file lacks is an error
+naming its keys (``classifier.weight``, ...).
 
 The config: the architecture's fields are those of Google's ``bert_config.json``, whose names
 transformers kept, so :func:`to_architecture` copies them (transformers' defaults where one is
-left out) and refuses transformers' options that compute something else (relative positions,
-a decoder, cross-attention, factorized embeddings, an MLM decoder of its own, another
-``model_type``); :func:`from_architecture` gives them back. This module imports no torch at
+left out), adds the classifier's outputs (:func:`num_labels`) and dropout, and refuses
+transformers' options that compute something else (relative positions, a decoder,
+cross-attention, factorized embeddings, an MLM decoder of its own, another ``model_type``);
+:func:`from_architecture` gives them back. ``id2label`` (the label names) and ``problem_type``
+(softmax, sigmoid or the value itself) do not change the model: they are for whoever reads its
+logits. This module imports no torch at
 import time.
 """
 from zoo import Drop, Map, Rename, fields, hookimpl
 from zoo.errors import ConfigError
 from zoo.types import Converter
 
-_POOLER_UNUSED = "pooler: the fill-mask model has none (as BertForMaskedLM)"
-_MLM_UNUSED = "MLM head: not part of the feature-extraction model (as BertModel)"
+_POOLER_UNUSED = ("pooler: the fill-mask, token-classification and question-answering models have none "
+                  "(as BertForMaskedLM, BertForTokenClassification, BertForQuestionAnswering)")
+_MLM_UNUSED = "MLM head (cls.predictions.*): only the fill-mask model has it (as BertForMaskedLM)"
+_CLASSIFIER_UNUSED = ("classifier head (classifier.*): only the text-classification, token-classification and "
+                      "multiple-choice models have it")
+_QA_UNUSED = "answer-span head (qa_outputs.*): only the question-answering model has it"
+_NSP = "next-sentence-prediction head: no zoo task uses it"
+
+# the task heads, stored at the top level of a file (the encoder is under "bert.")
+_HEADS = ("cls.", "classifier.", "qa_outputs.")
 
 
 def _same(key: str, unused: str = "") -> Map:
-    """``bert.<key>`` (or ``<key>`` for the heads under ``cls.``) -> zoo's ``<key>``."""
-    source = key if key.startswith("cls.") else "bert." + key
+    """``bert.<key>`` (or ``<key>`` for a task head) -> zoo's ``<key>``."""
+    source = key if key.startswith(_HEADS) else "bert." + key
     return Map(source, key, unused=unused)
 
 
@@ -77,8 +99,12 @@ KEY_MAP = (
     _same("cls.predictions.bias", unused=_MLM_UNUSED),
     Drop("cls.predictions.decoder.weight", "MLM decoder weight: tied to bert.embeddings.word_embeddings.weight"),
     Drop("cls.predictions.decoder.bias", "MLM decoder bias: tied to cls.predictions.bias"),
-    Drop("cls.seq_relationship.weight", "next-sentence-prediction head: no zoo task uses it"),
-    Drop("cls.seq_relationship.bias", "next-sentence-prediction head: no zoo task uses it"),
+    Drop("cls.seq_relationship.weight", _NSP),
+    Drop("cls.seq_relationship.bias", _NSP),
+    _same("classifier.weight", unused=_CLASSIFIER_UNUSED),
+    _same("classifier.bias", unused=_CLASSIFIER_UNUSED),
+    _same("qa_outputs.weight", unused=_QA_UNUSED),
+    _same("qa_outputs.bias", unused=_QA_UNUSED),
     Drop("bert.embeddings.position_ids", "legacy buffer arange(max_position_embeddings): computed in code"),
 )
 
@@ -100,41 +126,51 @@ RENAMES = (
     ),
 )
 
-# Hugging Face `architectures` class name -> zoo task.
+# Hugging Face `architectures` class name -> zoo task (the first: what tests build by default).
 TASKS = {
     "BertForMaskedLM": "fill-mask",
     "BertForPreTraining": "fill-mask",
     "BertModel": "feature-extraction",
+    "BertForSequenceClassification": "text-classification",
+    "BertForTokenClassification": "token-classification",
+    "BertForQuestionAnswering": "question-answering",
+    "BertForMultipleChoice": "multiple-choice",
+}
+
+# zoo task -> the transformers class zoo's model of that task is checked against
+REFERENCES = {
+    "fill-mask": "BertForMaskedLM",
+    "feature-extraction": "BertModel",
+    "text-classification": "BertForSequenceClassification",
+    "token-classification": "BertForTokenClassification",
+    "question-answering": "BertForQuestionAnswering",
+    "multiple-choice": "BertForMultipleChoice",
 }
 
 
-def _reference_class(task):
+def reference(config, task, folder=None):
+    """The transformers model zoo is checked against, the class of the task
+    (:data:`REFERENCES`: ``BertForMaskedLM`` for fill-mask, ``BertModel`` with its pooler for
+    feature-extraction, ``BertForSequenceClassification`` for text-classification, ...): from
+    ``folder``'s files, else with random weights for ``config``."""
     import transformers
 
-    if task == "fill-mask":
-        return transformers.BertForMaskedLM
-    if task == "feature-extraction":
-        return transformers.BertModel
-    raise ValueError(f"hf_bert: no reference for task {task!r}")
-
-
-def reference(config, task, folder=None):
-    """The transformers model zoo is checked against: ``BertForMaskedLM`` for fill-mask,
-    ``BertModel`` (with its pooler) for feature-extraction."""
-    from transformers import BertConfig
-
-    cls = _reference_class(task)
+    if task not in REFERENCES:
+        raise ValueError(f"hf_bert: no reference for task {task!r}")
+    cls = getattr(transformers, REFERENCES[task])
     if folder is not None:
         return cls.from_pretrained(folder)
-    return cls(BertConfig(**config))
+    return cls(transformers.BertConfig(**config))
 
 
 def hub_layout(state_dict, config):
-    """A reference model's ``state_dict()`` -> the layout of the pretraining files on the Hub
-    (bert-base-uncased): ``bert.`` prefix, LayerNorm ``gamma``/``beta``, no decoder weight/bias
-    (tied), and every head present — the pooler, the MLM head and the next-sentence head. Heads
-    the reference lacks (BertModel has no MLM head, BertForMaskedLM no pooler) are filled with
-    seeded random values, so loading exercises the rules that drop them."""
+    """A reference model's ``state_dict()`` -> the layout of the files on the Hub: ``bert.``
+    prefix, LayerNorm ``gamma``/``beta`` (as the older files have), no decoder weight/bias
+    (tied). A fine-tuned model's files (a reference with ``classifier.*`` or ``qa_outputs.*``)
+    hold what the model holds and no more. The pretraining files (bert-base-uncased) hold every
+    pretraining head — the pooler, the MLM head and the next-sentence head: those the reference
+    lacks (BertModel has no MLM head, BertForMaskedLM no pooler) are filled with seeded random
+    values, so loading exercises the rules that drop them."""
     import torch
 
     H = int(config.get("hidden_size", 768))
@@ -155,6 +191,8 @@ def hub_layout(state_dict, config):
         elif key.endswith("LayerNorm.bias"):
             key = key[: -len("bias")] + "beta"
         out[key] = tensor
+    if any(key.startswith(("classifier.", "qa_outputs.")) for key in out):
+        return out
     extra = {
         "bert.pooler.dense.weight": rand(H, H),
         "bert.pooler.dense.bias": rand(H),
@@ -173,11 +211,15 @@ def hub_layout(state_dict, config):
 
 def config_from_weights(config, keys):
     """A checkpoint without pooler weights (e.g. saved from BertForMaskedLM) builds without the
-    pooler for every task, unless the caller asked for one (``add_pooling_layer``)."""
+    pooler, unless the caller asked for one (``add_pooling_layer``). text-classification and
+    multiple-choice build it whatever this says (their classifier reads it): on such a
+    checkpoint they fail naming the pooler's keys."""
     if "add_pooling_layer" not in config and not any(".pooler." in f".{k}" for k in keys):
         return {**config, "add_pooling_layer": False}
     return config
 
+
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 # the config.json fields zoo checks on reading a BERT file, and what each must be
 CONFIG_FIELDS = {
@@ -186,6 +228,10 @@ CONFIG_FIELDS = {
     "layer_norm_eps": fields.POSITIVE, "max_position_embeddings": fields.SIZE, "type_vocab_size": fields.SIZE,
     "pad_token_id": fields.TOKEN_ID, "hidden_dropout_prob": fields.PROBABILITY,
     "attention_probs_dropout_prob": fields.PROBABILITY,
+    "num_labels": fields.COUNT, "classifier_dropout": fields.PROBABILITY,
+    "add_pooling_layer": fields.FLAG, "add_mlm_head": fields.FLAG,  # zoo's switches (see SWITCHES)
+    # how a runner turns a classifier's logits into scores (softmax, sigmoid, the value itself)
+    "problem_type": (lambda v: v in PROBLEM_TYPES, "one of " + ", ".join(PROBLEM_TYPES)),
 }
 
 # config.json field -> transformers' default (a field left out or null): each is the field of
@@ -210,6 +256,20 @@ SUPPORTED = {
 }
 
 
+def num_labels(config):
+    """The classifier's outputs as transformers counts them: ``num_labels`` where config.json
+    has it (older files; it wins over ``id2label`` there too), else the entries of
+    ``id2label``, else 2."""
+    if config.get("num_labels") is not None:
+        return config["num_labels"]
+    labels = config.get("id2label")
+    if labels is None:
+        return 2
+    if not labels:
+        raise ConfigError("bert: config field id2label={} names no label")
+    return len(labels)
+
+
 def to_architecture(config):
     """A BERT config.json (with zoo's switches) -> the ``bert`` architecture's config; refuses,
     naming the field, what the architecture does not compute."""
@@ -225,20 +285,26 @@ def to_architecture(config):
     if config.get("embedding_size") not in (None, config.get("hidden_size", 768)):
         raise ConfigError(f"bert: config field embedding_size={config['embedding_size']!r} (factorized embeddings) is not supported")
     # the MLM decoder is the word embedding matrix: a file with one of its own cannot have the
-    # MLM head, which every task but an explicit add_mlm_head=False may build
+    # MLM head; the task is not known here, so only an explicit add_mlm_head=False is certain
     if config.get("tie_word_embeddings") is False and config.get("add_mlm_head") is not False:
         raise ConfigError(
             "bert: config field tie_word_embeddings=False is not supported: the MLM decoder "
             "reuses the word embeddings (for the body alone, load with add_mlm_head=False)"
         )
     arch = {key: default if config.get(key) is None else config[key] for key, default in ARCHITECTURE_FIELDS.items()}
+    dropout = config.get("classifier_dropout")  # transformers: hidden_dropout_prob when null
+    arch["num_labels"] = num_labels(config)
+    arch["classifier_dropout_prob"] = arch["hidden_dropout_prob"] if dropout is None else dropout
     return {**arch, **{key: config.get(key) for key in SWITCHES}}
 
 
 def from_architecture(arch_config):
     """The ``bert`` architecture's config -> the config.json fields it determines (the
-    switches only when set)."""
+    switches only when set; ``classifier_dropout`` null when it is ``hidden_dropout_prob``)."""
     out = {key: arch_config[key] for key in ARCHITECTURE_FIELDS}
+    dropout = arch_config["classifier_dropout_prob"]
+    out["num_labels"] = arch_config["num_labels"]
+    out["classifier_dropout"] = None if dropout == arch_config["hidden_dropout_prob"] else dropout
     out.update({key: arch_config[key] for key in SWITCHES if arch_config.get(key) is not None})
     return out
 
@@ -267,7 +333,8 @@ CONVERTER = Converter(
     tiny_config={"model_type": "bert", "vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2,
                  "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 64,
                  "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "pad_token_id": 0},
-    description="Hugging Face BERT (Hub pretraining files, BertModel/BertForMaskedLM save_pretrained)",
+    description="Hugging Face BERT (Hub pretraining and fine-tuned files, BertModel/BertFor* save_pretrained)",
+    version="2",
     config_fields=CONFIG_FIELDS,
 )
 

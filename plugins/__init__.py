@@ -22,8 +22,9 @@ ARCHITECTURES = (
         example_inputs="zoo.plugins.bert:example_inputs",
         parameter_count="zoo.plugins.bert:parameter_count",
         fast_paths="zoo.accel.bert:FAST_PATHS",
-        tasks=("fill-mask", "feature-extraction"),
-        description="BERT bidirectional encoder (MLM head or pooler), sized from its config",
+        tasks=("fill-mask", "feature-extraction", "text-classification", "token-classification",
+               "question-answering", "multiple-choice"),
+        description="BERT bidirectional encoder (MLM head, pooler, or a classifier / QA head), sized from its config",
     ),
     Architecture(
         name="vit",

@@ -2,17 +2,29 @@
 
 A bidirectional transformer encoder: word + learned position + token-type embeddings and a
 LayerNorm, then ``num_hidden_layers`` *post-norm* layers (self-attention -> residual ->
-LayerNorm, MLP -> residual -> LayerNorm). On top, optionally:
+LayerNorm, MLP -> residual -> LayerNorm). On top, the heads of the task it is built for:
 
 * a pooler: ``tanh(W h_[CLS] + b)``, the sentence vector BERT was pretrained to produce
   (``feature-extraction``, as transformers' ``BertModel``);
 * a masked-language-model head: dense -> activation -> LayerNorm -> a decoder that reuses the
   word embedding matrix (tied) plus its own bias (``fill-mask``, as ``BertForMaskedLM``, which
-  has no pooler).
+  has no pooler);
+* a sentence classifier: pooler -> dropout -> ``classifier`` Linear(H, num_labels), logits
+  [B, num_labels] (``text-classification``, as ``BertForSequenceClassification``; one head for
+  single-label, multi-label and regression models alike: they differ in the loss only);
+* a token classifier: each token's last hidden state -> dropout -> ``classifier``, logits
+  [B, T, num_labels] (``token-classification``, as ``BertForTokenClassification``, no pooler);
+* a span head: ``qa_outputs`` Linear(H, 2), each token's scores as the start and as the end of
+  the answer, ``start_logits`` and ``end_logits`` [B, T] (``question-answering``, as
+  ``BertForQuestionAnswering``, no pooler);
+* a multiple-choice scorer: input [B, C, T], each choice a sequence of its own; pooler ->
+  dropout -> ``classifier`` Linear(H, 1), logits [B, C] (``multiple-choice``, as
+  ``BertForMultipleChoice``).
 
 Submodules carry the names of the Hugging Face checkpoint without its ``bert.`` prefix
 (``embeddings.word_embeddings``, ``encoder.layer.N.attention.self.query``, ``pooler.dense``,
-``cls.predictions.transform.dense``), so the converter maps keys 1:1.
+``cls.predictions.transform.dense``, ``classifier``, ``qa_outputs``), so the converter maps
+keys 1:1.
 
 The whole size of the model comes from the config; any config value this file does not
 implement raises :class:`zoo.errors.ConfigError` naming the field and the value.
@@ -23,7 +35,7 @@ speed layer, zoo.accel.bert, skips the work of padding tokens altogether.)
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -34,7 +46,10 @@ from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
 
 
-TASKS = ("fill-mask", "feature-extraction")
+TASKS = ("fill-mask", "feature-extraction", "text-classification", "token-classification", "question-answering",
+         "multiple-choice")
+SENTENCE_TASKS = ("text-classification", "multiple-choice")  # their classifier reads the pooler
+CLASSIFIER_TASKS = SENTENCE_TASKS + ("token-classification",)  # dropout -> classifier
 
 
 @dataclass
@@ -53,14 +68,22 @@ class BertConfig:
     max_position_embeddings: int = 512  # learned positions: the longest input
     type_vocab_size: int = 2  # token types (segments A, B)
     layer_norm_eps: float = 1e-12  # epsilon of every LayerNorm (Google's code fixes it at 1e-12)
+    # outputs of the classifier of text- and token-classification (run_classifier.py's name);
+    # multiple-choice scores each choice once, question-answering each token as start and end
+    num_labels: int = 2
+    classifier_dropout_prob: float = 0.1  # dropout before the classifier (training only)
     # zoo's own switches; None means "what the task implies".
-    add_pooling_layer: Optional[bool] = None  # feature-extraction: True, fill-mask: False
-    add_mlm_head: Optional[bool] = None  # fill-mask: True, feature-extraction: False
+    # The pooler: feature-extraction True, fill-mask, token-classification and question-answering
+    # False; text-classification and multiple-choice always build it (their classifier reads it).
+    add_pooling_layer: Optional[bool] = None
+    # The MLM head: fill-mask True, feature-extraction False; the other tasks never build it
+    # (their logits are their own head's).
+    add_mlm_head: Optional[bool] = None
 
     def check(self) -> None:
         """Refuse values this file does not implement, naming the field and the value."""
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"bert: config field {name}={v!r} must be a positive integer")
@@ -85,10 +108,14 @@ def bert_config(config: Dict[str, Any], task: str) -> BertConfig:
     if unknown:
         raise ConfigError(f"bert: unknown config field(s) {', '.join(unknown)}")
     cfg = BertConfig(**config)
-    if cfg.add_pooling_layer is None:
+    if task in SENTENCE_TASKS:
+        cfg.add_pooling_layer = True
+    elif cfg.add_pooling_layer is None:
         cfg.add_pooling_layer = task == "feature-extraction"
     if cfg.add_mlm_head is None:
         cfg.add_mlm_head = task == "fill-mask"
+    elif cfg.add_mlm_head and task not in ("fill-mask", "feature-extraction"):
+        raise ConfigError(f"bert: config field add_mlm_head=True: the {task} model's logits are its own head's")
     cfg.check()
     return cfg
 
@@ -261,24 +288,45 @@ class MLMHead(nn.Module):
 # ----------------------------------------------------------------------------- the model
 
 
-class Bert(nn.Module):
-    """``model(input_ids, attention_mask=None, token_type_ids=None)`` -> :class:`ModelOutput`
-    with ``last_hidden_state`` [B, T, H], ``pooler_output`` [B, H] when built with a pooler,
-    and ``logits`` [B, T, vocab] when built with the MLM head.
+def _unchanged(t: torch.Tensor) -> torch.Tensor:
+    return t
 
-    Outputs match transformers' BertModel / BertForMaskedLM (zoo.accel.bert's unpadding leaves
-    zeros at padding positions instead).
+
+class Bert(nn.Module):
+    """``model(input_ids, attention_mask=None, token_type_ids=None)`` -> :class:`ModelOutput`.
+
+    ``input_ids`` are [B, T] (multiple-choice: [B, C, T], the mask and the token types too).
+    Every task gives ``last_hidden_state`` [B, T, H], and ``pooler_output`` [B, H] when built
+    with a pooler; then, by task:
+
+    ====================  =========================================================
+    fill-mask             ``logits`` [B, T, vocab]
+    text-classification   ``logits`` [B, num_labels]
+    token-classification  ``logits`` [B, T, num_labels]
+    question-answering    ``start_logits`` and ``end_logits`` [B, T]
+    multiple-choice       ``logits`` [B, C]; the other outputs per choice, [B * C, ...]
+    ====================  =========================================================
+
+    Outputs match transformers' class of the task. zoo.accel.bert's unpadding leaves zeros at
+    padding positions instead, in every per-token output: a caller that picks among per-token
+    scores (an answer span) masks padding, as it must with transformers' values there too.
     """
 
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: BertConfig, task: str):
         super().__init__()
         self.config = cfg
+        self.task = task
         self.embeddings = Embeddings(cfg)
         self.encoder = Encoder(cfg)
         if cfg.add_pooling_layer:
             self.pooler = Pooler(cfg)
         if cfg.add_mlm_head:
             self.cls = MLMHead(cfg)
+        if task in CLASSIFIER_TASKS:
+            self.dropout = nn.Dropout(cfg.classifier_dropout_prob)
+            self.classifier = nn.Linear(cfg.hidden_size, 1 if task == "multiple-choice" else cfg.num_labels)
+        if task == "question-answering":
+            self.qa_outputs = nn.Linear(cfg.hidden_size, 2)  # a start score and an end score per token
 
     def _check(self, input_ids, attention_mask, token_type_ids) -> None:
         cfg = self.config
@@ -310,6 +358,23 @@ class Bert(nn.Module):
         token_type_ids: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
     ) -> ModelOutput:
+        if self.task != "multiple-choice":
+            return self.sequences(input_ids, attention_mask, token_type_ids, output_hidden_states)
+        # (B, C, T): each choice is a sequence of its own; their scores come back as (B, C)
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 3:
+            shape = list(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise InputError(f"bert (multiple-choice) expects token ids of shape [B, C, T] (C choices), got {shape}")
+        B, C, T = input_ids.shape
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is not None and tuple(t.shape) != (B, C, T):
+                raise InputError(f"bert: {name} has shape {list(t.shape)}, input_ids {[B, C, T]}")
+        rows = (None if t is None else t.reshape(B * C, T) for t in (input_ids, attention_mask, token_type_ids))
+        out = self.sequences(*rows, output_hidden_states)
+        out.logits = out.logits.view(B, C)
+        return out
+
+    def sequences(self, input_ids, attention_mask, token_type_ids, output_hidden_states: bool) -> ModelOutput:
+        """The model on a batch of sequences [B, T] (multiple-choice: one row per choice)."""
         self._check(input_ids, attention_mask, token_type_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)  # one segment, as in the reference
@@ -324,42 +389,70 @@ class Bert(nn.Module):
             x = layer(x, mask)
             if hidden is not None:
                 hidden.append(x)
-        return self.heads(x, hidden)
+        return self.heads(x, x[:, 0], hidden)
 
-    def heads(self, x: torch.Tensor, hidden: Optional[list] = None) -> ModelOutput:
-        """The pooler (position 0) and the MLM head over the last hidden states (B, T, H)."""
-        pooled = self.pooler(x[:, 0]) if self.config.add_pooling_layer else None
-        logits = self.cls.predictions(x, self.embeddings.word_embeddings.weight) if self.config.add_mlm_head else None
-        return ModelOutput(last_hidden_state=x, pooler_output=pooled, logits=logits,
-                           hidden_states=tuple(hidden) if hidden else None)
+    def heads(self, x: torch.Tensor, first: torch.Tensor, hidden: Optional[list] = None,
+              batched: Callable[[torch.Tensor], torch.Tensor] = _unchanged) -> ModelOutput:
+        """The outputs from the last hidden states ``x`` (B, T, H) and ``first`` (B, H), each
+        row's state at position 0 (where the pooler reads). The other heads work token by token,
+        so ``x`` may hold the tokens in another layout: the speed layer passes its flat (N, H)
+        tokens, and ``batched``, which brings a per-token tensor (and each of ``hidden``) back
+        to (B, T, ...)."""
+        cfg, task = self.config, self.task
+        pooled = self.pooler(first) if cfg.add_pooling_layer else None
+        out = ModelOutput(last_hidden_state=batched(x), pooler_output=pooled,
+                          hidden_states=tuple(batched(h) for h in hidden) if hidden else None)
+        if cfg.add_mlm_head:
+            out.logits = batched(self.cls.predictions(x, self.embeddings.word_embeddings.weight))  # (B, T, vocab)
+        if task in SENTENCE_TASKS:
+            out.logits = self.classifier(self.dropout(pooled))  # (B, num_labels); multiple-choice (B * C, 1)
+        elif task == "token-classification":
+            out.logits = batched(self.classifier(self.dropout(x)))  # (B, T, num_labels)
+        elif task == "question-answering":
+            scores = batched(self.qa_outputs(x))  # (B, T, 2)
+            out.start_logits, out.end_logits = (s.contiguous() for s in scores.unbind(-1))
+        return out
 
 
 def from_config(config: Dict[str, Any], task: Optional[str] = None) -> Bert:
     """The model of ``task`` (default: fill-mask) from ``config``, :class:`BertConfig`'s fields by name."""
-    return Bert(bert_config(config, task or TASKS[0]))
+    task = task or TASKS[0]
+    return Bert(bert_config(config, task), task)
 
 
 def parameter_count(config: Dict[str, Any], task: Optional[str] = None) -> int:
     """The parameters :func:`from_config` builds, from the config alone (checked before building)."""
-    cfg = bert_config(config, task or TASKS[0])
+    task = task or TASKS[0]
+    cfg = bert_config(config, task)
     H, inner = cfg.hidden_size, cfg.intermediate_size
     embeddings = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * H + 2 * H
     layer = 4 * (H * H + H) + 2 * H + (H * inner + inner) + (inner * H + H) + 2 * H
     pooler = H * H + H if cfg.add_pooling_layer else 0
     mlm = (H * H + H) + 2 * H + cfg.vocab_size if cfg.add_mlm_head else 0
-    return embeddings + cfg.num_hidden_layers * layer + pooler + mlm
+    outputs = {"text-classification": cfg.num_labels, "token-classification": cfg.num_labels,
+               "question-answering": 2, "multiple-choice": 1}.get(task, 0)
+    head = H * outputs + outputs  # the classifier or qa_outputs: weight and bias
+    return embeddings + cfg.num_hidden_layers * layer + pooler + mlm + head
+
+
+CHOICES = 3  # multiple-choice example inputs: choices per question
 
 
 def example_inputs(config: Dict[str, Any], task: str, batch: int, seq: int, generator) -> Dict[str, Any]:
     """Random ids, two segments (token types 0 then 1), and padding at the end of every row
-    after the first, so verification exercises the mask and the token types."""
+    after the first, so verification exercises the mask and the token types. Multiple-choice:
+    [batch, CHOICES, seq], each choice one such row."""
     cfg = bert_config(config, task)
+    rows = batch * CHOICES if task == "multiple-choice" else batch
     seq = min(seq, cfg.max_position_embeddings)
-    input_ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=generator)
-    token_type_ids = torch.zeros(batch, seq, dtype=torch.long)
+    input_ids = torch.randint(0, cfg.vocab_size, (rows, seq), generator=generator)
+    token_type_ids = torch.zeros(rows, seq, dtype=torch.long)
     if cfg.type_vocab_size > 1:
         token_type_ids[:, seq // 2 :] = 1
-    attention_mask = torch.ones(batch, seq, dtype=torch.long)
-    for b in range(1, batch):
-        attention_mask[b, max(1, seq - b * max(1, seq // (2 * batch))) :] = 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    attention_mask = torch.ones(rows, seq, dtype=torch.long)
+    for b in range(1, rows):
+        attention_mask[b, max(1, seq - b * max(1, seq // (2 * rows))) :] = 0
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    if task == "multiple-choice":
+        inputs = {name: t.view(batch, CHOICES, seq) for name, t in inputs.items()}
+    return inputs

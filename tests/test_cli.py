@@ -259,7 +259,7 @@ def test_run_beam_search_gives_transformers_ids(tiny):
 
 @pytest.mark.parametrize("args, message", [
     (["--beams", "2", "--temperature", "0.7"], "--beams searches, it does not sample"),
-    (["--top", "3"], "--top does not apply to text-generation (it applies to fill-mask, image-classification)"),
+    (["--top", "3"], "--top does not apply to text-generation (it applies to fill-mask, image-classification, text-classification"),
     (["--embed"], None),
 ])
 def test_an_option_that_does_not_apply_is_an_error(tiny, args, message):

@@ -78,3 +78,21 @@ def test_an_unknown_task_is_refused_by_every_command(vit_classifier, tmp_path):
                  ["convert", str(vit_classifier), "--to", "hf", "--out", str(tmp_path / "o")]):
         result = CliRunner().invoke(cli, [*args, "--task", "translation"])
         assert result.exit_code == 2 and "has no task 'translation'" in result.output, (args, result.output)
+
+
+@pytest.mark.parametrize("keyword, hint", [("dtyp", "dtype"), ("n_layers", "n_layer"), ("num_heads", "n_head"),
+                                           ("hidden_size", None)])
+def test_a_keyword_zoo_load_does_not_take_is_an_error_naming_the_nearest(keyword, hint, tmp_path):
+    """zoo.load's keywords beyond its own are config fields the converter reads; anything else
+    (a typo, another family's field) is an error, never a value ignored."""
+    from zoo.errors import InputError
+
+    write_checkpoint(get_catalog().converter("hf_gpt2"), tmp_path)
+    with pytest.raises(InputError) as err:
+        zoo.load(str(tmp_path), device="cpu", **{keyword: 7})
+    message = str(err.value)
+    assert f"unexpected keyword {keyword!r}" in message and "n_layer" in message  # the fields it takes
+    if hint:
+        assert f"did you mean {hint!r}" in message
+    model = zoo.load(str(tmp_path), device="cpu", layer_norm_epsilon=1e-3)  # a field it reads: taken
+    assert model.config.norm_eps == 1e-3

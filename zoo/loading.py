@@ -245,7 +245,7 @@ def load_full(
         checkpoint = randomweights.instead_of(checkpoint, entry, converter, task, seed)
     folder, files = weight_files(entry, checkpoint, allow_pickle, revision)
     config = configure(entry, folder, converter)
-    _check_overrides(config_overrides or {}, {**dict.fromkeys(converter.config_fields), **config})
+    check_overrides(config_overrides or {}, converter, config)
     fields.check(config_overrides or {}, converter.config_fields, "zoo.load()", ConfigError)
     config.update(config_overrides or {})
 
@@ -299,20 +299,22 @@ def load_full(
 LOAD_KEYWORDS = ("checkpoint", "device", "dtype", "allow_pickle", "revision", "task", "fast", "random_weights", "seed")
 
 
-def _check_overrides(overrides: Mapping[str, Any], config: Mapping[str, Any]) -> None:
-    """A keyword that is not a field of the model's config but reads like a misspelling of one,
-    or of a ``zoo.load`` keyword, is an error rather than a value silently ignored. (Fields the
-    architecture reads beyond config.json, such as ``add_pooling_layer``, stay allowed.)"""
-    known = set(config) | set(ckpt.GENERATION_FIELDS)
+def check_overrides(overrides: Mapping[str, Any], converter: Converter, config: Mapping[str, Any]) -> None:
+    """Each keyword of ``zoo.load`` beyond its own is a config field the converter reads
+    (``Converter.config_fields``, or a decoding setting); anything else is an error naming the
+    nearest valid name, never a value silently ignored. A converter that declares no fields
+    (a plugin's) takes the fields its config has."""
+    fields_read = set(converter.config_fields) or set(config)
+    known = fields_read | set(ckpt.GENERATION_FIELDS)
     for key in overrides:
         if key in known:
             continue
-        close = difflib.get_close_matches(key, list(LOAD_KEYWORDS) + sorted(config), n=1, cutoff=0.75)
-        if close:
-            raise InputError(
-                f"zoo.load() got an unexpected keyword {key!r} (did you mean {close[0]!r}?): it takes "
-                f"{', '.join(LOAD_KEYWORDS)}, or a field of the model's config to override"
-            )
+        close = difflib.get_close_matches(key, list(LOAD_KEYWORDS) + sorted(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InputError(
+            f"zoo.load() got an unexpected keyword {key!r}{hint}: it takes {', '.join(LOAD_KEYWORDS)}, "
+            f"or a config field {converter.name} reads: {', '.join(sorted(fields_read))}"
+        )
 
 
 def _contiguous_in_place(state, source, report, keep=frozenset()):

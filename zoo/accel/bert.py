@@ -2,11 +2,13 @@
 
 When ``attention_mask`` has zeros, :class:`UnpaddedBert` (the model's class swapped by
 :func:`zoo.accel.accelerate`) gathers the batch's tokens into one flat ``[N, H]`` tensor, and
-every linear layer, LayerNorm and activation (and the MLM head) runs on those N tokens only;
+every linear layer, LayerNorm and activation (and the heads that read every token: the MLM
+head, the token classifier, the answer-span scores) runs on those N tokens only;
 attention alone puts them back into the padded ``[B, nh, T, hs]`` layout for SDPA. A padded
 batch costs about what its real tokens cost. What that changes for callers: outputs hold zeros
-at padding positions, where the plain model (as transformers) computes values that no real
-token ever reads. Real positions, ``pooler_output`` and gradients match the plain model.
+at padding positions (per-token logits, start and end scores too), where the plain model (as
+transformers) computes values that no real token ever reads. Real positions, ``pooler_output``,
+the sentence and choice classifiers' logits and gradients match the plain model.
 
 It runs each layer's arithmetic itself (through the layer's own submodules, so the fused q|k|v
 product and the packed weights still apply), and steps aside (the plain forward runs) in
@@ -20,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from ..activations import activate_
-from ..outputs import ModelOutput
 from ..plugins import bert
 from . import class_swap, fused_qkv, ops
 
@@ -91,14 +92,15 @@ def _layer(layer: bert.Layer, x: torch.Tensor, padding: Padding) -> torch.Tensor
 
 
 class UnpaddedBert(bert.Bert):
-    """``bert.Bert`` that computes only the real tokens of a padded batch (module docstring)."""
+    """``bert.Bert`` that computes only the real tokens of a padded batch (module docstring):
+    the encoder and every head that works token by token (``Bert.heads``) run on them."""
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states: bool = False):
+    def sequences(self, input_ids, attention_mask, token_type_ids, output_hidden_states: bool):
         if attention_mask is None or self.training or ops.hooks_set(self):
-            return super().forward(input_ids, attention_mask, token_type_ids, output_hidden_states)
+            return super().sequences(input_ids, attention_mask, token_type_ids, output_hidden_states)
         self._check(input_ids, attention_mask, token_type_ids)
         if bool(attention_mask.all()):
-            return super().forward(input_ids, attention_mask, token_type_ids, output_hidden_states)
+            return super().sequences(input_ids, attention_mask, token_type_ids, output_hidden_states)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         padding = Padding(attention_mask)
@@ -108,13 +110,7 @@ class UnpaddedBert(bert.Bert):
             x = _layer(layer, x, padding)
             if hidden is not None:
                 hidden.append(x)
-        cfg = self.config
-        pooled = self.pooler(x[padding.first]) if cfg.add_pooling_layer else None  # each row's position 0
-        logits = None
-        if cfg.add_mlm_head:
-            logits = padding.output(self.cls.predictions(x, self.embeddings.word_embeddings.weight))
-        return ModelOutput(last_hidden_state=padding.output(x), pooler_output=pooled, logits=logits,
-                           hidden_states=tuple(padding.output(h) for h in hidden) if hidden else None)
+        return self.heads(x, x[padding.first], hidden, batched=padding.output)  # first: each row's position 0
 
 
 class InPlaceIntermediate(bert.Intermediate):
