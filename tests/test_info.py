@@ -36,6 +36,14 @@ def test_info_describes_a_checkpoint_folder(conv, tmp_path):
     assert data["params"] > 0 and data["config"]["model_type"] == json.loads((tmp_path / "config.json").read_text())["model_type"]
     code, text, _ = _info(tmp_path)
     assert code == 0 and f"{len(tensors)} (" in text and "tensors load" in text
+    if json.loads((tmp_path / "config.json").read_text()).get("id2label"):  # a classifier names its labels
+        assert data["labels"]["source"] == "id2label of config.json"
+
+
+def test_info_says_where_a_catalog_classifiers_labels_come_from():
+    code, out, _ = _info("vit-base-patch16-224", "--json")
+    assert code == 0 and json.loads(out)["labels"] == {
+        "count": 1000, "source": "none named: LABEL_0 .. LABEL_999 (the checkpoint's config.json names them once downloaded)"}
 
 
 def test_info_for_another_task_says_what_would_be_dropped(tmp_path):
@@ -71,3 +79,19 @@ def test_a_folder_of_another_framework_says_how_to_convert_it(name, framework, f
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 2 and len(lines) == 1, result.output
         assert framework in lines[0] and name in lines[0] and f"BertForMaskedLM.from_pretrained(folder, {flag}=True)" in lines[0]
+
+
+def test_fields_the_reference_ignores_are_listed_by_info_and_verify(tmp_path):
+    """A newer OPUS config sets fields transformers' Marian reads but ignores: zoo loads them
+    the same way and says so, in `zoo info` and in `zoo verify`'s report."""
+    conv = get_catalog().converter("hf_marian")
+    write_checkpoint(conv, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "normalize_before": False,
+                                                      "static_position_embeddings": True}))
+    code, out, output = _info(tmp_path, "--json")
+    assert code == 0, output
+    assert set(json.loads(out)["ignored_fields"]) == {"normalize_before", "static_position_embeddings"}
+    result = CliRunner().invoke(cli, ["verify", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "ignored    normalize_before = false:" in result.output

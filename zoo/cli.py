@@ -171,6 +171,8 @@ def info(name, task_name, allow_pickle, as_json):
             click.echo(f"{'loading':13} {acc['loaded']} tensors load")
             for why, n in acc["dropped"].items():
                 click.echo(f"{'':13} {n} dropped: {why}")
+    if data["labels"]:
+        click.echo(f"{'labels':13} {data['labels']['count']}: {data['labels']['source']}")
     for key, item in data["ignored_fields"].items():
         click.echo(f"{'ignored':13} {key} = {json.dumps(item['value'])}: {item['read_as']}")
     click.echo("config")

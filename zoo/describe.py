@@ -22,6 +22,20 @@ def ignored_fields(converter, config: Mapping[str, Any]) -> Dict[str, Dict[str, 
     return {k: {"value": config[k], "read_as": why} for k, why in converter.ignored_fields.items() if k in config}
 
 
+def labels(config: Mapping[str, Any], from_file: bool) -> Optional[Dict[str, Any]]:
+    """How many labels a classifier's config names, and where their names come from."""
+    id2label = config.get("id2label") or {}
+    count = config.get("num_labels") or len(id2label)
+    if not count:
+        return None
+    if id2label:
+        source = "id2label of config.json" if from_file else "id2label of the catalog entry's config"
+    else:
+        source = f"none named: LABEL_0 .. LABEL_{count - 1}" + (
+            "" if from_file else " (the checkpoint's config.json names them once downloaded)")
+    return {"count": int(count), "source": source}
+
+
 def describe(name_or_path: str, *, task: Optional[str] = None, allow_pickle: bool = False) -> Dict[str, Any]:
     """What ``zoo info`` shows, as a dict (its ``--json``). A catalog entry is described
     without importing torch; a checkpoint is read (memory-mapped) and converted on the meta
@@ -50,6 +64,7 @@ def describe(name_or_path: str, *, task: Optional[str] = None, allow_pickle: boo
         "params": entry.params,
         "config": dict(entry.config),
         "ignored_fields": ignored_fields(conv, entry.config),
+        "labels": labels(entry.config, from_file=entry.path is not None),
         "preprocessing": dict(entry.preprocessing),
         "origin": entry.origin,
         "converter_rules": len(conv.key_map),

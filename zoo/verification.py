@@ -22,6 +22,7 @@ from . import accel, progress, randomweights
 from . import checkpoint as ckpt
 from .version import __version__
 from .errors import DownloadError, InputError, ZooError
+from .describe import ignored_fields
 from .generation import GENERATIVE_TASKS
 from .loading import load_full, resolve, weight_files
 from .loading import non_finite as find_non_finite
@@ -66,6 +67,8 @@ class VerifyReport:
     fast_paths: List[str] = field(default_factory=list)  # checked, and the plain model too
     timings_ms: Dict[str, float] = field(default_factory=dict)
     versions: Dict[str, str] = field(default_factory=dict)
+    # config fields set here that the reference reads but ignores: field -> {value, read_as}
+    ignored_fields: Dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -79,6 +82,8 @@ class VerifyReport:
             f"weights    {self.weights}",
             f"converter  {self.converter}: {self.accounting.get('summary', '')}",
         ]
+        for key, item in self.ignored_fields.items():
+            lines.append(f"ignored    {key} = {json.dumps(item['value'])}: {item['read_as']}")
         for c in self.comparisons:
             mark = "ok  " if c.passed else "FAIL"
             lines.append(
@@ -368,6 +373,7 @@ def verify(
         fast_paths=fast_paths,
         timings_ms={"zoo_forward": zoo_ms, "reference_forward": ref_ms, "zoo_load": zoo_load_ms},
         versions=_versions(),
+        ignored_fields=ignored_fields(converter, loaded.config),
     )
     if tmp is not None:
         del loaded, model, source
