@@ -111,3 +111,16 @@ def test_question_answering_refuses_bad_input_in_one_line(tmp_path):
         lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("zoo: ") or "error" in line]
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output and len([x for x in lines if "error" in x]) == 1
+
+
+def test_multiple_choice_scores_each_choice_as_the_model_does(tmp_path):
+    model, tok = _folder(tmp_path, transformers.BertForMultipleChoice)
+    prompt, choices = "The cat sat on", ["the mat.", "the moon in the garden.", "Paris."]
+    ours = _run(tmp_path, prompt, *choices)
+    enc = tok([prompt] * 3, choices, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        want = model(**{k: v[None] for k, v in enc.items()}).logits[0].softmax(-1)
+    got = {c["choice"]: c["score"] for c in ours["choices"]}
+    for i, choice in enumerate(choices):
+        assert math.isclose(got[choice], float(want[i]), rel_tol=1e-4)
+    assert ours["best"] == choices[int(want.argmax())]

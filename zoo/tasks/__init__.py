@@ -58,6 +58,7 @@ BUILTIN = (
          "the entities of a text: words, spans, scores"),
     Task("question-answering", "zoo.tasks.question_answering:run", ("question", "top"),
          "the span of a context that answers a question"),
+    Task("multiple-choice", "zoo.tasks.multiple_choice:run", (), "the choice that best continues a prompt"),
 )
 
 
