@@ -19,6 +19,7 @@ class ModelOutput:
     hidden_states: Optional[Tuple[Any, ...]] = None
     start_logits: Any = None  # question answering: [B, T] scores of each token starting the answer
     end_logits: Any = None  # ... and ending it
+    loss: Any = None  # given labels: the training loss, as transformers computes it (zoo.losses)
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
