@@ -269,6 +269,15 @@ def export_hf(source: Source, out, *, force: bool = False) -> Exported:
     """Write ``source`` as a Hugging Face checkpoint folder: config.json + model.safetensors in
     the Hub layout, loadable with transformers' ``from_pretrained``, plus generation_config.json
     with the decoding defaults the source has (beams, length, special tokens, banned words)."""
+    write, tensors, skipped, filled = hf_writer(source)
+    files = publish(out, write, force=force, inputs=source.inputs)
+    return Exported(Path(out), "hf", files, tensors, skipped, filled)
+
+
+def hf_writer(source: Source):
+    """``(write(folder), tensor count, skipped keys, filled keys)``: the function that writes
+    ``source`` into a folder in the Hugging Face layout (for :func:`zoo.publish.publish`, which
+    other writers, such as training, extend with files of their own)."""
     tensors, skipped, filled = to_hub_layout(source.state, source.converter, source.config, source.task)
     config = hf_config(source.converter, source.config, source.task)
     generation = {}
@@ -282,12 +291,18 @@ def export_hf(source: Source, out, *, force: bool = False) -> Exported:
             (folder / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
         copy_processor_files(source, folder)
 
-    files = publish(out, write, force=force, inputs=source.inputs)
-    return Exported(Path(out), "hf", files, len(tensors), skipped, filled)
+    return write, len(tensors), skipped, filled
 
 
 def export_zoo(source: Source, out, *, force: bool = False) -> Exported:
     """Write ``source`` as zoo-native safetensors (zoo's names) plus ``zoo.json``."""
+    files = publish(out, zoo_writer(source), force=force, inputs=source.inputs)
+    return Exported(Path(out), "zoo", files, len(source.state))
+
+
+def zoo_writer(source: Source):
+    """The function that writes ``source`` into a folder as zoo-native files (see
+    :func:`hf_writer`)."""
     meta = {
         "format": FORMAT,
         "architecture": source.architecture,
@@ -302,8 +317,7 @@ def export_zoo(source: Source, out, *, force: bool = False) -> Exported:
         (folder / ZOO_META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
         copy_processor_files(source, folder)
 
-    files = publish(out, write, force=force, inputs=source.inputs)
-    return Exported(Path(out), "zoo", files, len(source.state))
+    return write
 
 
 def convert_checkpoint(name_or_path: str, to: str, out, *, force: bool = False, **read_kwargs) -> Exported:

@@ -78,3 +78,19 @@ def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tenso
     out[:, 1:] = labels[:, :-1]
     out[:, 0] = start_id
     return out.masked_fill(out == IGNORE, pad_id)
+
+
+def label_smoothed_kl(log_probs: torch.Tensor, labels: torch.Tensor, smoothing: float, pad_id: int) -> torch.Tensor:
+    """The Annotated Transformer's label smoothing: the KL divergence from ``log_probs`` [..., V]
+    to the smoothed target distribution (``1 - smoothing`` on the label, the rest spread over
+    the other tokens but padding), summed over the tokens that are not padding (or
+    :data:`IGNORE`) and divided by their count."""
+    V = log_probs.shape[-1]
+    lp = log_probs.float().reshape(-1, V)
+    target = labels.reshape(-1).to(lp.device)
+    keep = (target != IGNORE) & (target != pad_id)
+    true = torch.full_like(lp, smoothing / (V - 2))
+    true.scatter_(1, target.clamp(min=0)[:, None], 1.0 - smoothing)
+    true[:, pad_id] = 0.0
+    true[~keep] = 0.0
+    return F.kl_div(lp, true, reduction="sum") / keep.sum().clamp(min=1)
