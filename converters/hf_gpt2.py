@@ -70,13 +70,18 @@ RENAMES = (
 # transformers' GPT2Config defaults, for the fields a config.json leaves out
 HF_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
                "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
-               "pad_token_id": None}
+               "pad_token_id": None, "embd_pdrop": 0.1, "attn_pdrop": 0.1, "resid_pdrop": 0.1,
+               "problem_type": None}
 
 # config.json field -> the architecture's field (plugins/gpt2.py GPT2Config); the label count
 # (n_labels) comes from num_labels or id2label (:func:`label_count`)
 NAMES = {"vocab_size": "n_vocab", "n_positions": "n_ctx", "n_embd": "n_embd", "n_layer": "n_layer",
          "n_head": "n_head", "n_inner": "mlp_width", "activation_function": "activation",
-         "layer_norm_epsilon": "norm_eps", "pad_token_id": "pad_id"}
+         "layer_norm_epsilon": "norm_eps", "pad_token_id": "pad_id", "embd_pdrop": "embd_pdrop",
+         "attn_pdrop": "attn_pdrop", "resid_pdrop": "resid_pdrop", "problem_type": "problem_type"}
+
+# the classifier's losses (transformers' problem_type; null: chosen from the labels' dtype)
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 # transformers' GPT-2 switches: the value the architecture implements, and what the other means
 FIXED = {
@@ -102,8 +107,10 @@ def label_count(config):
 
 def to_architecture(config):
     """A GPT2Config (config.json) in the ``gpt2`` architecture's names, with transformers'
-    defaults for absent (or null) fields; refuses the switches the architecture does not
-    implement and an activation it does not know, naming the config.json field."""
+    defaults for absent (or null) fields (dropout 0.1 on embeddings, attention probabilities
+    and sublayer outputs); refuses the switches the architecture does not implement, an
+    activation it does not know and a problem type transformers does not, naming the
+    config.json field."""
     from zoo.activations import ACTIVATIONS  # imports torch: only when a model is configured
 
     for key, (implemented, what) in FIXED.items():
@@ -116,14 +123,18 @@ def to_architecture(config):
             f"gpt2: config field activation_function={hf['activation_function']!r} is not "
             f"supported (supported: {', '.join(sorted(ACTIVATIONS))})"
         )
+    if hf["problem_type"] is not None and hf["problem_type"] not in PROBLEM_TYPES:
+        raise ConfigError(f"gpt2: config field problem_type={hf['problem_type']!r} is not one of "
+                          f"{', '.join(PROBLEM_TYPES)}")
     return {**{ours: hf[theirs] for theirs, ours in NAMES.items()}, "n_labels": label_count(config)}
 
 
 def from_architecture(arch_config):
     """The GPT2Config fields a ``gpt2`` architecture config determines: its sizes and numerics,
-    the classifier's label count and pad id, and the switches it implements (tied head,
-    attention scaled by 1/sqrt(head width)). ``num_labels`` keeps the names of a config's
-    ``id2label`` of that length (transformers renames the labels only when the counts differ)."""
+    the dropout probabilities, the classifier's label count, pad id and problem type, and the
+    switches it implements (tied head, attention scaled by 1/sqrt(head width)). ``num_labels``
+    keeps the names of a config's ``id2label`` of that length (transformers renames the labels
+    only when the counts differ)."""
     return {**{theirs: arch_config[ours] for theirs, ours in NAMES.items()},
             "num_labels": arch_config["n_labels"],
             **{key: implemented for key, (implemented, _) in FIXED.items()}}
@@ -185,6 +196,8 @@ CONFIG_FIELDS = {
     "tie_word_embeddings": fields.FLAG, "scale_attn_weights": fields.FLAG,
     "scale_attn_by_inverse_layer_idx": fields.FLAG, "add_cross_attention": fields.FLAG,
     "pad_token_id": fields.TOKEN_ID, "num_labels": fields.COUNT, "id2label": fields.LABELS,
+    "embd_pdrop": fields.PROBABILITY, "attn_pdrop": fields.PROBABILITY, "resid_pdrop": fields.PROBABILITY,
+    "problem_type": (lambda v: v in PROBLEM_TYPES, "one of " + ", ".join(PROBLEM_TYPES)),
 }
 
 # the tokenizer random weights get (zoo.tinytokenizer): byte-level BPE, <|endoftext|> at the eos id

@@ -13,6 +13,13 @@ so the converter's key map is almost 1:1; the only layout change is that GPT-2's
 stores weights as ``[in, out]`` while ``nn.Linear`` wants ``[out, in]``. The config
 (:class:`GPT2Config`) is GPT-2's own; zoo.converters.hf_gpt2 translates a checkpoint's into it.
 
+Training: given ``labels``, ``forward`` returns the loss as transformers' classes compute it
+(zoo.losses: the next-token loss for the language model, the classification loss of the
+config's ``problem_type`` for the classifier). Dropout sits where GPT-2 has it: on the
+embeddings (``embd_pdrop``), on the attention probabilities (``attn_pdrop``) and on each block's
+attention and MLP outputs before the residual sum (``resid_pdrop``); it acts in training mode
+only, and in eval mode the model computes exactly what it computes without it.
+
 Generation (zoo.generation) uses a preallocated key/value cache: each new token runs the blocks
 on that token alone, writes its keys/values in place, and attends over the cache. The model
 offers generation its small step interface: :meth:`GPT2.new_cache`, :meth:`GPT2.hidden` and
@@ -28,12 +35,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo import generation, kvcache
+from zoo import generation, kvcache, losses
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
 
 TASKS = ("text-generation", "text-classification")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 @dataclass
@@ -53,6 +61,13 @@ class GPT2Config:
     # the padding token: a classifier reads each row's last token that is not it; None: no
     # padding, the classifier reads the last position (and takes one row at a time)
     pad_id: Optional[int] = None
+    # dropout probabilities (training mode only), named as OpenAI's GPT training code names them
+    embd_pdrop: float = 0.1  # on the sum of the token and position embeddings
+    attn_pdrop: float = 0.1  # on the attention probabilities
+    resid_pdrop: float = 0.1  # on each block's attention output and MLP output, before the residual sum
+    # the classifier's loss: "regression", "single_label_classification" or
+    # "multi_label_classification"; None: chosen from the labels (zoo.losses.classification)
+    problem_type: Optional[str] = None
 
     def __post_init__(self):
         """Refuse, naming the field, a config this file cannot build."""
@@ -64,6 +79,12 @@ class GPT2Config:
             raise ConfigError(f"gpt2: pad_id={self.pad_id!r} must be a token id (at least 0)")
         if self.n_embd % self.n_head:
             raise ConfigError(f"gpt2: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"gpt2: {name}={value!r} must be a probability (from 0 to 1)")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ConfigError(f"gpt2: problem_type={self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(
                 f"gpt2: activation={self.activation!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
@@ -78,13 +99,16 @@ class KVCache(kvcache.KVCache):
 
 
 class Attention(nn.Module):
-    """Causal multi-head self-attention with one fused q|k|v projection."""
+    """Causal multi-head self-attention with one fused q|k|v projection; in training mode,
+    dropout on the attention probabilities and on the output."""
 
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.n_head = cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # columns: q | k | v
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.attn_pdrop = cfg.attn_pdrop  # applied inside scaled_dot_product_attention
+        self.resid_dropout = nn.Dropout(cfg.resid_pdrop)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache], layer: int,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -93,21 +117,22 @@ class Attention(nn.Module):
         B, T, C = x.shape
         # (B, T, 3C) -> (3, B, nh, T, hs): q, k and v with their heads apart, as one view
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        p = self.attn_pdrop if self.training else 0.0
         if cache is None:
             q, k, v = qkv.unbind(0)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
         else:
             past = cache.length
             q = qkv[0]
             k, v = cache.update_kv(layer, qkv[1:])  # each (B, nh, past + T, hs)
             if T == 1:  # one new token sees every cached position: no mask needed
-                y = F.scaled_dot_product_attention(q, k, v)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
             else:  # new token t (at position past + t) sees positions <= past + t
                 pos = torch.arange(past + T, device=x.device)
                 mask = pos[None, :] <= (pos[past:, None])
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
-        return self.c_proj(y)
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -117,9 +142,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, inner)
         self.c_proj = nn.Linear(inner, cfg.n_embd)
         self.act = ACTIVATIONS[cfg.activation]
+        self.dropout = nn.Dropout(cfg.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.act(self.c_fc(x)))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -149,15 +175,32 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (causal & attention_mask.bool()[:, None, None, :]) | diagonal
 
 
+def check_labels(labels: torch.Tensor, shape, classes: Optional[int], what: str) -> None:
+    """Refuse ``labels`` whose shape does not begin with ``shape`` (``what`` says why it must),
+    or, where ``classes`` is given, that are not class ids in [0, classes) or -100."""
+    if tuple(labels.shape[:len(shape)]) != tuple(shape):
+        raise InputError(f"gpt2: labels have shape {list(labels.shape)}, {what}")
+    if classes is not None:
+        if labels.is_floating_point():
+            raise InputError(f"gpt2: labels must be class ids (integers), got {labels.dtype}")
+        wrong = (labels != losses.IGNORE) & ((labels < 0) | (labels >= classes))
+        if bool(wrong.any()):
+            raise InputError(f"gpt2: label {int(labels[wrong][0])} is not a class id in [0, {classes}) "
+                             f"nor {losses.IGNORE} (ignored)")
+
+
 class GPT2(nn.Module):
     """GPT-2 language model (task ``text-generation``): ``model(input_ids)`` -> output with
-    ``.logits`` [B, T, vocab]."""
+    ``.logits`` [B, T, vocab]; ``model(input_ids, labels=ids)`` adds ``.loss``, the next-token
+    cross-entropy as ``GPT2LMHeadModel`` computes it (the labels are shifted inside; labels of
+    -100 count for nothing)."""
 
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.n_vocab, cfg.n_embd)  # also the output head (tied)
         self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.embd_pdrop)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
 
@@ -180,15 +223,42 @@ class GPT2(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
         cache: Optional[KVCache] = None,
         output_hidden_states: bool = False,
         last_token_only: bool = False,
     ) -> ModelOutput:
+        """``labels`` [B, T]: the token each position is, the input ids themselves usually
+        (:func:`zoo.losses.causal_lm` shifts them); -100 where a token counts for nothing, such
+        as padding (and, with left padding, each row's first token: padding predicts it).
+        ``attention_mask``: as :meth:`padding` reads it (without a cache)."""
         self.check_ids(input_ids, past=cache.length if cache is not None else 0)
-        x, hidden = self.hidden(input_ids, cache, output_hidden_states)
+        if labels is not None:
+            if last_token_only:
+                raise InputError("gpt2: labels need the logits of every position, last_token_only gives one")
+            check_labels(labels, input_ids.shape, self.config.n_vocab,
+                         f"not the input ids' {list(input_ids.shape)}")
+        if attention_mask is not None and cache is not None:
+            raise InputError("gpt2: an attention_mask is read without a cache only")
+        x, hidden = self.hidden(input_ids, cache, output_hidden_states, self.padding(input_ids, attention_mask))
         if last_token_only:
             x = x[:, -1:]
-        return ModelOutput(logits=self.logits(x), hidden_states=tuple(hidden) if hidden else None)
+        logits = self.logits(x)
+        return ModelOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None,
+                           loss=None if labels is None else losses.causal_lm(logits, labels.to(logits.device)))
+
+    def padding(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """``attention_mask`` (B, T), 1 at tokens and 0 at padding, as the attention mask
+        :meth:`hidden` takes (:func:`padding_mask`), which keeps padding out of the attention
+        (what left padding needs; right padding comes after every token anyway); None where
+        there is no padding."""
+        if attention_mask is None:
+            return None
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise InputError(f"gpt2: attention_mask has shape {list(attention_mask.shape)}, the input ids "
+                             f"{list(input_ids.shape)}")
+        return None if bool(attention_mask.all()) else padding_mask(attention_mask)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, vocab): the head is the token embedding (tied)."""
@@ -202,7 +272,7 @@ class GPT2(nn.Module):
         past = cache.length if cache is not None else 0
         T = input_ids.size(1)
         pos = torch.arange(past, past + T, device=input_ids.device)
-        x = self.wte(input_ids) + self.wpe(pos)  # (B, T, C)
+        x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (B, T, C)
         hidden = [x] if output_hidden_states else None
         for i, block in enumerate(self.h):
             x = block(x, cache, i, mask)
@@ -231,7 +301,9 @@ class GPT2(nn.Module):
 class GPT2Classifier(GPT2):
     """GPT-2 as a sequence classifier (task ``text-classification``): ``model(input_ids,
     attention_mask=None)`` -> output with ``.logits`` [B, n_labels], the ``score`` head at each
-    row's last token (:meth:`last_tokens`)."""
+    row's last token (:meth:`last_tokens`); with ``labels=``, ``.loss`` as
+    ``GPT2ForSequenceClassification`` computes it on those logits (the config's
+    ``problem_type``, or the one the labels imply: :func:`zoo.losses.classification`)."""
 
     def __init__(self, cfg: GPT2Config):
         super().__init__(cfg)
@@ -255,22 +327,28 @@ class GPT2Classifier(GPT2):
         self,
         input_ids: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
     ) -> ModelOutput:
-        """``attention_mask`` (B, T), 1 at tokens and 0 at padding, keeps padding out of the
-        attention (what left padding needs; right padding comes after every token anyway)."""
+        """``attention_mask``: as :meth:`padding` reads it. ``labels``: a class id per row (B,)
+        for single-label classification, a float per label (B, n_labels) for multi-label, a
+        float per row (B,) (or per label) for regression."""
         self.check_ids(input_ids)
-        mask = None
-        if attention_mask is not None:
-            if tuple(attention_mask.shape) != tuple(input_ids.shape):
-                raise InputError(f"gpt2: attention_mask has shape {list(attention_mask.shape)}, the input ids "
-                                 f"{list(input_ids.shape)}")
-            if not bool(attention_mask.all()):
-                mask = padding_mask(attention_mask)
-        x, hidden = self.hidden(input_ids, None, output_hidden_states, mask)
+        kind = None
+        if labels is not None:
+            B, n = input_ids.size(0), self.config.n_labels
+            kind = losses.problem_type(n, labels, self.config.problem_type)
+            if kind == "single_label_classification":
+                check_labels(labels, (B,), n, f"not a class id per input row ([{B}])")
+            elif n > 1:
+                check_labels(labels, (B, n), None, f"not a value per label of each input row ([{B}, {n}])")
+            else:
+                check_labels(labels, (B,), None, f"not a value per input row ([{B}])")
+        x, hidden = self.hidden(input_ids, None, output_hidden_states, self.padding(input_ids, attention_mask))
         rows = torch.arange(x.size(0), device=x.device)
         logits = self.score(x[rows, self.last_tokens(input_ids)])  # (B, n_labels)
-        return ModelOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None)
+        return ModelOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None,
+                           loss=None if labels is None else losses.classification(logits, labels, kind))
 
 
 def from_config(config: Dict[str, Any], task: Optional[str] = None) -> GPT2:

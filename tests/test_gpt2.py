@@ -213,7 +213,8 @@ def test_the_config_json_is_translated_to_gpt2s_own_names():
 
     assert CONV.architecture_config({**CONV.tiny_config, "n_inner": 40, "layer_norm_epsilon": 1e-3}) == {
         "n_vocab": 96, "n_ctx": 32, "n_embd": 32, "n_layer": 2, "n_head": 4, "mlp_width": 40,
-        "activation": "gelu_new", "norm_eps": 1e-3, "n_labels": 2, "pad_id": None}
+        "activation": "gelu_new", "norm_eps": 1e-3, "n_labels": 2, "pad_id": None,
+        "embd_pdrop": 0.1, "attn_pdrop": 0.1, "resid_pdrop": 0.1, "problem_type": None}
     # absent or null fields: transformers' defaults, which are GPT-2 small's
     assert CONV.architecture_config({"n_inner": None, "n_embd": None}) == vars(GPT2Config())
 

@@ -4,9 +4,9 @@ A decoding step runs the blocks on one token per row. Its matrix products are ma
 products bound by memory bandwidth; the rest is ~300 small operations, and at batch 1 calling
 them through ~150 modules (each Linear re-checking its packed copy) costs ~10 % of the step.
 So the step binds the weights once per ``generate`` call (:func:`plan`) and runs
-``Block.forward``'s arithmetic for one token as plain operations (:func:`step`), the MLP's
-fresh hidden layer activated in place. A test checks that it gives the modules' hidden states
-bit for bit, and one that a broken step is caught.
+``Block.forward``'s eval-mode arithmetic (no dropout) for one token as plain operations
+(:func:`step`), the MLP's fresh hidden layer activated in place. A test checks that it gives
+the modules' hidden states bit for bit, and one that a broken step is caught.
 
 It steps aside (generation then calls the modules) in training mode, under autograd, with hooks
 set or a ``forward`` set on a module (the plain step would bypass them), and when a module is
@@ -41,9 +41,10 @@ class FewRowHeadGPT2(gpt2.GPT2):
 
 LANGUAGE_MODELS = (gpt2.GPT2, FewRowHeadGPT2)  # what generates; not the classifier
 
-# the kinds of module a GPT-2 is built of (its Linears plain or packed)
+# the kinds of module a GPT-2 is built of (its Linears plain or packed; its Dropouts, which the
+# step leaves out, change nothing in eval mode, the only mode the step runs in)
 PLAIN_MODULES = (gpt2.GPT2, FewRowHeadGPT2, nn.ModuleList, gpt2.Block, gpt2.Attention, gpt2.MLP, nn.Linear, ops.Linear,
-                 nn.LayerNorm, nn.Embedding)
+                 nn.LayerNorm, nn.Embedding, nn.Dropout)
 
 
 def _product(linear: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
