@@ -88,3 +88,67 @@ def test_bad_classification_and_translation_data_are_named(classifier, gpt2, tmp
         load_dataset(_loaded(gpt2), "image-classification", str(tmp_path / "nothing"), 32, 0)
     with pytest.raises(InputError, match="no such data file"):
         load_dataset(_loaded(gpt2), "text-generation", str(tmp_path / "missing.txt"), 32, 0)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "docs.txt"
+    path.write_text("\n".join(TEXTS * 4) + "\n")
+    return path
+
+
+def _weights(folder):
+    from zoo.checkpoint import read_safetensors
+
+    return {k: v.clone() for k, v in read_safetensors(Path(folder) / "model.safetensors").items()}
+
+
+def test_training_lowers_the_loss_and_writes_a_checkpoint_transformers_and_zoo_load(gpt2, text_file, tmp_path):
+    summary = zoo.train(str(gpt2), data=str(text_file), out=str(tmp_path / "out"), steps=12, batch_size=4, lr=3e-3)
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert summary["steps"] == state["step"] == 12 and len(state["losses"]) == 12
+    assert sum(state["losses"][-3:]) / 3 < sum(state["losses"][:3]) / 3  # it learns
+    assert state["seed"] == 0 and str(text_file) in state["data"]
+    model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out"))
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))("The zoo")["input_ids"]
+    report = zoo.verify(str(tmp_path / "out"), device="cpu")
+    assert report.passed and model is not None
+
+
+def test_two_runs_with_one_seed_are_identical_and_resume_ends_where_one_run_ends(gpt2, text_file, tmp_path):
+    # a constant rate: the run cut short at step 4 has the schedule of the full one
+    args = dict(data=str(text_file), steps=8, batch_size=4, lr=3e-3, save_every=4, schedule="constant", warmup=2)
+    one = zoo.train(str(gpt2), out=str(tmp_path / "one"), **args)
+    two = zoo.train(str(gpt2), out=str(tmp_path / "two"), **args)
+    assert json.loads((tmp_path / "one" / "trainer_state.json").read_text())["losses"] == \
+        json.loads((tmp_path / "two" / "trainer_state.json").read_text())["losses"]
+    # interrupted after the save at step 4, then resumed from it: the same weights as one run
+    zoo.train(str(gpt2), out=str(tmp_path / "half"), **{**args, "steps": 4})
+    zoo.train(str(gpt2), out=str(tmp_path / "resumed"), resume=str(tmp_path / "half"), **args)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert one["loss"] == two["loss"]
+
+
+def test_two_processes_end_where_one_process_ends(gpt2, text_file, tmp_path):
+    """torchrun with 2 processes (gloo), each reading its half of every global batch, ends within
+    1e-5 of one process with the same seed and global batch. Every row is cut to 6 tokens, so the
+    mean of the two processes' losses is the loss of the whole batch."""
+    args = dict(data=str(text_file), steps=4, lr=3e-3, max_length=6, schedule="constant")
+    zoo.train(str(gpt2), out=str(tmp_path / "one"), batch_size=4, **args)
+    script = tmp_path / "train.py"
+    script.write_text(f"import zoo\nzoo.train({str(gpt2)!r}, out={str(tmp_path / 'two')!r}, batch_size=2, device='cpu', "
+                      f"**{args!r})\n")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+                           str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((tmp_path / "two" / "trainer_state.json").read_text())
+    assert state["summary"]["processes"] == 2 and state["step"] == 4
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    start = _weights(gpt2)
+    assert max(float((a[k] - start[k]).abs().max()) for k in a if k in start) > 1e-3  # it trained
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-5, worst

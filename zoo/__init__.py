@@ -29,8 +29,9 @@ from .version import __version__  # noqa: F401
 
 
 def __getattr__(name: str):
-    """``zoo.load``, ``zoo.verify``, ``zoo.run`` and ``zoo.processor`` are :func:`zoo.loading.load`,
-    :func:`zoo.verification.verify`, :func:`zoo.tasks.run` and :func:`zoo.tasks.processor` themselves (real signatures,
+    """``zoo.load``, ``zoo.verify``, ``zoo.run``, ``zoo.processor`` and ``zoo.train`` are
+    :func:`zoo.loading.load`, :func:`zoo.verification.verify`, :func:`zoo.tasks.run`,
+    :func:`zoo.tasks.processor` and :func:`zoo.training.train` themselves (real signatures,
     ``help()`` shows them), imported on first use so that ``import zoo`` does not import torch."""
     if name == "load":
         from .loading import load
@@ -48,6 +49,10 @@ def __getattr__(name: str):
         from .tasks import processor
 
         return processor
+    if name == "train":  # what `zoo train --json` prints, from Python
+        from .training import train
+
+        return train
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")
 
 

@@ -239,7 +239,7 @@ def train(name_or_path: str, **options: Any) -> Dict[str, Any]:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
-                state["losses"].append(float(loss) * opts.grad_accum)
+                state["losses"].append(float(loss.detach()) * opts.grad_accum)
                 if bar is not None and procs.main:
                     bar.update()
                     bar.set_postfix(loss=f"{state['losses'][-1]:.4f}", lr=f"{state['lrs'][-1]:.2e}",
