@@ -104,6 +104,8 @@ MAKE_MODEL_NAMES = {"src_vocab": ("src_vocab_size",), "tgt_vocab": ("tgt_vocab_s
                     "h": ("encoder_heads", "decoder_heads"), "heads": ("encoder_heads", "decoder_heads"),
                     "d_ff": ("encoder_ffn_dim", "decoder_ffn_dim"), "ffn_dim": ("encoder_ffn_dim", "decoder_ffn_dim")}
 IGNORED = {"model_type", "architectures", "transformers_version", "dtype", "torch_dtype"}
+# the dropout on attention probabilities: MultiHeadedAttention's default, which make_model keeps
+MULTI_HEADED_ATTENTION_DROPOUT = 0.1
 
 
 def to_architecture(config):
@@ -111,7 +113,12 @@ def to_architecture(config):
     (``N``, ``h``/``heads``, ``d_ff``, ``src_vocab``, ``tgt_vocab``) and the decoding settings of
     a generation_config.json (``max_length`` counts the decoder start token; settings the
     architecture has no use for are skipped). Every architecture field comes out, defaults
-    filled in; an unknown field is refused by the architecture."""
+    filled in; an unknown field is refused by the architecture.
+
+    Dropout as ``make_model(..., dropout)`` applies it: ``dropout`` on the embeddings, on every
+    sublayer's output and inside the feed-forward (``activation_dropout``); the attention
+    probabilities get 0.1 whatever ``dropout`` says (``MultiHeadedAttention``'s default, which
+    make_model does not override), unless ``attention_dropout`` is given."""
     from dataclasses import asdict
 
     from zoo.checkpoint import GENERATION_FIELDS
@@ -130,9 +137,11 @@ def to_architecture(config):
             values.update(dict.fromkeys(MAKE_MODEL_NAMES[key], value))
         else:
             values[key] = value
-    if "dropout" in config:  # make_model uses one dropout rate everywhere
-        for k in ("attention_dropout", "activation_dropout"):
-            values.setdefault(k, config["dropout"])
+    if "dropout" in config:  # make_model's rate is also the feed-forward's, after its activation
+        values.setdefault("activation_dropout", config["dropout"])
+    # make_model builds MultiHeadedAttention(h, d_model) without its rate: attention
+    # probabilities always get that class's default, 0.1
+    values.setdefault("attention_dropout", MULTI_HEADED_ATTENTION_DROPOUT)
     if "bad_words_ids" in values:  # single token ids, or generation_config.json's [[id], ...]
         values["bad_words_ids"] = single_tokens(values["bad_words_ids"])
     return asdict(EncoderDecoderConfig.from_dict(values))

@@ -150,13 +150,16 @@ ALIASES = {"hidden_size": "d_model", "num_attention_heads": "encoder_attention_h
 MARIAN_NUMERICS = {
     "norm_placement": "post", "layer_norm": "torch", "layer_norm_eps": 1e-5,  # nn.LayerNorm's default
     "sinusoid_layout": "halves", "final_logits_bias": True, "final_norms": False, "log_softmax_output": False,
+    "pad_embedding_gradient": False,  # every token table is nn.Embedding(..., padding_idx=pad_token_id)
 }
 
 
 def to_architecture(c):
     """A MarianConfig (config.json, with generation_config.json over it) in the
     ``encoder_decoder`` architecture's names, with transformers' defaults for absent fields.
-    The fields of :data:`IGNORED_FIELDS` are ignored, as MarianMTModel ignores them."""
+    The fields of :data:`IGNORED_FIELDS` are ignored, as MarianMTModel ignores them. The three
+    dropout probabilities keep their names; LayerDrop (``encoder_layerdrop``,
+    ``decoder_layerdrop``: whole layers skipped at random in training) is refused."""
     from zoo.activations import ACTIVATIONS
     from zoo.errors import ConfigError
     from zoo.generation import default_new_tokens, single_tokens

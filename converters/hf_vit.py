@@ -154,15 +154,20 @@ def hub_layout(state_dict, config):
 HF_DEFAULTS = {"image_size": 224, "patch_size": 16, "num_channels": 3, "hidden_size": 768,
                "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
                "hidden_act": "gelu", "layer_norm_eps": 1e-12, "qkv_bias": True, "pooler_act": "tanh",
+               "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "problem_type": None,
                "add_pooling_layer": True}
 
 # config.json field -> the architecture's field (plugins/vit.py ViTConfig), value as it is
 NAMES = {"num_channels": "channels", "hidden_size": "hidden_size", "num_hidden_layers": "num_layers",
          "num_attention_heads": "num_heads", "intermediate_size": "mlp_dim", "hidden_act": "activation",
-         "pooler_act": "representation_activation"}
+         "pooler_act": "representation_activation", "hidden_dropout_prob": "dropout_rate",
+         "attention_probs_dropout_prob": "attention_dropout_rate", "problem_type": "problem_type"}
 
 # transformers' ViT switches: the value the architecture implements
 FIXED = {"use_mask_token": False, "use_absolute_position_embeddings": True}
+
+# the losses of ViTForImageClassification (transformers' problem_type), as zoo.losses names them
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 def _pair(value, name):
@@ -183,8 +188,12 @@ def _unpair(size):
 def to_architecture(config):
     """A ViTConfig (config.json, with zoo's ``add_pooling_layer`` from the checkpoint's keys) in
     the ``vit`` architecture's names, with transformers' defaults for absent (or null) fields;
-    refuses the switches the architecture does not implement, an activation it does not know and
-    a ``head_dim`` other than ``hidden_size / num_attention_heads``, naming the config.json field."""
+    refuses the switches the architecture does not implement, an activation it does not know, a
+    ``problem_type`` other than ViTForImageClassification's three and a ``head_dim`` other than
+    ``hidden_size / num_attention_heads``, naming the config.json field. The dropout
+    probabilities (``hidden_dropout_prob``, ``attention_probs_dropout_prob``) and the loss
+    (``problem_type``) are the architecture's ``dropout_rate``, ``attention_dropout_rate`` and
+    ``problem_type``."""
     from zoo.activations import ACTIVATIONS  # imports torch: only when a model is configured
 
     for key, implemented in FIXED.items():
@@ -197,6 +206,11 @@ def to_architecture(config):
             raise ConfigError(
                 f"vit: config field {key}={hf[key]!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
             )
+    if hf["problem_type"] is not None and hf["problem_type"] not in PROBLEM_TYPES:
+        raise ConfigError(
+            f"vit: config field problem_type={hf['problem_type']!r} is not supported "
+            f"(supported: {', '.join(PROBLEM_TYPES)})"
+        )
     head_dim, width, heads = hf.get("head_dim"), hf["hidden_size"], hf["num_attention_heads"]
     if head_dim is not None and head_dim * heads != width:
         raise ConfigError(
@@ -211,6 +225,8 @@ def to_architecture(config):
         "image_size": _pair(hf["image_size"], "image_size"),
         "patch_size": _pair(hf["patch_size"], "patch_size"),
         "norm_eps": float(hf["layer_norm_eps"]),
+        "dropout_rate": float(hf["hidden_dropout_prob"]),
+        "attention_dropout_rate": float(hf["attention_probs_dropout_prob"]),
         "qkv_bias": bool(hf["qkv_bias"]),
         "num_classes": len(labels) or num_labels,
         # a pooler (the pre-logits layer) when the checkpoint has one: config_from_weights says
@@ -223,7 +239,7 @@ def from_architecture(arch_config):
     determines."""
     pooler = arch_config["representation_size"]
     return {
-        **{theirs: arch_config[ours] for theirs, ours in NAMES.items()},
+        **{theirs: arch_config[ours] for theirs, ours in NAMES.items() if arch_config[ours] is not None},
         "image_size": _unpair(arch_config["image_size"]),
         "patch_size": _unpair(arch_config["patch_size"]),
         "layer_norm_eps": arch_config["norm_eps"],
@@ -240,7 +256,9 @@ CONFIG_FIELDS = {
     "hidden_size": fields.SIZE, "num_hidden_layers": fields.SIZE, "num_attention_heads": fields.SIZE,
     "intermediate_size": fields.SIZE, "hidden_act": fields.NAME, "layer_norm_eps": fields.POSITIVE,
     "qkv_bias": fields.FLAG, "num_labels": fields.SIZE, "pooler_output_size": fields.SIZE,
-    "pooler_act": fields.NAME,
+    "pooler_act": fields.NAME, "hidden_dropout_prob": fields.PROBABILITY,
+    "attention_probs_dropout_prob": fields.PROBABILITY,
+    "problem_type": (lambda v: v in PROBLEM_TYPES, "one of " + ", ".join(PROBLEM_TYPES)),
 }
 
 CONVERTER = Converter(

@@ -25,11 +25,23 @@ final_logits_bias           False (``proj`` has a bias)   True (a [1, V] buffer 
 activation                  relu                          swish (opus-mt), relu (tc-big)
 final_norms                 True (norm after each stack)  False
 log_softmax_output          True (log-probabilities)      False (logits)
+pad_embedding_gradient      True                          False (the pad row of a token
+                                                          table learns nothing from lookups)
 ==========================  ===========================  ===============================
 
 The output projection is the decoder's embedding table (``tie_output``) or its own ``proj``;
 its bias is ``proj``'s own or, with ``final_logits_bias``, a [1, V] buffer added to the logits
 (``proj`` then has none).
+
+Training: ``model(input_ids, labels=labels, attention_mask=...)`` feeds the decoder the labels
+shifted right behind ``decoder_start_token_id`` (teacher forcing, -100 read as the pad token, as
+MarianMTModel does) and returns ``.loss``, the cross-entropy of the scores against the labels
+with -100 ignored (zoo.losses.token_cross_entropy; on the log-probabilities of
+``log_softmax_output`` that is their negative log-likelihood). Dropout, active in training mode
+only: ``dropout`` on the embeddings (after the positions are added) and on every sublayer's
+output before its residual sum, ``attention_dropout`` on the attention probabilities,
+``activation_dropout`` after the feed-forward's activation. These are where MarianMTModel and
+the Annotated Transformer apply theirs.
 
 Generation (zoo.generation.generate_seq2seq: greedy and beam search) runs the encoder once and
 then the decoder one token at a time over a preallocated key/value cache: self-attention
@@ -51,7 +63,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo import kvcache
+from zoo import kvcache, losses
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo import generation
@@ -94,6 +106,9 @@ class EncoderDecoderConfig:
     final_logits_bias: bool = False  # the output bias is a [1, V] buffer, else proj's own bias
     final_norms: bool = True
     log_softmax_output: bool = True
+    # False: looking up pad_token_id adds no gradient to its row of a token table (nn.Embedding's
+    # padding_idx); the row of a tied output projection still learns from the logits
+    pad_embedding_gradient: bool = True
     # special tokens and generation defaults (the keywords of zoo.generation)
     pad_token_id: int = 0
     eos_token_id: Optional[int] = None
@@ -142,6 +157,16 @@ class EncoderDecoderConfig:
             )
         if self.early_stopping not in (True, False, "never"):
             raise ConfigError(f"encoder_decoder: config field early_stopping={self.early_stopping!r} is not supported")
+        for key in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"encoder_decoder: config field {key}={value!r} must be a probability from 0 to 1")
+        if not self.pad_embedding_gradient and not 0 <= self.pad_token_id < min(self.src_vocab_size,
+                                                                                self.tgt_vocab_size):
+            raise ConfigError(
+                f"encoder_decoder: pad_token_id={self.pad_token_id} is outside a token table "
+                f"(pad_embedding_gradient=False needs the pad token's row)"
+            )
         if self.d_model % 2:
             raise ConfigError(f"encoder_decoder: d_model={self.d_model} must be even (sinusoids come in sin/cos pairs)")
         return self
@@ -213,11 +238,13 @@ class PositionalEncoding(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Token lookup table ``lut``, scaled by sqrt(d_model) when ``scale_embedding``."""
+    """Token lookup table ``lut``, scaled by sqrt(d_model) when ``scale_embedding``; without
+    ``pad_embedding_gradient``, the pad token's row gets no gradient from the lookup."""
 
     def __init__(self, cfg: EncoderDecoderConfig, vocab: int):
         super().__init__()
-        self.lut = nn.Embedding(vocab, cfg.d_model)
+        padding_idx = None if cfg.pad_embedding_gradient else cfg.pad_token_id
+        self.lut = nn.Embedding(vocab, cfg.d_model, padding_idx=padding_idx)
         self.scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -438,7 +465,8 @@ class Generator(nn.Module):
 
 class EncoderDecoder(nn.Module):
     """``model(input_ids, decoder_input_ids, attention_mask=None)`` -> ``.logits`` [B, T_tgt, V]
-    (log-probabilities when ``log_softmax_output``); ``model.generate(input_ids, ...)``."""
+    (log-probabilities when ``log_softmax_output``); ``model(input_ids, labels=...)`` -> also
+    ``.loss``; ``model.generate(input_ids, ...)``."""
 
     def __init__(self, cfg: EncoderDecoderConfig):
         super().__init__()
@@ -533,20 +561,49 @@ class EncoderDecoder(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(x, self._embed_tgt().lut.weight)
 
+    def _check_labels(self, labels: Any, input_ids: torch.Tensor, decoder_input_ids: Optional[torch.Tensor]) -> None:
+        vocab = self.config.tgt_vocab_size
+        rows = input_ids.size(0) if isinstance(input_ids, torch.Tensor) and input_ids.dim() else None
+        if (not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.dtype not in (torch.long, torch.int)
+                or labels.size(0) != rows or labels.size(1) == 0):
+            shape = list(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise InputError(f"encoder_decoder: labels must be target ids [B, T] (int64), one row per input row, "
+                             f"got {shape}")
+        if decoder_input_ids is not None and tuple(decoder_input_ids.shape) != tuple(labels.shape):
+            raise InputError(f"encoder_decoder: labels {list(labels.shape)} and decoder_input_ids "
+                             f"{list(decoder_input_ids.shape)} differ in shape")
+        bad = labels[(labels != losses.IGNORE) & ((labels < 0) | (labels >= vocab))]
+        if bad.numel():
+            raise InputError(f"encoder_decoder: label {int(bad[0])} is neither a target id in [0, {vocab}) "
+                             f"nor {losses.IGNORE} (ignored)")
+
     def forward(
         self,
         input_ids: torch.Tensor,
-        decoder_input_ids: torch.Tensor,
+        decoder_input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
     ) -> ModelOutput:
         """Teacher-forced scores of ``decoder_input_ids`` given ``input_ids``.
+
+        ``labels`` [B, T] (target ids, -100 where nothing is to be predicted): ``.loss`` is the
+        cross-entropy of the scores against them; without ``decoder_input_ids`` the decoder
+        reads the labels shifted right behind ``decoder_start_token_id``, -100 as
+        ``pad_token_id`` (MarianMTModel's teacher forcing).
 
         ``hidden_states`` (with ``output_hidden_states=True``): the encoder's states (embeddings,
         then after each layer) followed by the decoder's, i.e. transformers'
         ``encoder_hidden_states + decoder_hidden_states``.
         """
-        self._check_ids(decoder_input_ids, self.config.tgt_vocab_size, "decoder_input_ids")
+        cfg = self.config
+        if labels is not None:
+            self._check_labels(labels, input_ids, decoder_input_ids)
+            if decoder_input_ids is None:
+                decoder_input_ids = losses.shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id)
+        if decoder_input_ids is None:
+            raise InputError("encoder_decoder: give decoder_input_ids, or labels to shift right into them")
+        self._check_ids(decoder_input_ids, cfg.tgt_vocab_size, "decoder_input_ids")
         if decoder_input_ids.size(0) != input_ids.size(0):
             raise InputError(
                 f"encoder_decoder: input_ids has {input_ids.size(0)} rows, decoder_input_ids {decoder_input_ids.size(0)}"
@@ -554,7 +611,10 @@ class EncoderDecoder(nn.Module):
         hidden: Optional[list] = [] if output_hidden_states else None
         memory, src_mask = self.encode(input_ids, attention_mask, hidden)
         x = self.decode(memory, src_mask, decoder_input_ids, hidden=hidden)
-        return ModelOutput(logits=self.project(x), last_hidden_state=x, hidden_states=tuple(hidden) if hidden else None)
+        logits = self.project(x)
+        loss = None if labels is None else losses.token_cross_entropy(logits, labels)
+        return ModelOutput(logits=logits, last_hidden_state=x, hidden_states=tuple(hidden) if hidden else None,
+                           loss=loss)
 
     # -- generation (zoo.generation.generate_seq2seq), through this step interface
     def new_cache(self, batch: int, max_len: int) -> KVCache:

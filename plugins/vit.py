@@ -7,6 +7,13 @@ self-attention -> residual, LayerNorm -> MLP -> residual) and a final LayerNorm.
 reads the class token; an encoder may instead end in the pre-logits layer (dense + tanh on the
 class token), which checkpoints on the Hub call the pooler.
 
+Training: ``model(pixel_values, labels=...)`` also returns the classifier's ``.loss``
+(zoo.losses.classification: cross-entropy, binary cross-entropy or mean squared error, by
+``problem_type``). In training mode dropout applies where transformers' ViT applies it:
+``dropout_rate`` on the embeddings and on each block's attention and MLP outputs before their
+residual sums, ``attention_dropout_rate`` on the attention probabilities; in eval mode both are
+the identity.
+
 The config (:class:`ViTConfig`) is ViT's own, named as the original code
 (google-research/vision_transformer) names it; zoo.converters.hf_vit translates a checkpoint's
 into it. Submodules carry the names of the files on the Hugging Face Hub
@@ -26,11 +33,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo import losses
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
 
 TASKS = ("image-classification", "image-feature-extraction")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 def _positive(value: Any) -> bool:
@@ -58,6 +67,11 @@ class ViTConfig:
     # as in the paper's fine-tuning)
     representation_size: Optional[int] = None
     representation_activation: str = "tanh"  # the pre-logits layer's activation
+    dropout_rate: float = 0.0  # on the embeddings and on each attention and MLP output (training only)
+    attention_dropout_rate: float = 0.0  # on the attention probabilities (training only)
+    # the classifier's loss, one of PROBLEM_TYPES; None: picked from the labels as
+    # zoo.losses.problem_type does (one class: regression; integer labels: single-label)
+    problem_type: Optional[str] = None
 
     def __post_init__(self):
         """Refuse, naming the field, a config this file cannot build."""
@@ -77,6 +91,12 @@ class ViTConfig:
                 raise ConfigError(
                     f"vit: {name}={value!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
                 )
+        for name in ("dropout_rate", "attention_dropout_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"vit: {name}={value!r} must be a probability from 0 to 1")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ConfigError(f"vit: problem_type={self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"vit: hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if min(self.grid) < 1:
@@ -123,6 +143,7 @@ class Embeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + gh * gw, cfg.hidden_size))
         self.patch_embeddings = PatchEmbeddings(cfg)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def positions(self, gh: int, gw: int, interpolate: Optional[bool]) -> torch.Tensor:
         """Position embeddings (1, 1 + gh*gw, hidden) for a gh x gw patch grid.
@@ -154,18 +175,19 @@ class Embeddings(nn.Module):
         x = self.patch_embeddings(pixel_values)  # (B, N, hidden)
         x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)  # (B, 1 + N, hidden)
         ph, pw = self.cfg.patch_size
-        return x + self.positions(H // ph, W // pw, interpolate)
+        return self.dropout(x + self.positions(H // ph, W // pw, interpolate))
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention over all tokens (no mask: every patch sees every patch).
 
     q, k and v keep the checkpoint's three Linears (zoo.accel.fused_qkv computes the three as one
-    product)."""
+    product). In training mode the attention probabilities get dropout ``attention_dropout_rate``."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.n_head = cfg.num_heads
+        self.dropout = cfg.attention_dropout_rate
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.qkv_bias)
@@ -179,7 +201,7 @@ class SelfAttention(nn.Module):
         B, T, C = x.shape
         hs = C // self.n_head
         q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in self.project_qkv(x))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         return y.transpose(1, 2).reshape(B, T, C)  # heads side by side
 
 
@@ -196,7 +218,7 @@ class Attention(nn.Module):
 
 
 class Layer(nn.Module):
-    """One pre-norm encoder block."""
+    """One pre-norm encoder block; ``dropout`` on each sublayer's output before its residual sum."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -206,11 +228,12 @@ class Layer(nn.Module):
         self.intermediate = Dense(cfg.hidden_size, cfg.mlp_dim)  # MLP up
         self.output = Dense(cfg.mlp_dim, cfg.hidden_size)  # MLP down
         self.act = ACTIVATIONS[cfg.activation]
+        self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
-        x = x + self.attention(self.layernorm_before(x))
-        return x + self.mlp(self.layernorm_after(x))
+        x = x + self.dropout(self.attention(self.layernorm_before(x)))
+        return x + self.dropout(self.mlp(self.layernorm_after(x)))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.act(self.intermediate(x)))
@@ -226,8 +249,9 @@ class ViT(nn.Module):
     """``model(pixel_values)`` with pixel_values (B, C, H, W) float, normalized.
 
     Classifier (task ``image-classification``): output ``.logits`` (B, num_classes), read off the
-    class token. Encoder (``image-feature-extraction``): ``.last_hidden_state`` (B, 1 + N,
-    hidden) and, with a pre-logits layer, ``.pooler_output`` (B, representation_size).
+    class token, and given ``labels`` the training ``.loss``. Encoder
+    (``image-feature-extraction``): ``.last_hidden_state`` (B, 1 + N, hidden) and, with a
+    pre-logits layer, ``.pooler_output`` (B, representation_size).
     """
 
     def __init__(self, cfg: ViTConfig, task: str):
@@ -269,23 +293,48 @@ class ViT(nn.Module):
                 hidden.append(x)
         return x
 
+    def _check_labels(self, labels: Any, batch: int) -> None:
+        if self.task != "image-classification":
+            raise InputError(f"vit: labels need a classifier; the model was built for {self.task}")
+        if not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != batch:
+            shape = list(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise InputError(f"vit: labels must have one row per image ({batch}), got {shape}")
+        n = self.config.num_classes
+        kind = losses.problem_type(n, labels, self.config.problem_type)
+        if kind == "single_label_classification":
+            if labels.is_floating_point() or labels.numel() != batch:
+                raise InputError(f"vit: single-label classification takes [B] class ids, got {labels.dtype} "
+                                 f"{list(labels.shape)}")
+            bad = labels[(labels != losses.IGNORE) & ((labels < 0) | (labels >= n))]
+            if bad.numel():
+                raise InputError(f"vit: label {int(bad[0])} is not a class id in [0, {n})")
+        elif labels.numel() != batch * n:
+            raise InputError(f"vit: {kind} takes labels [B, {n}], got {list(labels.shape)}")
+
     def forward(
         self,
         pixel_values: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
         interpolate_pos_encoding: Optional[bool] = None,
         output_hidden_states: bool = False,
     ) -> ModelOutput:
-        """``interpolate_pos_encoding``: None resizes the position embeddings only when the
+        """``labels`` (classifier only): [B] class ids, [B, num_classes] float targets
+        (multi-label) or values (regression), as transformers' ViTForImageClassification takes
+        them. ``interpolate_pos_encoding``: None resizes the position embeddings only when the
         image's patch grid differs from the trained one; True behaves as transformers' flag;
         False refuses other resolutions."""
         self._check(pixel_values)
+        if labels is not None:
+            self._check_labels(labels, pixel_values.shape[0])
         x = self.embeddings(pixel_values.to(self.layernorm.weight.dtype), interpolate_pos_encoding)
         hidden = [x] if output_hidden_states else None  # transformers: embeddings, then each block
         x = self.blocks(x, hidden)
         x = self.layernorm(x)  # (B, 1 + N, hidden)
         states = tuple(hidden) if hidden else None
         if self.task == "image-classification":
-            return ModelOutput(logits=self.classifier(x[:, 0]), hidden_states=states)
+            logits = self.classifier(x[:, 0])
+            loss = None if labels is None else losses.classification(logits, labels, self.config.problem_type)
+            return ModelOutput(logits=logits, hidden_states=states, loss=loss)
         pooled = None
         if hasattr(self, "pooler"):
             pooled = ACTIVATIONS[self.config.representation_activation](self.pooler(x[:, 0]))

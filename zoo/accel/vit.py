@@ -5,8 +5,9 @@ token is still a key and a value there): most of a block's work saved, the same 
 float rounding (about 6 % of a ViT-base forward). :class:`ClassTokenViT` (the model's class
 swapped by :func:`zoo.accel.accelerate`) runs the blocks as ``ViT.blocks`` does, the last one
 for the class token's row (:func:`class_token_block`). It steps aside (every row computed, as transformers does) when hidden states
-are asked for, for the feature-extraction task, in training mode, and where hooks are set, as
-they may read the other rows.
+are asked for, for the feature-extraction task, in training mode (where dropout applies), and
+where hooks are set, as they may read the other rows. Under autograd in eval mode it runs: the
+class token's row is all the logits and the loss read, so the gradients are the plain model's.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ class ClassTokenViT(vit.ViT):
 
 
 def class_token_block(layer: vit.Layer, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)[:, :1]``, computed for the class token's row alone: its query attends to every
-    token's key and value (all computed), and only its row goes through the rest of the block."""
+    """``layer(x)[:, :1]`` in eval mode (the block's dropout the identity), computed for the
+    class token's row alone: its query attends to every token's key and value (all computed),
+    and only its row goes through the rest of the block."""
     sa = layer.attention.attention
     B, T, C = x.shape
     hs = C // sa.n_head
