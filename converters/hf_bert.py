@@ -38,13 +38,15 @@ naming its keys (``classifier.weight``, ...).
 
 The config: the architecture's fields are those of Google's ``bert_config.json``, whose names
 transformers kept, so :func:`to_architecture` copies them (transformers' defaults where one is
-left out), adds the classifier's outputs (:func:`num_labels`) and dropout, and refuses
-transformers' options that compute something else (relative positions, a decoder,
+left out), adds the classifier's outputs (:func:`num_labels`), its dropout
+(``classifier_dropout``, transformers' ``hidden_dropout_prob`` when null) and its training loss
+(``problem_type`` -> ``classifier_loss``: mean squared error, cross-entropy or binary
+cross-entropy; null: transformers' rule by the number of labels and the labels' dtype), and
+refuses transformers' options that compute something else (relative positions, a decoder,
 cross-attention, factorized embeddings, an MLM decoder of its own, another ``model_type``);
-:func:`from_architecture` gives them back. ``id2label`` (the label names) and ``problem_type``
-(softmax, sigmoid or the value itself) do not change the model: they are for whoever reads its
-logits. This module imports no torch at
-import time.
+:func:`from_architecture` gives them back. ``id2label`` (the label names) does not change the
+model and ``problem_type`` only its loss; a runner reads both to turn logits into scores
+(softmax, sigmoid or the value itself). This module imports no torch at import time.
 """
 from zoo import Drop, Map, Rename, fields, hookimpl
 from zoo.errors import ConfigError
@@ -230,7 +232,8 @@ CONFIG_FIELDS = {
     "attention_probs_dropout_prob": fields.PROBABILITY,
     "num_labels": fields.COUNT, "classifier_dropout": fields.PROBABILITY,
     "add_pooling_layer": fields.FLAG, "add_mlm_head": fields.FLAG,  # zoo's switches (see SWITCHES)
-    # how a runner turns a classifier's logits into scores (softmax, sigmoid, the value itself)
+    # the classifier's training loss (the architecture's classifier_loss), and how a runner turns
+    # its logits into scores (softmax, sigmoid, the value itself)
     "problem_type": (lambda v: v in PROBLEM_TYPES, "one of " + ", ".join(PROBLEM_TYPES)),
 }
 
@@ -295,16 +298,19 @@ def to_architecture(config):
     dropout = config.get("classifier_dropout")  # transformers: hidden_dropout_prob when null
     arch["num_labels"] = num_labels(config)
     arch["classifier_dropout_prob"] = arch["hidden_dropout_prob"] if dropout is None else dropout
+    arch["classifier_loss"] = config.get("problem_type")  # None: by the labels, as transformers
     return {**arch, **{key: config.get(key) for key in SWITCHES}}
 
 
 def from_architecture(arch_config):
     """The ``bert`` architecture's config -> the config.json fields it determines (the
-    switches only when set; ``classifier_dropout`` null when it is ``hidden_dropout_prob``)."""
+    switches only when set; ``classifier_dropout`` null when it is ``hidden_dropout_prob``,
+    ``problem_type`` null when the loss goes by the labels)."""
     out = {key: arch_config[key] for key in ARCHITECTURE_FIELDS}
     dropout = arch_config["classifier_dropout_prob"]
     out["num_labels"] = arch_config["num_labels"]
     out["classifier_dropout"] = None if dropout == arch_config["hidden_dropout_prob"] else dropout
+    out["problem_type"] = arch_config.get("classifier_loss")
     out.update({key: arch_config[key] for key in SWITCHES if arch_config.get(key) is not None})
     return out
 

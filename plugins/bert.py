@@ -31,6 +31,14 @@ implement raises :class:`zoo.errors.ConfigError` naming the field and the value.
 
 Padding is masked: with ``attention_mask``, no token attends to a padding position. (The
 speed layer, zoo.accel.bert, skips the work of padding tokens altogether.)
+
+Training: given ``labels`` (question-answering: ``start_positions`` and ``end_positions``),
+``forward`` also returns ``loss``, computed by :mod:`zoo.losses` as transformers' class of the
+task computes it. Dropout sits where transformers' BERT has it, each rate from the config:
+``hidden_dropout_prob`` after the embeddings' LayerNorm and after each sublayer's output
+projection (before the residual), ``attention_probs_dropout_prob`` on the attention
+probabilities, ``classifier_dropout_prob`` before the classifier (the span head has none). In
+eval mode every dropout is the identity.
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo import losses
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
@@ -50,6 +59,8 @@ TASKS = ("fill-mask", "feature-extraction", "text-classification", "token-classi
          "multiple-choice")
 SENTENCE_TASKS = ("text-classification", "multiple-choice")  # their classifier reads the pooler
 CLASSIFIER_TASKS = SENTENCE_TASKS + ("token-classification",)  # dropout -> classifier
+# the losses of a text classifier (zoo.losses.classification's kinds)
+CLASSIFIER_LOSSES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 @dataclass
@@ -72,6 +83,10 @@ class BertConfig:
     # multiple-choice scores each choice once, question-answering each token as start and end
     num_labels: int = 2
     classifier_dropout_prob: float = 0.1  # dropout before the classifier (training only)
+    # the text classifier's training loss, one of CLASSIFIER_LOSSES: mean squared error,
+    # cross-entropy or binary cross-entropy per label; None: regression for one label, else
+    # cross-entropy for integer labels and binary cross-entropy for others
+    classifier_loss: Optional[str] = None
     # zoo's own switches; None means "what the task implies".
     # The pooler: feature-extraction True, fill-mask, token-classification and question-answering
     # False; text-classification and multiple-choice always build it (their classifier reads it).
@@ -91,6 +106,15 @@ class BertConfig:
             raise ConfigError(
                 f"bert: config field hidden_act={self.hidden_act!r} is not supported "
                 f"(supported: {', '.join(sorted(ACTIVATIONS))})"
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ConfigError(f"bert: config field {name}={v!r} must be a probability (0 to 1)")
+        if self.classifier_loss is not None and self.classifier_loss not in CLASSIFIER_LOSSES:
+            raise ConfigError(
+                f"bert: config field classifier_loss={self.classifier_loss!r} is not supported "
+                f"(supported: {', '.join(CLASSIFIER_LOSSES)})"
             )
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
@@ -288,12 +312,32 @@ class MLMHead(nn.Module):
 # ----------------------------------------------------------------------------- the model
 
 
+def _check_targets(name: str, t: Any, shape, integers: bool = False, classes: Optional[int] = None,
+                   ignore: bool = False) -> None:
+    """Refuse targets of another shape than ``shape`` (a [B] one also as [B, 1]), of a float
+    dtype where ``integers``, or, with ``classes``, outside [0, classes) (-100 too where
+    ``ignore``), naming ``name``."""
+    shape = tuple(shape)
+    if not isinstance(t, torch.Tensor):
+        raise InputError(f"bert: {name} must be a tensor of shape {list(shape)}, got {type(t).__name__}")
+    if tuple(t.shape) != shape and not (len(shape) == 1 and tuple(t.shape) == (*shape, 1)):
+        raise InputError(f"bert: {name} has shape {list(t.shape)}, expected {list(shape)}")
+    if integers and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        raise InputError(f"bert: {name} must hold integers (class ids, positions), got {t.dtype}")
+    if classes is not None and t.numel():
+        counted = t[t != losses.IGNORE] if ignore else t
+        if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= classes):
+            allowed = f"[0, {classes})" + (f" or {losses.IGNORE}" if ignore else "")
+            raise InputError(f"bert: {name} must be in {allowed}, got {int(t.min())}..{int(t.max())}")
+
+
 def _unchanged(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
 class Bert(nn.Module):
-    """``model(input_ids, attention_mask=None, token_type_ids=None)`` -> :class:`ModelOutput`.
+    """``model(input_ids, attention_mask=None, token_type_ids=None, labels=None,
+    start_positions=None, end_positions=None)`` -> :class:`ModelOutput`.
 
     ``input_ids`` are [B, T] (multiple-choice: [B, C, T], the mask and the token types too).
     Every task gives ``last_hidden_state`` [B, T, H], and ``pooler_output`` [B, H] when built
@@ -310,6 +354,18 @@ class Bert(nn.Module):
     Outputs match transformers' class of the task. zoo.accel.bert's unpadding leaves zeros at
     padding positions instead, in every per-token output: a caller that picks among per-token
     scores (an answer span) masks padding, as it must with transformers' values there too.
+
+    With targets, ``loss`` too, as transformers' class of the task computes it (:meth:`loss`):
+
+    ====================  =========================================================
+    fill-mask             ``labels`` [B, T] token ids, -100 where no token is predicted
+    text-classification   ``labels`` [B] class ids, [B, num_labels] 0/1 per label
+                          (multi-label), [B] or [B, num_labels] values (regression)
+    token-classification  ``labels`` [B, T] class ids, -100 where none (padding)
+    question-answering    ``start_positions`` and ``end_positions`` [B]; a position
+                          outside the sequence counts for nothing
+    multiple-choice       ``labels`` [B], the right choice of each question
+    ====================  =========================================================
     """
 
     def __init__(self, cfg: BertConfig, task: str):
@@ -357,21 +413,68 @@ class Bert(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         token_type_ids: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
+        labels: Optional[torch.Tensor] = None,
+        start_positions: Optional[torch.Tensor] = None,
+        end_positions: Optional[torch.Tensor] = None,
     ) -> ModelOutput:
         if self.task != "multiple-choice":
-            return self.sequences(input_ids, attention_mask, token_type_ids, output_hidden_states)
-        # (B, C, T): each choice is a sequence of its own; their scores come back as (B, C)
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 3:
-            shape = list(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-            raise InputError(f"bert (multiple-choice) expects token ids of shape [B, C, T] (C choices), got {shape}")
-        B, C, T = input_ids.shape
-        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-            if t is not None and tuple(t.shape) != (B, C, T):
-                raise InputError(f"bert: {name} has shape {list(t.shape)}, input_ids {[B, C, T]}")
-        rows = (None if t is None else t.reshape(B * C, T) for t in (input_ids, attention_mask, token_type_ids))
-        out = self.sequences(*rows, output_hidden_states)
-        out.logits = out.logits.view(B, C)
+            out = self.sequences(input_ids, attention_mask, token_type_ids, output_hidden_states)
+        else:
+            # (B, C, T): each choice is a sequence of its own; their scores come back as (B, C)
+            if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 3:
+                shape = list(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+                raise InputError(f"bert (multiple-choice) expects token ids of shape [B, C, T] (C choices), got {shape}")
+            B, C, T = input_ids.shape
+            for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+                if t is not None and tuple(t.shape) != (B, C, T):
+                    raise InputError(f"bert: {name} has shape {list(t.shape)}, input_ids {[B, C, T]}")
+            rows = (None if t is None else t.reshape(B * C, T) for t in (input_ids, attention_mask, token_type_ids))
+            out = self.sequences(*rows, output_hidden_states)
+            out.logits = out.logits.view(B, C)
+        if labels is not None or start_positions is not None or end_positions is not None:
+            out.loss = self.loss(out, labels, start_positions, end_positions)
         return out
+
+    def loss(self, out: ModelOutput, labels: Optional[torch.Tensor], start_positions: Optional[torch.Tensor] = None,
+             end_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The task's training loss from the outputs ``out``, as transformers' class computes it
+        (:mod:`zoo.losses`): cross-entropy per token (fill-mask, token-classification; label
+        -100 counts for nothing), the classifier's loss (text-classification: ``classifier_loss``,
+        or by the labels when None), cross-entropy over the choices (multiple-choice), the mean
+        of the start and end cross-entropies (question-answering)."""
+        task = self.task
+        if task == "question-answering":
+            if labels is not None or start_positions is None or end_positions is None:
+                raise InputError("bert (question-answering): the loss takes start_positions and end_positions "
+                                 "(the answer's first and last token in each row), not labels")
+            B = out.start_logits.shape[0]
+            for name, t in (("start_positions", start_positions), ("end_positions", end_positions)):
+                _check_targets(name, t, (B,), integers=True)
+            return losses.span(out.start_logits, out.end_logits, start_positions, end_positions)
+        if start_positions is not None or end_positions is not None:
+            raise InputError(f"bert ({task}): start_positions and end_positions are the question-answering "
+                             "model's targets; this model takes labels")
+        if task == "feature-extraction":
+            raise InputError("bert (feature-extraction): the model has no head, so no loss (load it for a task)")
+        if not isinstance(labels, torch.Tensor):
+            raise InputError(f"bert ({task}): the loss takes labels, a tensor; got {type(labels).__name__}")
+        logits = out.logits
+        if task in ("fill-mask", "token-classification"):  # per token: (B, T, classes) against (B, T)
+            _check_targets("labels", labels, logits.shape[:-1], integers=True, classes=logits.shape[-1], ignore=True)
+            return losses.token_cross_entropy(logits, labels.long())
+        if task == "multiple-choice":  # (B, C) against the right choice (B,)
+            _check_targets("labels", labels, logits.shape[:1], integers=True, classes=logits.shape[1])
+            return losses.classification(logits, labels.long(), "single_label_classification")
+        kind = self.config.classifier_loss
+        B, L = logits.shape
+        if kind == "single_label_classification" or (kind is None and L > 1 and labels.dtype in (torch.long, torch.int)):
+            _check_targets("labels", labels, (B,), integers=True, classes=L)  # one class id per row
+            return losses.classification(logits, labels.long(), "single_label_classification")
+        if kind == "regression" or (kind is None and L == 1):  # a value per label
+            _check_targets("labels", labels, (B,) if L == 1 else (B, L))
+        else:  # 0/1 (or a probability) per label
+            _check_targets("labels", labels, (B, L))
+        return losses.classification(logits, labels, kind)
 
     def sequences(self, input_ids, attention_mask, token_type_ids, output_hidden_states: bool) -> ModelOutput:
         """The model on a batch of sequences [B, T] (multiple-choice: one row per choice)."""

@@ -12,10 +12,14 @@ the sentence and choice classifiers' logits and gradients match the plain model.
 
 It runs each layer's arithmetic itself (through the layer's own submodules, so the fused q|k|v
 product and the packed weights still apply), and steps aside (the plain forward runs) in
-training mode and where hooks are set, as they would miss the layers it does not call.
+training mode (where dropout applies), where hooks are set (they would miss the layers it does
+not call), and when a loss is asked for (``labels``, ``start_positions``, ``end_positions``):
+transformers' loss may read padding positions (the answer-span loss is a softmax over every
+position of a row), so every position is computed then.
 """
 from __future__ import annotations
 
+import contextvars
 from typing import Optional
 
 import torch
@@ -91,12 +95,27 @@ def _layer(layer: bert.Layer, x: torch.Tensor, padding: Padding) -> torch.Tensor
     return layer.output(layer.intermediate(x), x)
 
 
+# set while a forward computes a loss: every position is computed then (module docstring)
+_EVERY_POSITION = contextvars.ContextVar("zoo_bert_every_position", default=False)
+
+
 class UnpaddedBert(bert.Bert):
     """``bert.Bert`` that computes only the real tokens of a padded batch (module docstring):
     the encoder and every head that works token by token (``Bert.heads``) run on them."""
 
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
+                labels=None, start_positions=None, end_positions=None):
+        targets = dict(labels=labels, start_positions=start_positions, end_positions=end_positions)
+        if all(t is None for t in targets.values()):
+            return super().forward(input_ids, attention_mask, token_type_ids, output_hidden_states)
+        token = _EVERY_POSITION.set(True)
+        try:
+            return super().forward(input_ids, attention_mask, token_type_ids, output_hidden_states, **targets)
+        finally:
+            _EVERY_POSITION.reset(token)
+
     def sequences(self, input_ids, attention_mask, token_type_ids, output_hidden_states: bool):
-        if attention_mask is None or self.training or ops.hooks_set(self):
+        if attention_mask is None or self.training or _EVERY_POSITION.get() or ops.hooks_set(self):
             return super().sequences(input_ids, attention_mask, token_type_ids, output_hidden_states)
         self._check(input_ids, attention_mask, token_type_ids)
         if bool(attention_mask.all()):
