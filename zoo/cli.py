@@ -236,10 +236,17 @@ def _device_options(f):
     return f
 
 
+DEVICE_MAP = click.option(
+    "--device-map", type=click.Choice(["auto", "balanced", "sequential"]), default=None,
+    help="Spread a model too large for one device over the GPUs, CPU and disk with accelerate "
+         "(pip install 'zoo[big]'); no fast paths then.")
+
+
 @cli.command()
 @click.argument("name_or_path")
 @click.option("--checkpoint", type=click.Path(exists=True), help="Local checkpoint folder or file to use.")
 @_device_options
+@DEVICE_MAP
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for random weights and inputs.")
 @click.option("--beams", default=1, show_default=True, type=COUNT, help="Also compare beam search with N beams.")
 @click.option("--random-weights", is_flag=True, help="Use seeded random weights even if a checkpoint is cached.")
@@ -248,8 +255,8 @@ def _device_options(f):
 @click.option("--task", "task_name", default=None, metavar="T",
               help="The model built for task T (its head, or the body alone) instead of the checkpoint's own.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights, allow_pickle, plain, task_name,
-           as_json):
+def verify(name_or_path, checkpoint, device, dtype, device_map, seed, beams, random_weights, allow_pickle, plain,
+           task_name, as_json):
     """Check numerical parity with transformers on the same weights: the model with its fast
     paths, then the plain model.
 
@@ -265,6 +272,7 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
         checkpoint=checkpoint,
         device=device,
         dtype=dtype,
+        device_map=device_map,
         seed=seed,
         num_beams=beams,
         random_weights=random_weights,
@@ -281,6 +289,7 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
 @click.argument("inputs", nargs=-1)
 @click.option("--checkpoint", type=click.Path(exists=True), help="Local checkpoint folder or file to use.")
 @_device_options
+@DEVICE_MAP
 @click.option("--max-new-tokens", type=COUNT, default=None,
               help="Tokens to generate. Default: the checkpoint's (max_new_tokens or max_length in its "
                    "generation_config.json), else 32.")
@@ -306,8 +315,8 @@ def verify(name_or_path, checkpoint, device, dtype, seed, beams, random_weights,
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, temperature, top_k, top_p, seed, ids,
-        beams, embed, random_weights, task_name, top, question, allow_pickle, as_json):
+def run(ctx, name_or_path, inputs, checkpoint, device, dtype, device_map, max_new_tokens, temperature, top_k, top_p,
+        seed, ids, beams, embed, random_weights, task_name, top, question, allow_pickle, as_json):
     """Run a model on INPUTS (a prompt, a sentence, an image file ...)."""
     from . import progress
     from .tasks import parse_ids, run as run_task
@@ -327,7 +336,7 @@ def run(ctx, name_or_path, inputs, checkpoint, device, dtype, max_new_tokens, te
                    err=True)
 
     result = run_task(name_or_path, *inputs, task=task_name, checkpoint=checkpoint, device=device, dtype=dtype,
-                      allow_pickle=allow_pickle, random_weights=random_weights, on_loaded=loaded_,
+                      device_map=device_map, allow_pickle=allow_pickle, random_weights=random_weights, on_loaded=loaded_,
                       emit=None if as_json else (lambda text: click.echo(text, nl=False)), **options)
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -8,7 +8,8 @@
     convert       the converter's key map, strict accounting
     build         the architecture on the meta device (no random init)
     load          load_state_dict(assign=True); nothing left on meta
-    place         device and dtype; eval mode
+    place         device and dtype; eval mode; or, with a device map, accelerate's dispatch
+                  over GPUs, CPU and disk (zoo.placement)
     pack          CPU float32: Linear weights also in MKL's packed layout, plain pages released
 
 Nothing here knows a particular architecture: that lives in plugins and converters.
@@ -26,7 +27,7 @@ import torch
 
 from . import accel
 from . import checkpoint as ckpt
-from . import fields, hub, memory, randomweights
+from . import fields, hub, memory, placement, randomweights
 from .convert import Report, convert
 from .device import pick_device, pick_dtype
 from .errors import CheckpointError, ConfigError, ConversionError, InputError, UnknownModelError
@@ -222,11 +223,19 @@ def load_full(
     fast: bool = True,
     random_weights: bool = False,
     seed: int = 0,
+    device_map=None,
+    max_memory: Optional[Mapping[Any, Any]] = None,
+    offload_folder: Union[str, Path, None] = None,
 ) -> Loaded:
     """Run the whole pipeline and return the model with its provenance (:class:`Loaded`).
-    ``fast=False`` skips the last step, the speed layer (:func:`zoo.accel.accelerate`)."""
+    ``fast=False`` skips the last step, the speed layer (:func:`zoo.accel.accelerate`).
+    With ``device_map`` the model is loaded on the CPU, then placed by accelerate
+    (:mod:`zoo.placement`; ``Loaded.device`` is the main device) without the speed layer."""
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
         raise InputError(f"a model is a catalog name, an alias or a checkpoint path, not {name_or_path!r}")
+    plan = placement.plan(device_map, max_memory, offload_folder, device)
+    if plan is not None:
+        fast = False  # accelerate's hooks wrap the blocks' forward: no fast paths
     catalog = get_catalog()
     name = str(name_or_path)
     entry = catalog.find(name)
@@ -236,8 +245,8 @@ def load_full(
         entry = _entry_for_path(Path(name).expanduser(), catalog, config_overrides)
     arch = catalog.architecture(entry.architecture)
     converter = converter or catalog.converter(entry.converter)
-    target_device = pick_device(device)
-    target_dtype = pick_dtype(dtype, target_device)
+    target_device = pick_device(device) if plan is None else torch.device("cpu")  # placed after loading
+    target_dtype = pick_dtype(dtype, target_device if plan is None else plan.main_device)
     task = task or entry.task
     check_task(arch, task)
 
@@ -255,6 +264,8 @@ def load_full(
             model = build_model(arch, arch_config, task, meta=False, itemsize=target_dtype.itemsize,
                                 device=target_device, source=config)
         model.to(dtype=target_dtype).eval()
+        if plan is not None:
+            target_device = placement.dispatch(model, plan)
         return Loaded(model, entry, arch, converter, config, task, target_device, target_dtype, arch_config=arch_config)
 
     tensors = ckpt.read_weights(files)
@@ -288,6 +299,8 @@ def load_full(
     if left:
         raise ConversionError(f"architecture {arch.name!r} left tensors uninitialized after loading: {', '.join(left[:8])}")
     model.eval().requires_grad_(False)
+    if plan is not None:
+        target_device = placement.dispatch(model, plan)
     if fast:
         # the packed copies are what forward reads: the plain weights' pages go back to the page
         # cache (re-read from the file if touched), so memory stays near the file's size
@@ -296,7 +309,8 @@ def load_full(
                   random_seed=int(seed) if random_weights else None, arch_config=arch_config)
 
 
-LOAD_KEYWORDS = ("checkpoint", "device", "dtype", "allow_pickle", "revision", "task", "fast", "random_weights", "seed")
+LOAD_KEYWORDS = ("checkpoint", "device", "dtype", "allow_pickle", "revision", "task", "fast", "random_weights", "seed",
+                 "device_map", "max_memory", "offload_folder")
 
 
 def check_overrides(overrides: Mapping[str, Any], converter: Converter, config: Mapping[str, Any]) -> None:
@@ -353,7 +367,7 @@ def non_finite(state: Mapping[str, torch.Tensor]) -> List[str]:
     """
     bad = []
     for key, t in state.items():
-        if not t.is_floating_point() or t.numel() == 0 or bool(torch.isfinite(t.sum())):
+        if not t.is_floating_point() or t.numel() == 0 or t.is_meta or bool(torch.isfinite(t.sum())):
             continue
         flat = t.reshape(-1)
         if any(not bool(torch.isfinite(c).all()) for c in flat.split(1 << 20)):
@@ -384,6 +398,9 @@ def load(
     fast: bool = True,
     random_weights: bool = False,
     seed: int = 0,
+    device_map=None,
+    max_memory: Optional[Mapping[Any, Any]] = None,
+    offload_folder: Union[str, Path, None] = None,
     **config_overrides: Any,
 ) -> torch.nn.Module:
     """Load a model by registry name, alias, or local checkpoint folder; returns it in eval mode.
@@ -401,6 +418,17 @@ def load(
     :param random_weights: seeded random weights (``seed``) in the Hub's layout instead of the
         checkpoint, for trying zoo without the Hub: every step is real, outputs are meaningless
         (zoo.randomweights; kept in a cache folder, so the second time is fast).
+    :param device_map: for a model larger than one device: ``"auto"`` (= ``"balanced"``),
+        ``"balanced"`` or ``"sequential"`` has accelerate spread its blocks over the GPUs, the
+        CPU and disk; or a dict ``{module name: device}`` ("cpu", "cuda:1", 1, "disk"). The
+        rest (embeddings, heads) stays on the main device, where inputs go. Needs accelerate
+        (``pip install 'zoo[big]'``); ``device`` stays at auto; no speed layer (``fast`` is
+        ignored: accelerate's hooks wrap forward); ``dtype`` applies. ``model.hf_device_map``
+        is the map used (zoo.placement).
+    :param max_memory: with a device map strategy, the most each device may hold, e.g.
+        ``{0: "10GiB", "cpu": "30GiB"}`` (bytes or strings); default: what is free.
+    :param offload_folder: the folder in which weights placed on disk get a temporary folder of
+        their own, removed with the model (default: the system's temporary folder).
     :param config_overrides: config values the weights cannot tell (e.g. ``heads=8``).
     """
     return load_full(
@@ -415,4 +443,7 @@ def load(
         fast=fast,
         random_weights=random_weights,
         seed=seed,
+        device_map=device_map,
+        max_memory=max_memory,
+        offload_folder=offload_folder,
     ).model

@@ -272,6 +272,7 @@ def verify(
     converter: Optional[Converter] = None,
     plain: bool = False,
     task: Optional[str] = None,
+    device_map=None,
 ) -> VerifyReport:
     """Compare zoo's model with the transformers reference on the same weights and inputs.
 
@@ -281,6 +282,8 @@ def verify(
     with its fast paths (zoo.accel) and checked, then made plain and checked again;
     ``plain=True`` checks the plain model only. ``task`` checks the model built for another
     task than the checkpoint's own (its head, or the body alone), against the matching class.
+    ``device_map`` checks the model spread over devices by accelerate (zoo.placement; no fast
+    paths then) against the reference on the main device.
     """
     catalog = get_catalog()
     entry = resolve(str(name_or_path), catalog)
@@ -292,7 +295,8 @@ def verify(
     progress.step("loading them into zoo")
     t0 = time.perf_counter()
     loaded = load_full(source.load_name, checkpoint=source.folder, device=device, dtype=dtype,
-                       allow_pickle=allow_pickle, converter=converter, fast=not plain, task=task)
+                       allow_pickle=allow_pickle, converter=converter, fast=not plain, task=task,
+                       device_map=device_map)
     zoo_load_ms = (time.perf_counter() - t0) * 1000
     progress.step("building transformers' model on the same weights")
     ref = source.reference(loaded)

@@ -93,13 +93,14 @@ def check_options(task: Task, given: Sequence[str]) -> None:
 
 
 def run(name_or_path, *inputs: str, task: Optional[str] = None, checkpoint=None, device: Optional[str] = "auto",
-        dtype=None, allow_pickle: bool = False, random_weights: bool = False,
+        dtype=None, allow_pickle: bool = False, random_weights: bool = False, device_map=None,
         emit: Optional[Callable[[str], None]] = None, on_loaded: Optional[Callable] = None, **options) -> dict:
     """Load a model and run a task on ``inputs`` (text, image files; or ``ids=[...]``): what
     ``zoo run --json`` prints. ``task`` defaults to the model's own; ``options`` are the task's
     ``zoo run`` options by their field names (``max_new_tokens=``, ``top=``, ``beams=``, ...),
     each checked against what the task reads. ``emit`` receives the human-readable output as it
-    is produced (the CLI prints it); ``on_loaded(loaded)`` is called once the model is loaded."""
+    is produced (the CLI prints it); ``on_loaded(loaded)`` is called once the model is loaded.
+    ``device_map`` spreads the model over devices as in ``zoo.load`` (zoo.placement)."""
     from ..loading import load_full
     from ..registry import get_catalog
 
@@ -114,7 +115,8 @@ def run(name_or_path, *inputs: str, task: Optional[str] = None, checkpoint=None,
     chosen = get_catalog().task(task) if task is not None else None
     runner = get_runner(chosen, list(options)) if chosen is not None else None  # checked before loading
     loaded = load_full(name_or_path, checkpoint=checkpoint, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                       task=chosen and (chosen.builds or chosen.name), random_weights=random_weights)
+                       task=chosen and (chosen.builds or chosen.name), random_weights=random_weights,
+                       device_map=device_map)
     if runner is None:
         runner = get_runner(loaded.task, list(options))
     if on_loaded is not None:
