@@ -152,3 +152,101 @@ def test_two_processes_end_where_one_process_ends(gpt2, text_file, tmp_path):
     assert max(float((a[k] - start[k]).abs().max()) for k in a if k in start) > 1e-3  # it trained
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= 1e-5, worst
+
+
+# ----------------------------------------------------------------------------- zoo train, every task
+
+COPY = ["--config", "N=1", "--config", "d_model=32", "--config", "d_ff=64", "--config", "heads=4",
+        "--config", "src_vocab=11", "--config", "tgt_vocab=11", "--config", "dropout=0"]
+
+
+def _train_cli(*args):
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", *[str(a) for a in args], "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_the_copy_task_learns_to_copy(tmp_path):
+    """The Annotated Transformer's first example: a fresh transformer-base (one small layer)
+    with the noam schedule copies held-out random sequences exactly after a few seconds."""
+    summary = _train_cli("transformer-base", "--task", "copy", "--out", tmp_path / "copy", "--steps", 350,
+                         "--batch-size", 32, "--lr", 2, "--warmup", 50, "--schedule", "noam", *COPY)
+    assert summary["copy_accuracy"] >= 0.9, summary
+    assert zoo.load(str(tmp_path / "copy"), device="cpu") is not None  # zoo-native: no transformers class
+
+
+def test_every_task_trains_from_its_data_and_the_result_loads_in_transformers(classifier, tmp_path):
+    (tmp_path / "labels.jsonl").write_text("\n".join(json.dumps({"text": t, "label": ["NEG", "POS"][i % 2]})
+                                                     for i, t in enumerate(TEXTS * 2)) + "\n")
+    summary = _train_cli(classifier, "--data", tmp_path / "labels.jsonl", "--out", tmp_path / "cls", "--steps", 3,
+                         "--batch-size", 4, "--lr", 1e-3, "--eval", tmp_path / "labels.jsonl")
+    assert summary["task"] == "text-classification" and summary["eval_loss"] > 0
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "cls"))
+    assert model.config.id2label == {0: "NEG", 1: "POS"}
+
+    mlm = tmp_path / "mlm"
+    conv = get_catalog().converter("hf_bert")
+    config = {**conv.tiny_config, "vocab_size": 512}
+    transformers.BertForMaskedLM(transformers.BertConfig(**config)).save_pretrained(str(mlm))
+    tinytokenizer.write(mlm, conv.tokenizer, config)
+    (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in TEXTS * 2) + "\n")
+    _train_cli(mlm, "--data", tmp_path / "docs.jsonl", "--out", tmp_path / "mlm-out", "--steps", 2, "--batch-size", 4)
+    assert transformers.BertForMaskedLM.from_pretrained(str(tmp_path / "mlm-out")) is not None
+
+    marian = tmp_path / "marian"
+    conv = get_catalog().converter("hf_marian")
+    config = {**conv.tiny_config, "vocab_size": 512, "pad_token_id": 511, "decoder_start_token_id": 511}
+    transformers.MarianMTModel(transformers.MarianConfig(**config)).save_pretrained(str(marian))
+    tinytokenizer.write(marian, conv.tokenizer, config)
+    (tmp_path / "pairs.tsv").write_text("".join(f"{t}\t{t[::-1]}\n" for t in TEXTS))
+    _train_cli(marian, "--data", tmp_path / "pairs.tsv", "--out", tmp_path / "mt", "--steps", 2, "--batch-size", 2,
+               "--label-smoothing", 0.1)
+    assert transformers.MarianMTModel.from_pretrained(str(tmp_path / "mt")) is not None
+
+
+def test_image_classification_trains_from_class_folders(tmp_path):
+    from PIL import Image
+
+    conv = get_catalog().converter("hf_vit")
+    folder = tmp_path / "vit"
+    config = {k: v for k, v in conv.tiny_config.items() if k != "architectures"}
+    config.update(id2label={0: "dark", 1: "light"}, num_labels=2)
+    torch.manual_seed(0)
+    transformers.ViTForImageClassification(transformers.ViTConfig(**config)).save_pretrained(str(folder))
+    for label, shade in (("dark", 20), ("light", 230)):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (shade + i, shade, shade)).save(tmp_path / "images" / label / f"{i}.png")
+    summary = _train_cli(folder, "--data", tmp_path / "images", "--out", tmp_path / "out", "--steps", 2,
+                         "--batch-size", 3, "--lr", 1e-3)
+    assert summary["task"] == "image-classification" and summary["steps"] == 2
+    assert transformers.ViTForImageClassification.from_pretrained(str(tmp_path / "out")) is not None
+    (tmp_path / "images" / "purple").mkdir()
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", str(folder), "--data", str(tmp_path / "images"), "--out",
+                                      str(tmp_path / "o2"), "--steps", "1"])
+    assert result.exit_code == 2 and "has no label 'purple'" in result.output
+
+
+def test_bad_options_are_one_line_errors(gpt2, text_file, tmp_path):
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    for args, message in ((["--epochs", "1", "--steps", "2"], "--epochs or --steps"),
+                          (["--config", "nonsense"], "KEY=VALUE"),
+                          (["--task", "copy"], "the copy task trains an encoder-decoder")):
+        result = CliRunner().invoke(cli, ["train", str(gpt2), "--data", str(text_file), "--out", str(tmp_path / "o"),
+                                          *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["train", "transformer-base", "--task", "copy", "--data", str(text_file),
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "drop --data" in result.output

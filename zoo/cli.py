@@ -402,6 +402,99 @@ def convert_cmd(name_or_path, to, out, force, checkpoint, allow_pickle, random_w
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.render())
 
 
+def _config_pair(ctx, param, values):
+    """``--config KEY=VALUE`` (repeatable): a config override, the value read as JSON when it is."""
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: write KEY=VALUE (e.g. layers=2)")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+@cli.command("train")
+@click.argument("name_or_path")
+@click.option("--data", default=None, metavar="FILE_OR_DIR",
+              help="Training data: .txt/.jsonl (text), .tsv/.jsonl (translation), .jsonl (text classification), "
+                   "a folder of class folders (images). The copy task makes its own.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where the checkpoint is written.")
+@click.option("--task", "task", default=None, metavar="T",
+              help="text-generation, fill-mask, translation, text-classification, image-classification, or copy "
+                   "(the Annotated Transformer's copy task). Default: the model's own.")
+@click.option("--epochs", type=COUNT, default=None, help="Passes over the data (default 1).")
+@click.option("--steps", type=COUNT, default=None, help="Optimizer steps, instead of --epochs.")
+@click.option("--batch-size", type=COUNT, default=8, show_default=True, help="Examples per batch (per process).")
+@click.option("--grad-accum", type=COUNT, default=1, show_default=True, help="Batches per optimizer step.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=5e-5, show_default=True,
+              help="Learning rate (with --schedule noam: the factor).")
+@click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True, help="Warm-up steps.")
+@click.option("--schedule", type=click.Choice(["constant", "linear", "noam"]), default="linear", show_default=True,
+              help="Learning rate after warm-up: constant, linear decay to 0, or the Annotated Transformer's noam.")
+@click.option("--label-smoothing", type=FiniteFloat(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Label smoothing of per-token losses.")
+@click.option("--weight-decay", type=FiniteFloat(min=0), default=0.0, show_default=True, help="AdamW weight decay.")
+@click.option("--max-length", type=COUNT, default=128, show_default=True, help="Tokens per example at most.")
+@click.option("--eval", "eval_data", default=None, metavar="FILE", help="Data to report the loss on at the end.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed: two runs with one seed are identical.")
+@_device_options
+@click.option("--clip", type=FiniteFloat(min=0, min_open=True), default=1.0, show_default=True,
+              help="Clip the gradient norm to this.")
+@click.option("--save-every", type=COUNT, default=None, help="Also save (for --resume) every N steps.")
+@click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Continue from a checkpoint this command wrote.")
+@click.option("--config", "config", multiple=True, callback=_config_pair, metavar="KEY=VALUE",
+              help="Config override of the model to build (repeatable), e.g. --config N=2 for transformer-base.")
+@click.option("--nproc", type=COUNT, default=None,
+              help="Train with N processes on this machine (torch.distributed's own launcher, torchrun).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def train_cmd(name_or_path, data, out, task, epochs, steps, batch_size, grad_accum, lr, warmup, schedule,
+              label_smoothing, weight_decay, max_length, eval_data, seed, device, dtype, clip, save_every, resume,
+              config, nproc, as_json):
+    """Train or fine-tune a model; the checkpoint in --out loads in zoo and transformers.
+
+    On several processes: --nproc N here, or `torchrun --nproc-per-node N -m zoo train ...`
+    (and torchrun's rendezvous flags for several machines).
+    """
+    from . import progress
+    from .training import main_summary, train
+
+    if nproc and nproc > 1:  # the same command, once per process, under torch.distributed's launcher
+        import subprocess
+
+        ctx = click.get_current_context()
+        argv = ["train", name_or_path]
+        for param in ctx.command.params:
+            if param.name in ("name_or_path", "nproc") or \
+                    ctx.get_parameter_source(param.name) is not click.core.ParameterSource.COMMANDLINE:
+                continue
+            flag = max(param.opts, key=len)
+            if param.is_flag:
+                argv.append(flag)
+            elif param.name == "config":
+                argv += [x for k, v in config.items() for x in (flag, f"{k}={json.dumps(v)}")]
+            else:
+                argv += [flag, str(ctx.params[param.name])]
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                               "-m", "zoo", *argv])
+        sys.exit(done.returncode)
+    progress.enable(not as_json)
+    summary = train(name_or_path, data=data, out=out, task=task, epochs=epochs, steps=steps, batch_size=batch_size,
+                    grad_accum=grad_accum, lr=lr, warmup=warmup, schedule=schedule, label_smoothing=label_smoothing,
+                    weight_decay=weight_decay, max_length=max_length, eval=eval_data, seed=seed, device=device,
+                    dtype=dtype, clip=clip, save_every=save_every, resume=resume, config=config)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        for line in main_summary(summary):
+            click.echo(line)
+
+
 @cli.group("plugin")
 def plugin_group():
     """Tools for plugin authors (see docs/plugins.md)."""

@@ -180,6 +180,15 @@ def train(name_or_path: str, **options: Any) -> Dict[str, Any]:
     opts = TrainOptions(**options)
     opts.check()
     built_task = "translation" if opts.task == "copy" else opts.task
+    if opts.task == "copy":
+        from .loading import resolve
+        from .registry import get_catalog
+
+        arch = get_catalog().architecture(resolve(str(opts.resume or name_or_path)).architecture)
+        if "translation" not in arch.tasks:
+            raise InputError(f"the copy task trains an encoder-decoder; {name_or_path} is a {arch.name} model")
+        if opts.data is not None:
+            raise InputError("the copy task makes its own data: drop --data")
     device = opts.device
     procs = _start_processes(str(device or "cpu"))
     if procs.world > 1 and (device in (None, "auto")):
