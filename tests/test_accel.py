@@ -171,3 +171,29 @@ def test_global_hooks_are_read_behind_a_capability_check(present, monkeypatch):
     handle = model.register_forward_hook(lambda *a: None)
     assert ops.hooks_set(model)
     handle.remove()
+
+
+@pytest.mark.parametrize("conv", CONVERTERS, ids=lambda c: c.name)
+def test_eval_after_training_packs_the_new_weights_again(conv, tmp_path):
+    """After optimizer steps, model.eval() makes the packed copies again from the new weights:
+    inference reads them (speed back) and equals the plain product of the trained weights."""
+    if not ops.packing_available():
+        pytest.skip("no MKL packing in this torch build")
+    write_checkpoint(conv, tmp_path)
+    loaded = load_full(str(tmp_path), device="cpu")
+    model = loaded.model.train().requires_grad_(True)
+    inputs = _inputs(loaded)
+    out = model(**inputs)
+    (out.logits if out.logits is not None else out.last_hidden_state).float().pow(2).mean().backward()
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+    model.eval().requires_grad_(False)
+    packed = [m for m in model.modules() if isinstance(m, (ops.Linear, ops.PackedQKV))
+              and (getattr(m, "_packed", None) or getattr(m, "_qkv", None)) is not None]
+    assert packed and all((m._packed.current([m.weight], [m.bias]) if isinstance(m, ops.Linear)
+                           else m._qkv.current(*m._parts())) for m in packed)
+    fast = _outputs(model, inputs)
+    accel.plain(model)
+    plain = _outputs(model, inputs)
+    assert plain and fast.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(fast[name], plain[name], atol=1e-5, rtol=1e-5)

@@ -127,9 +127,13 @@ class Packed:
         if torch.is_grad_enabled() and (x.requires_grad or any(
                 t.requires_grad for t in (*weights, *biases) if t is not None)):
             return False
-        current = tuple(t for t in (*weights, *biases) if t is not None)
-        return (len(current) == len(self.sources) and all(a is b for a, b in zip(current, self.sources))
-                and tensor_stamp(current) == self.stamp)
+        return self.current(weights, biases)
+
+    def current(self, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]] = ()) -> bool:
+        """Whether this copy still holds these weights (not replaced, not changed in place)."""
+        now = tuple(t for t in (*weights, *biases) if t is not None)
+        return (len(now) == len(self.sources) and all(a is b for a, b in zip(now, self.sources))
+                and tensor_stamp(now) == self.stamp)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         # with batch_size == rows MKL computes from the packed copy (the plain weight, of which
@@ -165,6 +169,15 @@ class Linear(CachesNotState, nn.Linear):
 
     def unpack(self) -> None:
         self._packed = None
+
+    def train(self, mode: bool = True):
+        """Back to eval mode after training: a packed copy the optimizer left stale is made
+        again from the new weights, so inference gets its speed back."""
+        super().train(mode)
+        if not mode and self._packed is not None and not self._packed.current([self.weight], [self.bias]):
+            with torch.no_grad():
+                self.pack_weights()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = self._parameters  # read directly: nn.Module.__getattr__ costs µs per call
@@ -211,6 +224,14 @@ class PackedQKV(CachesNotState, nn.Module):
 
     def unpack(self) -> None:
         self._qkv = None
+
+    def train(self, mode: bool = True):
+        """As :meth:`Linear.train`: a stale packed q | k | v is made again on the way to eval."""
+        super().train(mode)
+        if not mode and self._qkv is not None and not self._qkv.current(*self._parts()):
+            with torch.no_grad():
+                self.pack_weights()
+        return self
 
     def project_qkv(self, x: torch.Tensor):
         """``(query(x), key(x), value(x))``, from the packed product when it is usable."""
