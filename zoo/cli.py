@@ -252,13 +252,14 @@ DEVICE_MAP = click.option(
 @click.option("--random-weights", is_flag=True, help="Use seeded random weights even if a checkpoint is cached.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (weights_only=True).")
 @click.option("--plain", is_flag=True, help="Check the plain model only (no fast paths).")
+@click.option("--train", is_flag=True, help="Check the training loss and every parameter's gradient instead.")
 @click.option("--task", "task_name", default=None, metavar="T",
               help="The model built for task T (its head, or the body alone) instead of the checkpoint's own.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(name_or_path, checkpoint, device, dtype, device_map, seed, beams, random_weights, allow_pickle, plain,
-           task_name, as_json):
+           task_name, train, as_json):
     """Check numerical parity with transformers on the same weights: the model with its fast
-    paths, then the plain model.
+    paths, then the plain model (--train: the training loss and every gradient).
 
     Exit code 0 when outputs agree within tolerance, 1 when they do not, 2 on bad input.
     """
@@ -266,6 +267,18 @@ def verify(name_or_path, checkpoint, device, dtype, device_map, seed, beams, ran
     from .verification import verify as run_verify
 
     progress.enable(not as_json)
+    if train:
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("device", "dtype", "device_map", "beams", "plain")
+                 if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"{given[0]} does not apply to --train (CPU float32, the plain product)")
+        from .trainverify import verify_training
+
+        result = verify_training(name_or_path, checkpoint=checkpoint, seed=seed, allow_pickle=allow_pickle,
+                                 random_weights=random_weights, task=task_name)
+        click.echo(result.to_json() if as_json else result.render())
+        sys.exit(0 if result.passed else 1)
 
     report = run_verify(
         name_or_path,
