@@ -50,3 +50,12 @@ def test_bench_beams_on_a_model_that_does_not_generate_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["bench", str(tmp_path), "--device", "cpu", "--seq", "8", "--beams", "2"])
     assert result.exit_code == 2 and "--beams applies to models that generate" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("conv", ["hf_gpt2", "hf_bert", "hf_vit", "hf_marian"])
+def test_bench_train_times_a_training_step_on_both_sides(conv, tmp_path):
+    write_checkpoint(get_catalog().converter(conv), tmp_path)
+    report = bench(str(tmp_path), device="cpu", batch=2, seq=8, new_tokens=2, repeats=1, compare=True, train=True)
+    step = next(s for s in report.stats if s.name.startswith("training step"))
+    assert step.zoo > 0 and step.reference > 0 and step.ratio_min <= step.ratio_max
+    assert step.note == "forward + backward + AdamW"

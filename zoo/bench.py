@@ -127,11 +127,13 @@ def bench(
     checkpoint=None,
     seed: int = 0,
     task: Optional[str] = None,
+    train: bool = False,
 ) -> BenchReport:
     """Measure load, forward and (for generative models) decode; see the module docstring.
 
     ``num_beams`` > 1 decodes with beam search on both sides (the same beams, identical ids).
-    ``task`` measures the model built for another task than the checkpoint's own."""
+    ``task`` measures the model built for another task than the checkpoint's own. ``train``
+    also times a training step (forward with labels, backward, AdamW step) on the same batch."""
     if num_beams < 1:
         raise InputError(f"--beams must be >= 1, got {num_beams}")
     catalog = get_catalog()
@@ -176,6 +178,8 @@ def bench(
             _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, prompt, num_beams)
         if scaling:
             _bench_scaling(report, model, loaded, make_inputs)
+    if train:
+        _bench_train(report, model, ref, inputs, loaded, repeats, seed, shape)
     if cold:
         _bench_cold(report, source, loaded, batch, seq, compare)
     return report
@@ -227,6 +231,33 @@ def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, promp
             f"{limit:.1f} tokens/s; decode step {step * 1e3:.1f} ms = {1 / step:.1f} tokens/s, "
             f"{100 / step / limit:.0f}% of limit")
         report.extra["percent_of_bandwidth_limit"] = round(100 / step / limit, 1)
+
+
+def _bench_train(report, model, ref, inputs, loaded, repeats, seed, shape):
+    """One training step, forward with labels + backward + AdamW step, interleaved with
+    transformers' on the same batch (each side its own copy of the weights and optimizer)."""
+    from .trainverify import with_labels
+
+    batch = _to(with_labels(inputs, loaded.task, loaded.config, torch.Generator().manual_seed(seed)), loaded)
+
+    def stepper(net):
+        net.train().requires_grad_(True)
+        for m in net.modules():  # dropout off: both sides compute the same step
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-6)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            net(**batch).loss.backward()
+            opt.step()
+        return step
+
+    z, r, ratios = _ab(stepper(model), stepper(ref) if ref is not None else None, max(3, repeats),
+                       what=f"training step [{shape}]")
+    report.stats.append(_stat(f"training step [{shape}]", "ms", z * 1e3, r * 1e3 if r else None, ratios,
+                              note="forward + backward + AdamW"))
+    model.eval().requires_grad_(False)
 
 
 def _bench_scaling(report, model, loaded, make_inputs):
