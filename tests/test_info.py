@@ -95,3 +95,14 @@ def test_fields_the_reference_ignores_are_listed_by_info_and_verify(tmp_path):
     result = CliRunner().invoke(cli, ["verify", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "ignored    normalize_before = false:" in result.output
+
+
+@pytest.mark.parametrize("id2label", [{"0": "NEG", "2": "POS"}, {"zero": "NEG"}, {"0": 3}])
+def test_id2label_with_missing_ids_is_one_line_naming_the_file(id2label, tmp_path):
+    write_checkpoint(get_catalog().converter("hf_vit"), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "id2label": id2label, "num_labels": len(id2label)}))
+    result = CliRunner().invoke(cli, ["run", str(tmp_path), "x.png"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "config.json" in lines[0] and "field id2label must be an object naming every label id" in lines[0]

@@ -234,17 +234,15 @@ def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, promp
 
 
 def _bench_train(report, model, ref, inputs, loaded, repeats, seed, shape):
-    """One training step, forward with labels + backward + AdamW step, interleaved with
-    transformers' on the same batch (each side its own copy of the weights and optimizer)."""
+    """One training step, forward with labels + backward + AdamW step, in training mode (the
+    config's dropout), interleaved with transformers' on the same batch (each side its own copy
+    of the weights and optimizer)."""
     from .trainverify import with_labels
 
     batch = _to(with_labels(inputs, loaded.task, loaded.config, torch.Generator().manual_seed(seed)), loaded)
 
     def stepper(net):
-        net.train().requires_grad_(True)
-        for m in net.modules():  # dropout off: both sides compute the same step
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
+        net.train().requires_grad_(True)  # dropout as the config says, on both sides
         opt = torch.optim.AdamW(net.parameters(), lr=1e-6)
 
         def step():

@@ -36,8 +36,18 @@ NAME: Kind = (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty str
 NAMES: Kind = (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of strings")
 SIZE_2D: Kind = (lambda v: _int(v, 1) or (isinstance(v, list) and len(v) == 2 and all(_int(s, 1) for s in v)),
                  "an integer >= 1 or [height, width]")
-LABELS: Kind = (lambda v: isinstance(v, dict) and all(isinstance(k, (str, int)) and isinstance(s, str)
-                                                     for k, s in v.items()), "an object of label names")
+def _label_names(v: Any) -> bool:
+    """``{"0": "NEG", "1": "POS"}``: a name for every id from 0 to n - 1, none missing."""
+    if not isinstance(v, dict) or not all(isinstance(s, str) for s in v.values()):
+        return False
+    try:
+        ids = {int(k) for k in v if not isinstance(k, bool)}
+    except (TypeError, ValueError):
+        return False
+    return len(ids) == len(v) and ids == set(range(len(v)))
+
+
+LABELS: Kind = (_label_names, "an object naming every label id from 0 to n - 1")
 
 # fields every Hugging Face config.json may hold, whatever the format
 COMMON = {"architectures": NAMES, "model_type": NAME, "id2label": LABELS, "label2id": (
