@@ -4,6 +4,7 @@ and torch.distributed with two processes."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -250,3 +251,45 @@ def test_bad_options_are_one_line_errors(gpt2, text_file, tmp_path):
     result = CliRunner().invoke(cli, ["train", "transformer-base", "--task", "copy", "--data", str(text_file),
                                       "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "drop --data" in result.output
+
+
+# ----------------------------------------------------------------------------- the pieces
+
+
+def test_label_smoothing_is_the_annotated_transformers_kl_divergence():
+    """zoo.losses.label_smoothed_kl against the Annotated Transformer's LabelSmoothing criterion,
+    written out here: a target distribution with 1 - s on the label, s / (V - 2) elsewhere, 0 on
+    padding and on padding rows; nn.KLDivLoss(reduction="sum") over the tokens, per token."""
+    from zoo.losses import label_smoothed_kl
+
+    torch.manual_seed(0)
+    V, pad, s = 7, 0, 0.1
+    logp = torch.randn(3, 5, V).log_softmax(-1)
+    target = torch.randint(1, V, (3, 5))
+    target[0, 3:] = pad
+    x, t = logp.reshape(-1, V), target.reshape(-1)
+    true = torch.full_like(x, s / (V - 2))
+    true.scatter_(1, t[:, None], 1 - s)
+    true[:, pad] = 0
+    true[t == pad] = 0
+    want = torch.nn.KLDivLoss(reduction="sum")(x, true) / (t != pad).sum()
+    torch.testing.assert_close(label_smoothed_kl(logp, target, s, pad), want)
+
+
+def test_the_noam_schedule_is_the_annotated_transformers_rate():
+    from zoo.training import schedule
+
+    rate = schedule("noam", warmup=400, total=10_000, d_model=512)
+    for step in (0, 1, 399, 400, 5000):
+        s = step + 1  # the Annotated Transformer counts steps from 1
+        assert rate(step) == pytest.approx(512 ** -0.5 * min(s ** -0.5, s * 400 ** -1.5))
+    linear = schedule("linear", warmup=10, total=110)
+    assert linear(0) == pytest.approx(0.1) and linear(9) == 1 and linear(60) == pytest.approx(0.5)
+    assert schedule("constant", warmup=0, total=5)(4) == 1
+
+
+def test_bfloat16_autocast_trains(gpt2, text_file, tmp_path):
+    summary = zoo.train(str(gpt2), data=str(text_file), out=str(tmp_path / "bf16"), steps=3, batch_size=4,
+                        lr=3e-3, dtype="bfloat16")
+    assert summary["steps"] == 3 and math.isfinite(summary["loss"])
+    assert _weights(tmp_path / "bf16")["wte.weight"].dtype == torch.float32  # the weights stay float32
