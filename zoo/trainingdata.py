@@ -91,7 +91,7 @@ def _texts(path: Path) -> List[tuple]:
         return [(n, r["text"]) for n, r in records]
     if path.suffix in (".txt", ""):
         return _lines(path)
-    raise InputError(f"{path}: {path.suffix} is not a data format for this task (.txt or .jsonl)")
+    raise InputError(f"{path}: {path.suffix} is not a text data format (.txt or .jsonl)")
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
