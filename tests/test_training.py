@@ -135,16 +135,15 @@ def test_two_runs_with_one_seed_are_identical_and_resume_ends_where_one_run_ends
 
 
 def test_two_processes_end_where_one_process_ends(gpt2, text_file, tmp_path):
-    """torchrun with 2 processes (gloo), each reading its half of every global batch, ends within
-    1e-5 of one process with the same seed and global batch. Every row is cut to 6 tokens, so the
-    mean of the two processes' losses is the loss of the whole batch."""
+    """`zoo train --nproc 2` (torch.distributed's launcher, gloo), each process reading its half
+    of every global batch, ends within 1e-5 of one process with the same seed and global batch.
+    Every row is cut to 6 tokens, so the mean of the two processes' losses is the whole batch's."""
     args = dict(data=str(text_file), steps=4, lr=3e-3, max_length=6, schedule="constant")
     zoo.train(str(gpt2), out=str(tmp_path / "one"), batch_size=4, **args)
-    script = tmp_path / "train.py"
-    script.write_text(f"import zoo\nzoo.train({str(gpt2)!r}, out={str(tmp_path / 'two')!r}, batch_size=2, device='cpu', "
-                      f"**{args!r})\n")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-                           str(script)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "zoo", "train", str(gpt2), "--out", str(tmp_path / "two"),
+                           "--data", str(text_file), "--steps", "4", "--lr", "3e-3", "--max-length", "6",
+                           "--schedule", "constant", "--batch-size", "2", "--device", "cpu", "--nproc", "2"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads((tmp_path / "two" / "trainer_state.json").read_text())
     assert state["summary"]["processes"] == 2 and state["step"] == 4
