@@ -78,19 +78,25 @@ def _time(fn) -> float:
 
 
 def _ab(zoo_fn, ref_fn, repeats: int, higher_is_better: bool = False, what: str = "timing"):
-    """Interleaved A/B timing; returns (zoo median, ref median, ratios)."""
+    """Interleaved A/B timing, the order alternating (zoo first, then transformers first, ...)
+    so that neither side always runs in the other's wake; returns (zoo median, ref median,
+    ratios)."""
     zs, rs, ratios = [], [], []
     with progress.bar(repeats + 1, what, unit="run") as shown:
         zoo_fn()
         if ref_fn:
             ref_fn()
-        for _ in range(repeats):
+        for i in range(repeats):
             if shown is not None:
                 shown.update()
-            z = _time(zoo_fn)
+            if ref_fn and i % 2:
+                r = _time(ref_fn)
+                z = _time(zoo_fn)
+            else:
+                z = _time(zoo_fn)
+                r = _time(ref_fn) if ref_fn else None
             zs.append(z)
             if ref_fn:
-                r = _time(ref_fn)
                 rs.append(r)
                 ratios.append(r / z if higher_is_better else z / r)
     return statistics.median(zs), (statistics.median(rs) if rs else None), ratios
