@@ -59,3 +59,11 @@ def test_bench_train_times_a_training_step_on_both_sides(conv, tmp_path):
     step = next(s for s in report.stats if s.name.startswith("training step"))
     assert step.zoo > 0 and step.reference > 0 and step.ratio_min <= step.ratio_max
     assert step.note == "forward + backward + AdamW"
+
+
+def test_bench_train_cold_measures_the_peak_memory_of_training_on_both_sides(tmp_path):
+    write_checkpoint(get_catalog().converter("hf_gpt2"), tmp_path)
+    report = bench(str(tmp_path), device="cpu", batch=2, seq=8, new_tokens=2, repeats=1, compare=True, train=True,
+                   cold=True)
+    rss = next(s for s in report.stats if s.name == "training steps: peak RSS")
+    assert rss.zoo > 100 and rss.reference > 100  # MB: a process with torch imported

@@ -187,7 +187,7 @@ def bench(
     if train:
         _bench_train(report, model, ref, inputs, loaded, repeats, seed, shape)
     if cold:
-        _bench_cold(report, source, loaded, batch, seq, compare)
+        _bench_cold(report, source, loaded, batch, seq, compare, train)
     return report
 
 
@@ -303,12 +303,12 @@ _COLD = _PEAK_RSS + r"""
 import json, sys, time
 t0 = time.perf_counter()
 import torch
-folder, side, name, batch, seq, device, task = sys.argv[1:8]
+folder, side, name, batch, seq, device, task, train = sys.argv[1:9]
 if side == "zoo":
     from zoo.loading import load_full
     from zoo.types import import_ref
     loaded = load_full(name, checkpoint=folder, device=device, task=task)
-    model, config, arch = loaded.model, loaded.arch_config, loaded.architecture
+    model, config, arch, source = loaded.model, loaded.arch_config, loaded.architecture, loaded.config
 else:  # transformers, with zoo used only to find the reference class and example inputs
     from zoo.loading import resolve as find_entry
     from zoo.registry import get_catalog
@@ -322,24 +322,36 @@ else:  # transformers, with zoo used only to find the reference class and exampl
 load_s = time.perf_counter() - t0
 inputs = import_ref(arch.example_inputs)(config, task, int(batch), int(seq), torch.Generator().manual_seed(0))
 inputs = {k: v.to(device) for k, v in inputs.items()}
-with torch.inference_mode():
-    model(**inputs)
+if train == "train":  # two training steps: the second has the optimizer's state allocated
+    from zoo.trainverify import with_labels
+    batch = with_labels(inputs, task, source, torch.Generator().manual_seed(0))
+    model.train().requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        opt.step()
+else:
+    with torch.inference_mode():
+        model(**inputs)
 total = time.perf_counter() - t0
 print(json.dumps({"load_s": load_s, "first_output_s": total, "peak_rss_mb": peak_rss_mb()}))
 """
 
 
-def _cold_run(side, folder, name, batch, seq, device, task) -> Dict[str, float]:
+def _cold_run(side, folder, name, batch, seq, device, task, train: bool = False) -> Dict[str, float]:
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", _COLD, str(folder), side, name, str(batch), str(seq), device, task],
+    out = subprocess.run([sys.executable, "-c", _COLD, str(folder), side, name, str(batch), str(seq), device, task,
+                          "train" if train else "infer"],
                          capture_output=True, text=True, env=env, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"cold-start run ({side}) failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _bench_cold(report, source, loaded, batch, seq, compare):
-    """A fresh process: import, load, one forward. Peak RSS against the weights' size."""
+def _bench_cold(report, source, loaded, batch, seq, compare, train=False):
+    """A fresh process: import, load, one forward. Peak RSS against the weights' size. With
+    ``train``, also a fresh process per side for two training steps: their peak RSS."""
     device = str(loaded.device)
     weights_mb = sum(p.stat().st_size for p in loaded.files) / 2**20
     args = (source.folder, source.load_name, batch, seq, device, loaded.task)
@@ -353,6 +365,11 @@ def _bench_cold(report, source, loaded, batch, seq, compare):
     ref_rss = max(r[1]["peak_rss_mb"] for r in runs) if compare else None
     report.stats.append(Stat("cold start: peak RSS", "MB", z_rss, ref_rss,
                              note=f"weights file {weights_mb:.0f} MB"))
+    if train:
+        z_train = _cold_run("zoo", *args, train=True)["peak_rss_mb"]
+        r_train = _cold_run("transformers", *args, train=True)["peak_rss_mb"] if compare else None
+        report.stats.append(Stat("training steps: peak RSS", "MB", z_train, r_train,
+                                 note="fresh process, 2 steps of forward + backward + AdamW"))
     base = _baseline_rss_mb()
     report.extra["peak RSS over the weights"] = (
         f"{z_rss:.0f} MB peak, of which ~{base:.0f} MB is python + torch + zoo imported; "

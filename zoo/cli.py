@@ -368,7 +368,7 @@ def run(ctx, name_or_path, inputs, checkpoint, device, dtype, device_map, max_ne
 @click.option("--compare", is_flag=True, help="Run transformers side by side on the same weights.")
 @click.option("--cold", is_flag=True, help="Also time a fresh process: import, load, first output; peak RSS.")
 @click.option("--scaling", is_flag=True, help="Also show how time grows with sequence, batch and context.")
-@click.option("--train", is_flag=True, help="Also time a training step (forward + backward + AdamW).")
+@click.option("--train", is_flag=True, help="Also time a training step (forward + backward + AdamW); with --cold, its peak memory.")
 @click.option("--task", "task_name", default=None, metavar="T",
               help="The model built for task T (its head, or the body alone) instead of the checkpoint's own.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
