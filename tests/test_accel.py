@@ -175,13 +175,15 @@ def test_global_hooks_are_read_behind_a_capability_check(present, monkeypatch):
 
 @pytest.mark.parametrize("conv", CONVERTERS, ids=lambda c: c.name)
 def test_eval_after_training_packs_the_new_weights_again(conv, tmp_path):
-    """After optimizer steps, model.eval() makes the packed copies again from the new weights:
-    inference reads them (speed back) and equals the plain product of the trained weights."""
+    """Training lets the packed copies go; after optimizer steps, model.eval() makes them again
+    from the new weights: inference reads them (speed back) and equals the plain product."""
     if not ops.packing_available():
         pytest.skip("no MKL packing in this torch build")
     write_checkpoint(conv, tmp_path)
     loaded = load_full(str(tmp_path), device="cpu")
     model = loaded.model.train().requires_grad_(True)
+    # training reads the plain weights: the packed copies are let go, and their memory
+    assert not [m for m in model.modules() if getattr(m, "_packed", None) or getattr(m, "_qkv", None)]
     inputs = _inputs(loaded)
     out = model(**inputs)
     (out.logits if out.logits is not None else out.last_hidden_state).float().pow(2).mean().backward()
