@@ -238,14 +238,13 @@ CONFIG_FIELDS = {
 }
 
 # config.json field -> transformers' default (a field left out or null): each is the field of
-# the same name of the architecture (Google's bert_config.json names, which transformers kept).
-# pad_token_id is not among them: the model does not read it (transformers only keeps that row
-# of the word embeddings out of training; here attention_mask alone masks padding).
+# the same name of the architecture (Google's bert_config.json names, which transformers kept;
+# pad_token_id: the row of the word embeddings that gets no gradient, transformers' padding_idx).
 ARCHITECTURE_FIELDS = {
     "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
     "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
     "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
-    "layer_norm_eps": 1e-12,
+    "layer_norm_eps": 1e-12, "pad_token_id": 0,
 }
 # zoo's own switches, carried as they are when a config has them (None: what the task implies)
 SWITCHES = ("add_pooling_layer", "add_mlm_head")
@@ -295,6 +294,8 @@ def to_architecture(config):
             "reuses the word embeddings (for the body alone, load with add_mlm_head=False)"
         )
     arch = {key: default if config.get(key) is None else config[key] for key, default in ARCHITECTURE_FIELDS.items()}
+    if "pad_token_id" in config and config["pad_token_id"] is None:  # no padding row, as transformers
+        arch["pad_token_id"] = None
     dropout = config.get("classifier_dropout")  # transformers: hidden_dropout_prob when null
     arch["num_labels"] = num_labels(config)
     arch["classifier_dropout_prob"] = arch["hidden_dropout_prob"] if dropout is None else dropout

@@ -79,6 +79,7 @@ class BertConfig:
     max_position_embeddings: int = 512  # learned positions: the longest input
     type_vocab_size: int = 2  # token types (segments A, B)
     layer_norm_eps: float = 1e-12  # epsilon of every LayerNorm (Google's code fixes it at 1e-12)
+    pad_token_id: Optional[int] = 0  # the padding token: its word-embedding row is not trained
     # outputs of the classifier of text- and token-classification (run_classifier.py's name);
     # multiple-choice scores each choice once, question-answering each token as start and end
     num_labels: int = 2
@@ -97,6 +98,9 @@ class BertConfig:
 
     def check(self) -> None:
         """Refuse values this file does not implement, naming the field and the value."""
+        pad = self.pad_token_id
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size):
+            raise ConfigError(f"bert: config field pad_token_id={pad!r} must be a token id below vocab_size={self.vocab_size}")
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels"):
             v = getattr(self, name)
@@ -152,7 +156,7 @@ class Embeddings(nn.Module):
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)

@@ -423,7 +423,8 @@ def test_an_untied_mlm_decoder_is_refused_unless_the_mlm_head_is_left_out():
     ("num_attention_heads", 0, r"num_attention_heads=0 must be a positive integer"),
     ("hidden_act", "swish_9", r"hidden_act='swish_9' is not supported"),
     ("hidden_size", 30, r"hidden_size=30 is not divisible by num_attention_heads=4"),
-    ("pad_token_id", 0, r"unknown config field\(s\) pad_token_id"),
+    ("position_embedding_type", "absolute", r"unknown config field\(s\) position_embedding_type"),
+    ("pad_token_id", 99, r"pad_token_id=99 must be a token id below vocab_size=99"),
 ])
 def test_the_architecture_checks_its_own_config(field, value, message):
     """What the architecture itself does not compute is refused there, in its own names."""
@@ -435,7 +436,8 @@ def test_config_translation_keeps_the_names_and_fills_transformers_defaults():
     arch = hf_bert.to_architecture({"model_type": "bert", "hidden_size": 64, "hidden_act": None,
                                     "add_pooling_layer": False, "pad_token_id": 0})
     assert arch["hidden_size"] == 64 and arch["hidden_act"] == "gelu" and arch["layer_norm_eps"] == 1e-12
-    assert arch["add_pooling_layer"] is False and arch["add_mlm_head"] is None and "pad_token_id" not in arch
+    assert arch["add_pooling_layer"] is False and arch["add_mlm_head"] is None and arch["pad_token_id"] == 0
+    assert hf_bert.to_architecture({"pad_token_id": None})["pad_token_id"] is None  # no padding row
     assert hf_bert.to_architecture(hf_bert.from_architecture(arch)) == arch
 
 
@@ -636,3 +638,19 @@ def test_embed_on_a_checkpoint_without_pooler(with_tokenizer, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["dim"] == 32 and "pooler_output" not in data
+
+
+
+def test_the_padding_rows_gradient_is_transformers(tmp_path):
+    """The word embeddings' padding row takes no gradient from the lookup (transformers'
+    padding_idx), only from the tied MLM decoder: the pad id among real tokens trains as there."""
+    conv = hf_bert.CONVERTER
+    from conftest import write_checkpoint as write_reference
+
+    ref = write_reference(conv, tmp_path).eval().requires_grad_(True)
+    model = load_full(str(tmp_path), device="cpu").model.eval().requires_grad_(True)
+    ids = torch.tensor([[0, 5, 0, 7, 9, 0]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    ref(input_ids=ids, labels=ids).loss.backward()
+    torch.testing.assert_close(model.embeddings.word_embeddings.weight.grad,
+                               ref.bert.embeddings.word_embeddings.weight.grad, atol=1e-6, rtol=1e-5)
