@@ -292,3 +292,28 @@ def test_bfloat16_autocast_trains(gpt2, text_file, tmp_path):
                         lr=3e-3, dtype="bfloat16")
     assert summary["steps"] == 3 and math.isfinite(summary["loss"])
     assert _weights(tmp_path / "bf16")["wte.weight"].dtype == torch.float32  # the weights stay float32
+
+
+def test_out_never_replaces_what_zoo_did_not_write_nor_what_the_run_reads(gpt2, text_file, tmp_path):
+    """--out is checked before any step: a user's folder, the model's own folder and the data's
+    are refused and left byte-identical; a previous run's output is replaced only with --force;
+    --resume may write back into the folder it continues."""
+    def digest(root):
+        return {p: p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
+
+    args = dict(data=str(text_file), steps=2, batch_size=4, schedule="constant")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("years of work")
+    before = {**digest(mine), **digest(gpt2), **digest(text_file.parent)}
+    for out in (mine, gpt2, text_file.parent):
+        with pytest.raises(zoo.errors.ZooError):
+            zoo.train(str(gpt2), out=str(out), **args)
+    assert {**digest(mine), **digest(gpt2), **digest(text_file.parent)} == before
+    run = tmp_path / "run"
+    zoo.train(str(gpt2), out=str(run), save_every=1, **args)
+    with pytest.raises(zoo.errors.ZooError):  # a finished run's output: only with --force
+        zoo.train(str(gpt2), out=str(run), **args)
+    zoo.train(str(gpt2), out=str(run), force=True, **args)
+    zoo.train(str(gpt2), out=str(run), resume=str(run), **{**args, "steps": 3})  # continues in place
+    assert json.loads((run / "trainer_state.json").read_text())["step"] == 3

@@ -459,7 +459,8 @@ def _config_pair(ctx, param, values):
               help="Clip the gradient norm to this.")
 @click.option("--save-every", type=COUNT, default=None, help="Also save (for --resume) every N steps.")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Continue from a checkpoint this command wrote.")
+              help="Continue from a checkpoint this command wrote (--out may be that folder).")
+@click.option("--force", is_flag=True, help="Replace an existing --out folder that zoo wrote.")
 @click.option("--config", "config", multiple=True, callback=_config_pair, metavar="KEY=VALUE",
               help="Config override of the model to build (repeatable), e.g. --config N=2 for transformer-base.")
 @click.option("--nproc", type=COUNT, default=None,
@@ -467,7 +468,7 @@ def _config_pair(ctx, param, values):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train_cmd(name_or_path, data, out, task, epochs, steps, batch_size, grad_accum, lr, warmup, schedule,
               label_smoothing, weight_decay, max_length, eval_data, seed, device, dtype, clip, save_every, resume,
-              config, nproc, as_json):
+              force, config, nproc, as_json):
     """Train or fine-tune a model; the checkpoint in --out loads in zoo and transformers.
 
     On several processes: --nproc N here, or `torchrun --nproc-per-node N -m zoo train ...`
@@ -499,7 +500,7 @@ def train_cmd(name_or_path, data, out, task, epochs, steps, batch_size, grad_acc
     summary = train(name_or_path, data=data, out=out, task=task, epochs=epochs, steps=steps, batch_size=batch_size,
                     grad_accum=grad_accum, lr=lr, warmup=warmup, schedule=schedule, label_smoothing=label_smoothing,
                     weight_decay=weight_decay, max_length=max_length, eval=eval_data, seed=seed, device=device,
-                    dtype=dtype, clip=clip, save_every=save_every, resume=resume, config=config)
+                    dtype=dtype, clip=clip, save_every=save_every, resume=resume, force=force, config=config)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if as_json:

@@ -172,7 +172,6 @@ def train(name_or_path: str, **options: Any) -> Dict[str, Any]:
     from torch.utils.data import DataLoader, DistributedSampler
 
     from .loading import load_full
-    from .publish import publish
 
     unknown = sorted(set(options) - {f for f in TrainOptions.__dataclass_fields__})
     if unknown:
@@ -202,6 +201,7 @@ def train(name_or_path: str, **options: Any) -> Dict[str, Any]:
     model.train().requires_grad_(True)
     data = load_dataset(loaded, task, opts.data, opts.max_length, opts.seed)
     eval_data = load_dataset(loaded, task, opts.eval, opts.max_length, opts.seed + 1) if opts.eval else None
+    save = _Saver(opts, loaded, data, eval_data, procs)  # --out checked now, not after hours of training
 
     sampler = DistributedSampler(data, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=opts.seed)
     loader = DataLoader(data, batch_size=opts.batch_size, sampler=sampler, collate_fn=data.collate)
@@ -254,7 +254,7 @@ def train(name_or_path: str, **options: Any) -> Dict[str, Any]:
                     bar.set_postfix(loss=f"{state['losses'][-1]:.4f}", lr=f"{state['lrs'][-1]:.2e}",
                                     tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
                 if opts.save_every and state["step"] % opts.save_every == 0 and state["step"] < total:
-                    _save(opts, loaded, model, optimizer, scheduler, data, state, procs, publish)
+                    save(model, optimizer, scheduler, state)
                 if state["step"] >= total:
                     break
             else:
@@ -271,7 +271,7 @@ def train(name_or_path: str, **options: Any) -> Dict[str, Any]:
         summary["eval_loss"] = evaluate(model, eval_data, task, opts.batch_size)
     if task == "copy":
         summary["copy_accuracy"] = copy_accuracy(model, loaded.arch_config, opts.seed + 7)
-    _save(opts, loaded, model, optimizer, scheduler, data, state, procs, publish, summary)
+    save(model, optimizer, scheduler, state, summary)
     if procs.world > 1:
         import torch.distributed as dist
 
@@ -309,37 +309,59 @@ def copy_accuracy(model, arch_config: Dict[str, Any], seed: int, n: int = 20, le
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _save(opts, loaded, model, optimizer, scheduler, data, state, procs, publish, summary=None) -> None:
-    """Write the checkpoint (rank 0 only), aside and renamed into place."""
-    if not procs.main:
-        return
-    from .accel import plain
-    from .export import Source, hf_writer, zoo_writer
+class _Saver:
+    """Writes the checkpoints of one run to ``--out`` (rank 0 only), each aside and renamed
+    into place (:func:`zoo.publish.publish`). ``--out`` may not overlap what the run reads (the
+    model's folder, the data), except the ``--resume`` folder it continues; an existing ``--out``
+    is replaced only with ``--force`` (and then only if zoo wrote it), or when it is that
+    ``--resume`` folder. Once the run has saved, later saves replace its own output."""
 
-    plain(model)
-    weights = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
-               for k, v in model.state_dict().items()}
-    provenance = {"trained_from": str(opts.resume or loaded.entry.name), "step": state["step"]}
-    source = Source(weights, loaded.converter, loaded.architecture.name, loaded.task, dict(loaded.config),
-                    provenance, [], loaded.folder)
-    writer = hf_writer(source)[0] if loaded.converter.reference is not None else zoo_writer(source)
-    trainer_state = {
-        "step": state["step"], "epoch": state["epoch"], "batch": state["batch"], "losses": state["losses"],
-        "learning_rates": state["lrs"], "seed": opts.seed, "options": {**asdict(opts)},
-        "data": {str(p): ckpt.sha256(p) for p in data.files[:1000]},
-        "summary": summary,
-    }
-    resume = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-              "rng": torch.get_rng_state(), "data_rng": data.rng.get_state() if data.rng is not None else None}
-    if torch.cuda.is_available():
-        resume["cuda_rng"] = torch.cuda.get_rng_state_all()
+    def __init__(self, opts, loaded, data: Dataset, eval_data: Optional[Dataset], procs: Processes):
+        from .publish import check_target
 
-    def write(folder: Path) -> None:
-        writer(folder)
-        (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str) + "\n")
-        torch.save(resume, folder / "train_state.pt")
+        self.opts, self.loaded, self.data, self.procs = opts, loaded, data, procs
+        same = opts.resume is not None and os.path.realpath(opts.resume) == os.path.realpath(opts.out)
+        reads = list(data.files) + (list(eval_data.files) if eval_data is not None else [])
+        if loaded.folder is not None and not same:
+            reads.append(Path(loaded.folder))
+        self.inputs = reads
+        self.force = opts.force or same
+        if procs.main:
+            check_target(opts.out, force=self.force, inputs=self.inputs)
 
-    publish(opts.out, write, force=True)
+    def __call__(self, model, optimizer, scheduler, state, summary=None) -> None:
+        if not self.procs.main:
+            return
+        from .accel import plain
+        from .export import Source, hf_writer, zoo_writer
+        from .publish import publish
+
+        opts, loaded, data = self.opts, self.loaded, self.data
+        plain(model)
+        weights = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
+                   for k, v in model.state_dict().items()}
+        provenance = {"trained_from": str(opts.resume or loaded.entry.name), "step": state["step"]}
+        source = Source(weights, loaded.converter, loaded.architecture.name, loaded.task, dict(loaded.config),
+                        provenance, [], loaded.folder)
+        writer = hf_writer(source)[0] if loaded.converter.reference is not None else zoo_writer(source)
+        trainer_state = {
+            "step": state["step"], "epoch": state["epoch"], "batch": state["batch"], "losses": state["losses"],
+            "learning_rates": state["lrs"], "seed": opts.seed, "options": {**asdict(opts)},
+            "data": {str(p): ckpt.sha256(p) for p in data.files[:1000]},
+            "summary": summary,
+        }
+        resume = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                  "rng": torch.get_rng_state(), "data_rng": data.rng.get_state() if data.rng is not None else None}
+        if torch.cuda.is_available():
+            resume["cuda_rng"] = torch.cuda.get_rng_state_all()
+
+        def write(folder: Path) -> None:
+            writer(folder)
+            (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str) + "\n")
+            torch.save(resume, folder / "train_state.pt")
+
+        publish(opts.out, write, force=self.force, inputs=self.inputs)
+        self.force = True  # the run's own output from now on
 
 
 def _restore(folder: Path, optimizer, scheduler, data: Dataset) -> Dict[str, Any]:
