@@ -221,7 +221,6 @@ def config_from_weights(config, keys):
     return config
 
 
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 # the config.json fields zoo checks on reading a BERT file, and what each must be
 CONFIG_FIELDS = {
@@ -234,7 +233,7 @@ CONFIG_FIELDS = {
     "add_pooling_layer": fields.FLAG, "add_mlm_head": fields.FLAG,  # zoo's switches (see SWITCHES)
     # the classifier's training loss (the architecture's classifier_loss), and how a runner turns
     # its logits into scores (softmax, sigmoid, the value itself)
-    "problem_type": (lambda v: v in PROBLEM_TYPES, "one of " + ", ".join(PROBLEM_TYPES)),
+    "problem_type": fields.PROBLEM_TYPE,
 }
 
 # config.json field -> transformers' default (a field left out or null): each is the field of
@@ -256,20 +255,6 @@ SUPPORTED = {
     "is_decoder": (False, None),
     "add_cross_attention": (False, None),
 }
-
-
-def num_labels(config):
-    """The classifier's outputs as transformers counts them: ``num_labels`` where config.json
-    has it (older files; it wins over ``id2label`` there too), else the entries of
-    ``id2label``, else 2."""
-    if config.get("num_labels") is not None:
-        return config["num_labels"]
-    labels = config.get("id2label")
-    if labels is None:
-        return 2
-    if not labels:
-        raise ConfigError("bert: config field id2label={} names no label")
-    return len(labels)
 
 
 def to_architecture(config):
@@ -297,7 +282,7 @@ def to_architecture(config):
     if "pad_token_id" in config and config["pad_token_id"] is None:  # no padding row, as transformers
         arch["pad_token_id"] = None
     dropout = config.get("classifier_dropout")  # transformers: hidden_dropout_prob when null
-    arch["num_labels"] = num_labels(config)
+    arch["num_labels"] = fields.label_count(config, "bert", ConfigError)
     arch["classifier_dropout_prob"] = arch["hidden_dropout_prob"] if dropout is None else dropout
     arch["classifier_loss"] = config.get("problem_type")  # None: by the labels, as transformers
     return {**arch, **{key: config.get(key) for key in SWITCHES}}

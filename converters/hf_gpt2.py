@@ -74,14 +74,13 @@ HF_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer
                "problem_type": None}
 
 # config.json field -> the architecture's field (plugins/gpt2.py GPT2Config); the label count
-# (n_labels) comes from num_labels or id2label (:func:`label_count`)
+# (n_labels) comes from num_labels or id2label (:func:`zoo.fields.label_count`)
 NAMES = {"vocab_size": "n_vocab", "n_positions": "n_ctx", "n_embd": "n_embd", "n_layer": "n_layer",
          "n_head": "n_head", "n_inner": "mlp_width", "activation_function": "activation",
          "layer_norm_epsilon": "norm_eps", "pad_token_id": "pad_id", "embd_pdrop": "embd_pdrop",
          "attn_pdrop": "attn_pdrop", "resid_pdrop": "resid_pdrop", "problem_type": "problem_type"}
 
 # the classifier's losses (transformers' problem_type; null: chosen from the labels' dtype)
-PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 # transformers' GPT-2 switches: the value the architecture implements, and what the other means
 FIXED = {
@@ -90,19 +89,6 @@ FIXED = {
     "add_cross_attention": (False, "cross-attention"),
     "tie_word_embeddings": (True, "an output head of its own, not the token embedding"),
 }
-
-
-def label_count(config):
-    """The classifier's outputs as transformers counts them: ``num_labels`` when given (it wins
-    over ``id2label``), else the labels of ``id2label``, else 2."""
-    if config.get("num_labels") is not None:
-        return config["num_labels"]
-    labels = config.get("id2label")
-    if labels is None:
-        return 2
-    if not labels:
-        raise ConfigError("gpt2: config field id2label={} names no labels")
-    return len(labels)
 
 
 def to_architecture(config):
@@ -123,10 +109,11 @@ def to_architecture(config):
             f"gpt2: config field activation_function={hf['activation_function']!r} is not "
             f"supported (supported: {', '.join(sorted(ACTIVATIONS))})"
         )
-    if hf["problem_type"] is not None and hf["problem_type"] not in PROBLEM_TYPES:
+    if hf["problem_type"] is not None and hf["problem_type"] not in fields.PROBLEM_TYPES:
         raise ConfigError(f"gpt2: config field problem_type={hf['problem_type']!r} is not one of "
-                          f"{', '.join(PROBLEM_TYPES)}")
-    return {**{ours: hf[theirs] for theirs, ours in NAMES.items()}, "n_labels": label_count(config)}
+                          f"{', '.join(fields.PROBLEM_TYPES)}")
+    return {**{ours: hf[theirs] for theirs, ours in NAMES.items()},
+            "n_labels": fields.label_count(config, "gpt2", ConfigError)}
 
 
 def from_architecture(arch_config):
@@ -197,7 +184,7 @@ CONFIG_FIELDS = {
     "scale_attn_by_inverse_layer_idx": fields.FLAG, "add_cross_attention": fields.FLAG,
     "pad_token_id": fields.TOKEN_ID, "num_labels": fields.COUNT, "id2label": fields.LABELS,
     "embd_pdrop": fields.PROBABILITY, "attn_pdrop": fields.PROBABILITY, "resid_pdrop": fields.PROBABILITY,
-    "problem_type": (lambda v: v in PROBLEM_TYPES, "one of " + ", ".join(PROBLEM_TYPES)),
+    "problem_type": fields.PROBLEM_TYPE,
 }
 
 # the tokenizer random weights get (zoo.tinytokenizer): byte-level BPE, <|endoftext|> at the eos id

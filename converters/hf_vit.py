@@ -167,7 +167,6 @@ NAMES = {"num_channels": "channels", "hidden_size": "hidden_size", "num_hidden_l
 FIXED = {"use_mask_token": False, "use_absolute_position_embeddings": True}
 
 # the losses of ViTForImageClassification (transformers' problem_type), as zoo.losses names them
-PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 def _pair(value, name):
@@ -206,10 +205,10 @@ def to_architecture(config):
             raise ConfigError(
                 f"vit: config field {key}={hf[key]!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
             )
-    if hf["problem_type"] is not None and hf["problem_type"] not in PROBLEM_TYPES:
+    if hf["problem_type"] is not None and hf["problem_type"] not in fields.PROBLEM_TYPES:
         raise ConfigError(
             f"vit: config field problem_type={hf['problem_type']!r} is not supported "
-            f"(supported: {', '.join(PROBLEM_TYPES)})"
+            f"(supported: {', '.join(fields.PROBLEM_TYPES)})"
         )
     head_dim, width, heads = hf.get("head_dim"), hf["hidden_size"], hf["num_attention_heads"]
     if head_dim is not None and head_dim * heads != width:
@@ -258,7 +257,7 @@ CONFIG_FIELDS = {
     "qkv_bias": fields.FLAG, "num_labels": fields.SIZE, "pooler_output_size": fields.SIZE,
     "pooler_act": fields.NAME, "hidden_dropout_prob": fields.PROBABILITY,
     "attention_probs_dropout_prob": fields.PROBABILITY,
-    "problem_type": (lambda v: v in PROBLEM_TYPES, "one of " + ", ".join(PROBLEM_TYPES)),
+    "problem_type": fields.PROBLEM_TYPE,
 }
 
 CONVERTER = Converter(

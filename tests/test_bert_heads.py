@@ -398,7 +398,8 @@ def test_config_translation_of_the_heads():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("problem_type", "ranking", r"field problem_type must be one of single_label_classification"),
+    ("problem_type", "ranking", r"field problem_type must be one of regression, single_label_classification, "
+                                r"multi_label_classification"),
     ("num_labels", 0, r"field num_labels must be an integer >= 1, got 0"),
     ("classifier_dropout", 1.5, r"field classifier_dropout must be a number from 0 to 1"),
     ("add_mlm_head", True, r"add_mlm_head=True: the text-classification model's logits are its own head's"),

@@ -49,6 +49,25 @@ def _label_names(v: Any) -> bool:
 
 LABELS: Kind = (_label_names, "an object naming every label id from 0 to n - 1")
 
+# a classifier's training loss, as transformers' configs name it (``problem_type``)
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+PROBLEM_TYPE: Kind = (lambda v: v in PROBLEM_TYPES, "one of " + ", ".join(PROBLEM_TYPES))
+
+
+def label_count(config: Mapping[str, Any], family: str, error=ValueError) -> int:
+    """A classifier's outputs as transformers counts them: ``num_labels`` when given (it wins
+    over ``id2label``), else the entries of ``id2label``, else 2; an empty ``id2label`` is
+    refused with ``error`` naming ``family``."""
+    if config.get("num_labels") is not None:
+        return config["num_labels"]
+    labels = config.get("id2label")
+    if labels is None:
+        return 2
+    if not labels:
+        raise error(f"{family}: config field id2label={{}} names no labels")
+    return len(labels)
+
+
 # fields every Hugging Face config.json may hold, whatever the format
 COMMON = {"architectures": NAMES, "model_type": NAME, "id2label": LABELS, "label2id": (
     lambda v: isinstance(v, dict) and all(_int(i, 0) for i in v.values()), "an object of label ids")}
