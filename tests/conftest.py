@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import math
 import tempfile
 from pathlib import Path
 
@@ -91,3 +92,59 @@ def leave_every_other_step(monkeypatch):
 
     monkeypatch.setattr(argmax.ScreenedArgmax, "__call__", call)
     return left
+
+
+# ----------------------------------------------------------------------------- dropout statistics
+
+
+def zero_fraction_ok(fraction: float, p: float, n: int, sigmas: float = 5.0) -> bool:
+    return abs(fraction - p) <= sigmas * math.sqrt(p * (1 - p) / n)
+
+
+def record_dropout(model):
+    """Forward hooks on every nn.Dropout of ``model``: per module, [zeroed, counted] of the
+    elements its input had nonzero, and whether the kept ones were scaled by 1 / (1 - p)."""
+    import torch
+
+    stats = {}
+
+    def hook(module, inputs, output):
+        x = inputs[0]
+        live = x != 0
+        zeroed = (output == 0) & live
+        s = stats.setdefault(module, [0, 0, True])
+        s[0] += int(zeroed.sum())
+        s[1] += int(live.sum())
+        kept = live & ~zeroed
+        if module.p > 0:
+            s[2] &= torch.allclose(output[kept], x[kept] / (1 - module.p), rtol=1e-5, atol=1e-6)
+        else:
+            s[2] &= torch.equal(output, x)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    return stats, handles
+
+
+def attention_dropout_recorder(monkeypatch):
+    """Wrap F.scaled_dot_product_attention: record each call's dropout_p and, where it is not 0,
+    count the attention probabilities it zeroes (read through an identity value matrix, with
+    the call's own mask), among those that were not zero already."""
+    import torch
+    import torch.nn.functional as F
+
+    real = F.scaled_dot_product_attention
+    seen, counts = [], [0, 0]
+
+    def sdpa(q, k, v, *args, dropout_p=0.0, **kwargs):
+        seen.append(dropout_p)
+        if dropout_p:
+            eye = torch.eye(k.shape[-2]).expand(*k.shape[:-1], k.shape[-2])
+            probs = real(q, k, eye, *args, **kwargs)
+            dropped = real(q, k, eye, *args, dropout_p=dropout_p, **kwargs)
+            live = probs > 0
+            counts[0] += int(((dropped == 0) & live).sum())
+            counts[1] += int(live.sum())
+        return real(q, k, v, *args, dropout_p=dropout_p, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    return seen, counts

@@ -20,6 +20,8 @@ from zoo.checkpoint import save_safetensors  # noqa: E402
 from zoo.converters import annotated, hf_marian  # noqa: E402
 from zoo.convert import convert  # noqa: E402
 from zoo.errors import ConfigError, InputError  # noqa: E402
+
+from conftest import attention_dropout_recorder, record_dropout, zero_fraction_ok  # noqa: E402
 from zoo.plugins.encoder_decoder import MultiHeadedAttention, sinusoids  # noqa: E402
 
 from test_encoder_decoder import annotated_log_probs, annotated_state_dict  # noqa: E402
@@ -252,50 +254,6 @@ def test_bad_labels_are_input_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- dropout
-
-
-def zero_fraction_ok(fraction: float, p: float, n: int, sigmas: float = 5.0) -> bool:
-    return abs(fraction - p) <= sigmas * math.sqrt(p * (1 - p) / n)
-
-
-def record_dropout(model):
-    """Forward hooks on every nn.Dropout of ``model``: per module, [zeroed, counted] of the
-    elements its input had nonzero, and whether the kept ones were scaled by 1 / (1 - p)."""
-    stats = {}
-
-    def hook(module, inputs, output):
-        x = inputs[0]
-        live = x != 0
-        zeroed = (output == 0) & live
-        s = stats.setdefault(module, [0, 0, True])
-        s[0] += int(zeroed.sum())
-        s[1] += int(live.sum())
-        kept = live & ~zeroed
-        s[2] &= torch.allclose(output[kept], x[kept] / (1 - module.p), rtol=1e-5, atol=1e-6)
-
-    return stats, [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-
-
-def attention_dropout_recorder(monkeypatch):
-    """Wrap F.scaled_dot_product_attention: record each call's dropout_p and, where it is not 0,
-    count the attention probabilities it zeroes (read through an identity value matrix, with
-    the call's own mask), among those that were not zero already."""
-    real = F.scaled_dot_product_attention
-    seen, counts = [], [0, 0]
-
-    def sdpa(q, k, v, *args, dropout_p=0.0, **kwargs):
-        seen.append(dropout_p)
-        if dropout_p:
-            eye = torch.eye(k.shape[-2]).expand(*k.shape[:-1], k.shape[-2])
-            probs = real(q, k, eye, *args, **kwargs)
-            dropped = real(q, k, eye, *args, dropout_p=dropout_p, **kwargs)
-            live = probs > 0
-            counts[0] += int(((dropped == 0) & live).sum())
-            counts[1] += int(live.sum())
-        return real(q, k, v, *args, dropout_p=dropout_p, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
-    return seen, counts
 
 
 def test_marian_dropout_sites_and_rates(tmp_path, monkeypatch):

@@ -20,6 +20,8 @@ from zoo.converters import hf_vit  # noqa: E402
 from zoo.convert import convert  # noqa: E402
 from zoo.errors import ConfigError, InputError  # noqa: E402
 
+from conftest import attention_dropout_recorder, record_dropout, zero_fraction_ok  # noqa: E402
+
 LOSS_RTOL = 1e-5  # relative, float32
 GRAD_RTOL = 1e-4  # max abs difference relative to the gradient's norm
 ZERO = 1e-6  # a gradient below this fraction of the whole gradient's norm is zero (rounding noise)
@@ -186,32 +188,6 @@ def test_loss_is_zoo_losses_classification_in_eval_mode_too(tmp_path):
 # ---------------------------------------------------------------------------------- dropout
 
 
-def zero_fraction_ok(fraction: float, p: float, n: int, sigmas: float = 5.0) -> bool:
-    return abs(fraction - p) <= sigmas * math.sqrt(p * (1 - p) / n)
-
-
-def record_dropout(model):
-    """Forward hooks on every nn.Dropout of ``model``: per module, [zeroed, counted] of the
-    elements its input had nonzero, and whether the kept ones were scaled by 1 / (1 - p)."""
-    stats = {}
-
-    def hook(module, inputs, output):
-        x = inputs[0]
-        live = x != 0
-        zeroed = (output == 0) & live
-        s = stats.setdefault(module, [0, 0, True])
-        s[0] += int(zeroed.sum())
-        s[1] += int(live.sum())
-        kept = live & ~zeroed
-        if module.p > 0:
-            s[2] &= torch.allclose(output[kept], x[kept] / (1 - module.p), rtol=1e-5, atol=1e-6)
-        else:
-            s[2] &= torch.equal(output, x)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-    return stats, handles
-
-
 def test_dropout_sites_and_rates(tmp_path):
     """hidden_dropout_prob at the embeddings and on both sublayer outputs of every block (one
     nn.Dropout each, as transformers' ViT: 1 + layers), attention_probs_dropout_prob handed to
@@ -240,19 +216,7 @@ def test_attention_dropout_rate_reaches_the_probabilities(tmp_path, monkeypatch)
     matrix) are zeroed at rate p."""
     write(tmp_path, attention_probs_dropout_prob=0.25)
     model = trained(tmp_path)
-    real = F.scaled_dot_product_attention
-    seen, counts = [], [0, 0]
-
-    def sdpa(q, k, v, *args, dropout_p=0.0, **kwargs):
-        seen.append(dropout_p)
-        if dropout_p:
-            eye = torch.eye(k.shape[-2]).expand(*k.shape[:-1], k.shape[-2])
-            probs = real(q, k, eye, *args, dropout_p=dropout_p, **kwargs)
-            counts[0] += int((probs == 0).sum())
-            counts[1] += probs.numel()
-        return real(q, k, v, *args, dropout_p=dropout_p, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    seen, counts = attention_dropout_recorder(monkeypatch)
     with torch.no_grad():
         model(pixels())
         assert seen == [0.25] * TINY["num_hidden_layers"]
