@@ -31,11 +31,7 @@ from zoo.verification import verify
 
 ATOL = 1e-5
 
-BASE = dict(
-    model_type="bert", vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-    intermediate_size=37, hidden_act="gelu", layer_norm_eps=1e-12, max_position_embeddings=64,
-    type_vocab_size=2, pad_token_id=0,
-)
+from test_bert import BASE  # noqa: E402  (the tiny BERT config every BERT test starts from)
 
 # head -> (transformers class, zoo task, what its config.json adds)
 HEADS = {

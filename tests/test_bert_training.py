@@ -41,11 +41,7 @@ GRAD_FLOOR = 1e-7
 ATOL = 1e-5
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
-BASE = dict(
-    model_type="bert", vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-    intermediate_size=37, hidden_act="gelu", layer_norm_eps=1e-12, max_position_embeddings=64,
-    type_vocab_size=2, pad_token_id=0,
-)
+from test_bert import BASE  # noqa: E402  (the tiny BERT config every BERT test starts from)
 
 # head -> (transformers class, zoo task, what its config.json adds)
 HEADS = {
