@@ -116,15 +116,20 @@ def padded_batch(vocab=58, seed=1):
     return x, mask
 
 
-@pytest.fixture(scope="module")
-def marian(tmp_path_factory):
-    """name -> (reference, config, folder in save_pretrained layout, loaded zoo model)."""
+def saved_and_loaded(names, reference, tmp_path_factory):
+    """name -> (reference, config, folder in save_pretrained layout, loaded zoo model), the
+    reference of each name built by ``reference(name)``."""
     out = {}
-    for name in MARIAN:
-        ref, config = marian_reference(name)
+    for name in names:
+        ref, config = reference(name)
         folder = write_layout(ref, config, tmp_path_factory.mktemp(name), "save_pretrained")
         out[name] = (ref, config, folder, load_full(folder, device="cpu").model)
     return out
+
+
+@pytest.fixture(scope="module")
+def marian(tmp_path_factory):
+    return saved_and_loaded(MARIAN, marian_reference, tmp_path_factory)
 
 
 # ---------------------------------------------------------------------------------- Marian parity
@@ -426,13 +431,7 @@ def assert_same_outputs(model, ref, config):
 
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
-    """layout -> (reference, config, folder in save_pretrained layout, loaded zoo model)."""
-    out = {}
-    for layout in LAYOUTS:
-        ref, config = layout_reference(layout)
-        folder = write_layout(ref, config, tmp_path_factory.mktemp(layout), "save_pretrained")
-        out[layout] = (ref, config, folder, load_full(folder, device="cpu").model)
-    return out
+    return saved_and_loaded(LAYOUTS, layout_reference, tmp_path_factory)
 
 
 @pytest.mark.parametrize("files", ["save_pretrained", "hub"])
