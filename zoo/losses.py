@@ -22,10 +22,17 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smooth
                            ignore_index=IGNORE, label_smoothing=label_smoothing)
 
 
-def causal_lm(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def next_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` [B, T] shifted one to the left, :data:`IGNORE` after the last: what position t
+    predicts. Scoring the logits [B, T, V] against these leaves them whole (slicing the last
+    position off first would copy every logit)."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+
+
+def causal_lm(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Next-token loss: the logits at position t [B, T, V] predict ``labels`` at t + 1 [B, T]
     (the labels are the input ids, shifted inside, as transformers does)."""
-    return token_cross_entropy(logits[:, :-1], labels[:, 1:])
+    return token_cross_entropy(logits, next_tokens(labels), label_smoothing)
 
 
 def problem_type(num_labels: int, labels: torch.Tensor, given: Optional[str] = None) -> str:

@@ -118,7 +118,7 @@ def loss_of(model, out, batch: Dict[str, torch.Tensor], task: str, smoothing: fl
         return out.loss
     labels = batch["labels"]
     if task == "text-generation":
-        return losses.token_cross_entropy(out.logits[:, :-1], labels[:, 1:], smoothing)
+        return losses.causal_lm(out.logits, labels, smoothing)
     config = getattr(getattr(model, "config", None), "log_softmax_output", False)
     if config:  # the model gives log-probabilities: the Annotated Transformer's smoothing
         return losses.label_smoothed_kl(out.logits, labels, smoothing, pad_id)
