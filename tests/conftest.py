@@ -125,6 +125,47 @@ def record_dropout(model):
     return stats, handles
 
 
+class DropoutDraws:
+    """Records every dropout mask drawn while it is entered, as torch draws them on CPU (an
+    ``aten.bernoulli_`` with the keep probability): ``draws`` lists (drop probability, elements,
+    share dropped) in call order. It sees inside code that calls no module (the speed layer's
+    fast paths), where forward hooks cannot, and sets no hook that would make it step aside."""
+
+    def __init__(self):
+        self.draws = []
+        self._mode = None
+
+    def __enter__(self):
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        draws = self.draws
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                if func is torch.ops.aten.bernoulli_.float:
+                    keep = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+                    mask = args[0]
+                    draws.append((round(1 - keep, 6), mask.numel(), float((mask == 0).double().mean())))
+                return out
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+    def rates(self):
+        return [p for p, _, _ in self.draws]
+
+    def plausible(self, sigmas: float = 5.0) -> bool:
+        """Whether each draw dropped a share of its elements plausible for its probability."""
+        return all(zero_fraction_ok(share, p, n, sigmas) for p, n, share in self.draws)
+
+
 def attention_dropout_recorder(monkeypatch):
     """Wrap F.scaled_dot_product_attention: record each call's dropout_p and, where it is not 0,
     count the attention probabilities it zeroes (read through an identity value matrix, with

@@ -32,6 +32,8 @@ from zoo.loading import load_full
 from zoo.plugins import bert
 from zoo.types import Transform
 
+from conftest import DropoutDraws
+
 LOSS_RTOL = 1e-5
 GRAD_RTOL = 1e-4  # max |difference| over the gradient's norm
 # gradients that are zero in exact arithmetic (the key biases: softmax ignores a shift; the
@@ -197,7 +199,8 @@ def checkpoints(tmp_path_factory):
 @pytest.mark.parametrize("head", sorted(HEADS))
 def test_loss_gradients_and_a_step_match_transformers(checkpoints, head):
     """Loss, every gradient, then one AdamW step and an eval forward, on a model loaded with
-    the speed layer on: the fast paths step aside in training and read the new weights after."""
+    the speed layer on: training computes the real tokens only (all but the answer-span loss,
+    which reads padding), and the fast paths read the new weights after the step."""
     folder = checkpoints[head]
     ref = reference(head)  # the same weights, fresh
     loaded, ours, theirs = train_both(folder, ref, head)
@@ -206,6 +209,9 @@ def test_loss_gradients_and_a_step_match_transformers(checkpoints, head):
     assert {"bert-unpadding", "fused-qkv", "packed-linear"} <= set(accel.applied(model))
     assert ours.loss.shape == () and torch.isfinite(ours.loss)
     assert same_loss(ours.loss, theirs.loss), (ours.loss, theirs.loss)
+    padding = per_sequence(batch(head)[0])["attention_mask"] == 0
+    unpadded = bool((ours.last_hidden_state[padding] == 0).all())
+    assert unpadded == (task != "question-answering")
     problems = gradient_problems(model, ref, loaded.report)
     assert not problems, "\n".join(problems)
 
@@ -246,23 +252,33 @@ def test_the_tied_decoder_gradient_is_the_sum_of_both_uses(checkpoints):
     assert float((grad - want).abs().max()) <= GRAD_RTOL * float(want.norm())
 
 
-def test_the_fast_and_the_plain_model_train_alike_with_dropout(tmp_path):
-    """In training the speed layer steps aside: with dropout on, the same seed gives the fast
-    model (loaded with fast=True) and the plain one the same outputs and gradients."""
-    folder = write(reference("token", hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2), tmp_path / "m")
+def test_training_draws_the_plain_models_dropout_over_the_real_tokens(tmp_path):
+    """With dropout on, the fast model trains on the real tokens of a padded batch: it draws a
+    dropout mask at every site the plain model does, in the same order with the same rates,
+    over fewer elements (no padding), each dropping its rate's share; the same seed gives the
+    same loss, and padding positions hold zeros."""
+    folder = write(reference("token", **RATES, classifier_dropout=0.4), tmp_path / "m")
     inputs, targets = batch("token")
-    grads = []
+    draws, losses_by_seed = {}, {}
     for fast in (True, False):
         model = load_full(folder, device="cpu", fast=fast).model.train().requires_grad_(True)
         assert bool(accel.applied(model)) == fast
         torch.manual_seed(7)
-        out = model(**inputs, **targets)
-        out.loss.backward()
-        grads.append((out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
-    (fast_logits, fast_grads), (plain_logits, plain_grads) = grads
-    torch.testing.assert_close(fast_logits, plain_logits, atol=1e-6, rtol=0)
-    for name, g in plain_grads.items():
-        torch.testing.assert_close(fast_grads[name], g, atol=1e-6, rtol=0)
+        with DropoutDraws() as recorded:
+            out = model(**inputs, **targets)
+            out.loss.backward()
+        draws[fast] = recorded
+        torch.manual_seed(7)
+        losses_by_seed[fast] = (out.loss.detach(), model(**inputs, **targets).loss.detach())
+        if fast:
+            assert bool((out.last_hidden_state[inputs["attention_mask"] == 0] == 0).all())
+    fast, plain = draws[True], draws[False]
+    assert fast.rates() == plain.rates() and set(fast.rates()) == {0.25, 0.15, 0.4}
+    sizes = [(a[1], b[1]) for a, b in zip(fast.draws, plain.draws)]
+    assert all(n_fast <= n_plain for n_fast, n_plain in sizes) and any(n < m for n, m in sizes)
+    assert fast.plausible() and plain.plausible()
+    for first, again in losses_by_seed.values():
+        assert torch.equal(first, again)
 
 
 def test_a_loss_in_eval_mode_reads_padding_as_transformers_does(checkpoints):

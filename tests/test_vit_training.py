@@ -20,7 +20,7 @@ from zoo.converters import hf_vit  # noqa: E402
 from zoo.convert import convert  # noqa: E402
 from zoo.errors import ConfigError, InputError  # noqa: E402
 
-from conftest import attention_dropout_recorder, record_dropout, zero_fraction_ok  # noqa: E402
+from conftest import DropoutDraws, attention_dropout_recorder, record_dropout, zero_fraction_ok  # noqa: E402
 
 LOSS_RTOL = 1e-5  # relative, float32
 GRAD_RTOL = 1e-4  # max abs difference relative to the gradient's norm
@@ -116,7 +116,7 @@ def test_loss_and_gradients_match_transformers(case, tmp_path):
     changes, make_labels = CASES[case]
     ref = write(tmp_path, **changes).train()
     model = trained(tmp_path)
-    assert accel.applied(model), "loaded with the speed layer: it must step aside in training mode"
+    assert "vit-class-token-block" in accel.applied(model)  # it trains too: the loss reads the class token only
     x, labels = pixels(), make_labels(torch.Generator().manual_seed(2))
     theirs = ref(pixel_values=x, labels=labels)
     ours = model(x, labels=labels)
@@ -224,6 +224,31 @@ def test_attention_dropout_rate_reaches_the_probabilities(tmp_path, monkeypatch)
         model.eval()(pixels())
     assert seen and set(seen) == {0.0}
     assert counts[1] > 1000 and zero_fraction_ok(counts[0] / counts[1], 0.25, counts[1])
+
+
+def test_training_computes_the_last_block_for_the_class_token_alone(tmp_path, monkeypatch):
+    """In training mode the fast classifier still computes its last block for the class token
+    alone, with that block's dropout: the same dropout draws as the plain model, rate by rate
+    in order, the last block's over fewer elements, each dropping its rate's share."""
+    from zoo.accel import vit as fast_vit
+
+    write(tmp_path, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.2)
+    calls = []
+    short = fast_vit.class_token_block
+    monkeypatch.setattr(fast_vit, "class_token_block", lambda block, x: calls.append(block.training) or short(block, x))
+    draws = {}
+    for fast in (True, False):
+        model = trained(tmp_path, fast=fast)
+        torch.manual_seed(3)
+        with DropoutDraws() as recorded:
+            model(pixels(), labels=torch.tensor([0, 1, 2])).loss.backward()
+        draws[fast] = recorded
+    assert calls == [True]
+    fast, plain = draws[True], draws[False]
+    assert fast.rates() == plain.rates() == [0.3] + [0.2, 0.3, 0.3] * TINY["num_hidden_layers"]
+    sizes = [(a[1], b[1]) for a, b in zip(fast.draws, plain.draws)]
+    assert all(n == m for n, m in sizes[:-3]) and all(n < m for n, m in sizes[-3:])  # the last block: fewer
+    assert fast.plausible() and plain.plausible()
 
 
 def test_eval_mode_is_deterministic_and_unchanged_by_dropout_rates(tmp_path):

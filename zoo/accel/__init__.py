@@ -22,11 +22,13 @@ and one shows that a broken path is caught):
   output head (:mod:`zoo.accel.argmax`) and the architecture's decoding step
   (:func:`decode_step`).
 
-Every fast path steps aside by itself in training mode and where hooks are set on the modules
-it would bypass, so ``model.train()`` gives the plain model's computation without calling
-:func:`plain`. The packed products and few-row heads also step aside under autograd; BERT's
-unpadding and ViT's class-token block run under autograd in eval mode (they compute the same
-values, and their gradients are tested against transformers').
+Every fast path steps aside by itself where hooks are set on the modules it would bypass.
+The packed products, few-row heads, in-place activations and decoding steps also step aside
+in training mode and under autograd, so training computes the plain model's products. BERT's
+unpadding and ViT's class-token block stay on in training (with the modules' dropout) and
+under autograd: they skip only positions that no output the loss reads depends on, so the loss
+and its gradients are the plain model's (tested against transformers'); BERT's steps aside
+for a loss that reads padding.
 """
 from __future__ import annotations
 

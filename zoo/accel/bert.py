@@ -11,11 +11,13 @@ transformers) computes values that no real token ever reads. Real positions, ``p
 the sentence and choice classifiers' logits and gradients match the plain model.
 
 It runs each layer's arithmetic itself (through the layer's own submodules, so the fused q|k|v
-product and the packed weights still apply), and steps aside (the plain forward runs) in
-training mode (where dropout applies), where hooks are set (they would miss the layers it does
-not call), and when a loss is asked for (``labels``, ``start_positions``, ``end_positions``):
-transformers' loss may read padding positions (the answer-span loss is a softmax over every
-position of a row), so every position is computed then.
+product, the packed weights and, in training mode, every dropout still apply), and steps aside
+(the plain forward runs) where hooks are set (they would miss the layers it does not call) and
+when the loss asked for reads a padding position: the answer-span loss (``start_positions``,
+``end_positions``) is a softmax over every position of a row, and a per-token label at padding
+that is not -100 counts. The other losses read real tokens only (the sentence classifiers the
+pooler's position 0), so a training step computes them, and their gradients, from the real
+tokens alone (:func:`reads_padding`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .. import losses
 from ..activations import activate_
 from ..plugins import bert
 from . import class_swap, fused_qkv, ops
@@ -85,7 +88,8 @@ def _attend(sa: bert.SelfAttention, x: torch.Tensor, padding: Padding) -> torch.
     B, T, H = q.shape
     hs = H // sa.n_head
     q, k, v = (t.view(B, T, sa.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=padding.key_mask)
+    p = sa.dropout_p if sa.training else 0.0  # on the attention probabilities, as SelfAttention
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=padding.key_mask, dropout_p=p)
     return padding.unpad(y.transpose(1, 2)).reshape(-1, H)  # (N, H): the computed rows again
 
 
@@ -95,8 +99,22 @@ def _layer(layer: bert.Layer, x: torch.Tensor, padding: Padding) -> torch.Tensor
     return layer.output(layer.intermediate(x), x)
 
 
-# set while a forward computes a loss: every position is computed then (module docstring)
+# set while a forward computes a loss that reads padding: every position is computed then
 _EVERY_POSITION = contextvars.ContextVar("zoo_bert_every_position", default=False)
+
+
+def reads_padding(task: str, attention_mask: Optional[torch.Tensor], labels: Optional[torch.Tensor],
+                  spans: bool) -> bool:
+    """Whether the loss of ``task`` reads a position that ``attention_mask`` marks as padding:
+    the answer-span loss (``spans``) always does; a per-token loss where a label at padding is
+    not -100."""
+    if spans:
+        return True
+    if attention_mask is None or labels is None or task not in ("fill-mask", "token-classification"):
+        return False
+    if not isinstance(labels, torch.Tensor) or labels.shape != attention_mask.shape:
+        return True  # the plain forward checks them and says what is wrong
+    return bool((labels.to(attention_mask.device)[attention_mask == 0] != losses.IGNORE).any())
 
 
 class UnpaddedBert(bert.Bert):
@@ -106,8 +124,9 @@ class UnpaddedBert(bert.Bert):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
                 labels=None, start_positions=None, end_positions=None):
         targets = dict(labels=labels, start_positions=start_positions, end_positions=end_positions)
-        if all(t is None for t in targets.values()):
-            return super().forward(input_ids, attention_mask, token_type_ids, output_hidden_states)
+        spans = start_positions is not None or end_positions is not None
+        if not reads_padding(self.task, attention_mask, labels, spans):
+            return super().forward(input_ids, attention_mask, token_type_ids, output_hidden_states, **targets)
         token = _EVERY_POSITION.set(True)
         try:
             return super().forward(input_ids, attention_mask, token_type_ids, output_hidden_states, **targets)
@@ -115,7 +134,7 @@ class UnpaddedBert(bert.Bert):
             _EVERY_POSITION.reset(token)
 
     def sequences(self, input_ids, attention_mask, token_type_ids, output_hidden_states: bool):
-        if attention_mask is None or self.training or _EVERY_POSITION.get() or ops.hooks_set(self):
+        if attention_mask is None or _EVERY_POSITION.get() or ops.hooks_set(self):
             return super().sequences(input_ids, attention_mask, token_type_ids, output_hidden_states)
         self._check(input_ids, attention_mask, token_type_ids)
         if bool(attention_mask.all()):

@@ -4,10 +4,11 @@ A classifier reads the class token only, so its last block need compute only tha
 token is still a key and a value there): most of a block's work saved, the same logits up to
 float rounding (about 6 % of a ViT-base forward). :class:`ClassTokenViT` (the model's class
 swapped by :func:`zoo.accel.accelerate`) runs the blocks as ``ViT.blocks`` does, the last one
-for the class token's row (:func:`class_token_block`). It steps aside (every row computed, as transformers does) when hidden states
-are asked for, for the feature-extraction task, in training mode (where dropout applies), and
-where hooks are set, as they may read the other rows. Under autograd in eval mode it runs: the
-class token's row is all the logits and the loss read, so the gradients are the plain model's.
+for the class token's row (:func:`class_token_block`). It steps aside (every row computed, as
+transformers does) when hidden states are asked for, for the feature-extraction task, and where
+hooks are set, as they may read the other rows. It runs under autograd and in training mode:
+the class token's row is all the logits and the loss read, so the gradients are the plain
+model's, and the last block's dropout falls on that row as it would in the whole block.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class ClassTokenViT(vit.ViT):
     """``vit.ViT`` whose classifier computes the last block for the class token alone."""
 
     def blocks(self, x: torch.Tensor, hidden: Optional[list] = None) -> torch.Tensor:
-        if hidden is not None or self.task != "image-classification" or self.training or ops.hooks_set(self):
+        if hidden is not None or self.task != "image-classification" or ops.hooks_set(self):
             return super().blocks(x, hidden)
         *first, last = self.encoder.layer
         for block in first:
@@ -34,18 +35,19 @@ class ClassTokenViT(vit.ViT):
 
 
 def class_token_block(layer: vit.Layer, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)[:, :1]`` in eval mode (the block's dropout the identity), computed for the
-    class token's row alone: its query attends to every token's key and value (all computed),
-    and only its row goes through the rest of the block."""
+    """``layer(x)[:, :1]`` computed for the class token's row alone: its query attends to every
+    token's key and value (all computed), and only its row goes through the rest of the block,
+    dropout included in training mode."""
     sa = layer.attention.attention
     B, T, C = x.shape
     hs = C // sa.n_head
     q, k, v = sa.project_qkv(layer.layernorm_before(x))
     q = q[:, :1].reshape(B, 1, sa.n_head, hs).transpose(1, 2)  # (B, nh, 1, hs)
     k, v = (t.view(B, T, sa.n_head, hs).transpose(1, 2) for t in (k, v))  # (B, nh, T, hs)
-    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, C)
-    x = x[:, :1] + layer.attention.output(y)
-    return x + layer.mlp(layer.layernorm_after(x))
+    p = sa.dropout if sa.training else 0.0  # on the attention probabilities, as SelfAttention
+    y = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2).reshape(B, 1, C)
+    x = x[:, :1] + layer.dropout(layer.attention.output(y))
+    return x + layer.dropout(layer.mlp(layer.layernorm_after(x)))
 
 
 class InPlaceLayer(vit.Layer):
