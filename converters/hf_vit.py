@@ -215,8 +215,7 @@ def to_architecture(config):
         raise ConfigError(
             f"vit: config field head_dim={head_dim!r} != hidden_size / num_attention_heads is not supported"
         )
-    labels = hf.get("id2label") or {}  # the label names themselves are the task runner's
-    num_labels = hf.get("num_labels", len(labels) or 2)  # transformers' default: 2 labels
+    num_labels = fields.label_count(hf, "vit", ConfigError)  # the label names are the task runner's
     if not isinstance(num_labels, int) or num_labels < 1:
         raise ConfigError(f"vit: config field num_labels={num_labels!r} must be a positive integer")
     return {
@@ -227,7 +226,7 @@ def to_architecture(config):
         "dropout_rate": float(hf["hidden_dropout_prob"]),
         "attention_dropout_rate": float(hf["attention_probs_dropout_prob"]),
         "qkv_bias": bool(hf["qkv_bias"]),
-        "num_classes": len(labels) or num_labels,
+        "num_classes": num_labels,
         # a pooler (the pre-logits layer) when the checkpoint has one: config_from_weights says
         "representation_size": (hf.get("pooler_output_size") or width) if hf["add_pooling_layer"] else None,
     }

@@ -471,7 +471,8 @@ def test_registry_name_with_local_checkpoint_uses_entry_preprocessing(tmp_path):
     ref = make_reference("base", "classifier")
     folder = write_checkpoint(ref, tmp_path / "ckpt", "hub")
     model = zoo.load("google/vit-base-patch16-224", checkpoint=str(folder), device="cpu")
-    assert hasattr(model, "classifier")
+    # the folder's id2label (5 labels) replaces the entry's num_labels = 1000 as a whole
+    assert model.classifier.out_features == ref.config.num_labels == 5
     loaded = load_full("vit-base-patch16-224", checkpoint=str(folder), device="cpu")
     image = _photo(tmp_path / "c.png")
     result = get_runner(loaded.task)(loaded, [str(image)], RunOptions(top=3), lambda s: None)

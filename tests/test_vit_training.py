@@ -274,6 +274,10 @@ def test_config_translation_carries_dropout_and_problem_type():
     assert (arch["dropout_rate"], arch["attention_dropout_rate"], arch["problem_type"]) == (0.0, 0.0, "regression")
     assert hf_vit.to_architecture(hf_vit.from_architecture(arch)) == arch
     assert hf_vit.to_architecture({})["problem_type"] is None  # transformers picks by the labels
+    # the label count as transformers counts it: num_labels wins over id2label, then id2label, then 2
+    labels = {"0": "cat", "1": "dog"}
+    for config, want in (({"num_labels": 3, "id2label": labels}, 3), ({"id2label": labels}, 2), ({}, 2)):
+        assert hf_vit.to_architecture(config)["num_classes"] == want == ViTConfig(**config).num_labels
     back = hf_vit.from_architecture({**arch, "dropout_rate": 0.1, "attention_dropout_rate": 0.2})
     assert (back["hidden_dropout_prob"], back["attention_probs_dropout_prob"]) == (0.1, 0.2)
 

@@ -54,6 +54,10 @@ PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_class
 PROBLEM_TYPE: Kind = (lambda v: v in PROBLEM_TYPES, "one of " + ", ".join(PROBLEM_TYPES))
 
 
+# the fields that together say a classifier's labels (transformers derives num_labels from id2label)
+LABEL_FIELDS = ("num_labels", "id2label", "label2id")
+
+
 def label_count(config: Mapping[str, Any], family: str, error=ValueError) -> int:
     """A classifier's outputs as transformers counts them: ``num_labels`` when given (it wins
     over ``id2label``), else the entries of ``id2label``, else 2; an empty ``id2label`` is

@@ -198,12 +198,17 @@ def configure(entry: ModelEntry, folder: Optional[Path], converter: Optional[Con
     """The config an architecture gets: the catalog entry's, then the checkpoint folder's
     config.json over it (each value of the kind ``converter.config_fields`` says), then its
     generation_config.json over that (transformers reads decoding defaults from there;
-    config.json's copies of them are legacy)."""
+    config.json's copies of them are legacy). A config.json that names its labels (any of
+    :data:`zoo.fields.LABEL_FIELDS`) replaces the entry's as a whole: a fine-tuned folder's
+    ``id2label`` is not outvoted by the entry's ``num_labels``."""
     config = dict(entry.config)
     if folder is not None and (folder / "config.json").is_file():
         read = ckpt.read_config(folder)
         if converter is not None:
             fields.check(read, converter.config_fields, str(folder / "config.json"), ConfigError)
+        if any(read.get(k) is not None for k in fields.LABEL_FIELDS):
+            for k in fields.LABEL_FIELDS:
+                config.pop(k, None)
         config.update(read)
         config.update(ckpt.read_generation_config(folder))
     return config
