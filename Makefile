@@ -32,9 +32,9 @@ test: setup
 # Side by side with transformers on the same (random, seeded) weights, CPU float32; figures in docs/benchmarks.md.
 bench: setup
 	$(BIN)/zoo bench gpt2 --compare --cold --scaling
-	$(BIN)/zoo bench gpt2 --compare --batch 8 --new-tokens 16
-	$(BIN)/zoo bench bert-base-uncased --compare --batch 8 --seq 128
-	$(BIN)/zoo bench vit-base-patch16-224 --compare --batch 8
+	$(BIN)/zoo bench gpt2 --compare --batch 8 --new-tokens 16 --train
+	$(BIN)/zoo bench bert-base-uncased --compare --batch 8 --seq 128 --train
+	$(BIN)/zoo bench vit-base-patch16-224 --compare --batch 8 --train
 	$(BIN)/zoo bench opus-mt-en-de --compare --batch 8 --seq 32 --new-tokens 64
 	$(BIN)/zoo bench opus-mt-en-de --compare --batch 1 --seq 32 --new-tokens 64
 
