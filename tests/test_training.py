@@ -134,24 +134,48 @@ def test_two_runs_with_one_seed_are_identical_and_resume_ends_where_one_run_ends
     assert one["loss"] == two["loss"]
 
 
-def test_two_processes_end_where_one_process_ends(gpt2, text_file, tmp_path):
-    """`zoo train --nproc 2` (torch.distributed's launcher, gloo), each process reading its half
-    of every global batch, ends within 1e-5 of one process with the same seed and global batch.
-    Every row is cut to 6 tokens, so the mean of the two processes' losses is the whole batch's."""
-    args = dict(data=str(text_file), steps=4, lr=3e-3, max_length=6, schedule="constant")
-    zoo.train(str(gpt2), out=str(tmp_path / "one"), batch_size=4, **args)
-    done = subprocess.run([sys.executable, "-m", "zoo", "train", str(gpt2), "--out", str(tmp_path / "two"),
-                           "--data", str(text_file), "--steps", "4", "--lr", "3e-3", "--max-length", "6",
-                           "--schedule", "constant", "--batch-size", "2", "--device", "cpu", "--nproc", "2"],
+def _two_processes(gpt2, text_file, out, *extra):
+    """`zoo train --nproc 2` (torch.distributed's launcher, gloo) of ``gpt2``, 2 rows a process."""
+    done = subprocess.run([sys.executable, "-m", "zoo", "train", str(gpt2), "--out", str(out),
+                           "--data", str(text_file), "--lr", "3e-3", "--max-length", "6", "--schedule", "constant",
+                           "--batch-size", "2", "--device", "cpu", "--nproc", "2", *map(str, extra)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    state = json.loads((tmp_path / "two" / "trainer_state.json").read_text())
-    assert state["summary"]["processes"] == 2 and state["step"] == 4
+    return json.loads((Path(out) / "trainer_state.json").read_text())
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["ddp", "fsdp"])
+def test_two_processes_end_where_one_process_ends(gpt2, text_file, tmp_path, sharded):
+    """`zoo train --nproc 2`, each process reading its half of every global batch, ends within
+    1e-5 of one process with the same seed and global batch: with DistributedDataParallel (a
+    copy of the model in each process), and with --fsdp (each process a shard of every weight,
+    gradient and optimizer state). Every row is cut to 6 tokens, so the mean of the two
+    processes' losses is the whole batch's."""
+    args = dict(data=str(text_file), steps=4, lr=3e-3, max_length=6, schedule="constant")
+    zoo.train(str(gpt2), out=str(tmp_path / "one"), batch_size=4, **args)
+    fsdp = ["--fsdp"] if sharded else []
+    state = _two_processes(gpt2, text_file, tmp_path / "two", "--steps", 4, *fsdp)
+    assert state["summary"]["processes"] == 2 and state["step"] == 4 and state["options"]["fsdp"] == sharded
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     start = {k.removeprefix("transformer."): v for k, v in _weights(gpt2).items()}  # save_pretrained's names
     assert max(float((a[k] - start[k]).abs().max()) for k in a if k in start) > 1e-3  # it trained
+    assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= 1e-5, worst
+
+
+def test_an_fsdp_run_resumes_where_it_stopped(gpt2, text_file, tmp_path):
+    """Sharded, the optimizer state is gathered whole into the checkpoint and scattered again on
+    --resume: 2 steps and then 2 more end bit-identical to 4 steps. A checkpoint of a sharded
+    run resumes sharded only."""
+    whole = _two_processes(gpt2, text_file, tmp_path / "whole", "--steps", 4, "--fsdp")
+    _two_processes(gpt2, text_file, tmp_path / "half", "--steps", 2, "--fsdp")
+    resumed = _two_processes(gpt2, text_file, tmp_path / "half", "--steps", 4, "--fsdp", "--resume", tmp_path / "half")
+    assert resumed["losses"] == whole["losses"]
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "half")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InputError, match=r"saved by a run with --fsdp: resume it with --fsdp"):
+        zoo.train(str(gpt2), out=str(tmp_path / "more"), data=str(text_file), steps=6, resume=str(tmp_path / "half"))
 
 
 # ----------------------------------------------------------------------------- zoo train, every task
@@ -242,7 +266,8 @@ def test_bad_options_are_one_line_errors(gpt2, text_file, tmp_path):
 
     for args, message in ((["--epochs", "1", "--steps", "2"], "--epochs or --steps"),
                           (["--config", "nonsense"], "KEY=VALUE"),
-                          (["--task", "copy"], "the copy task trains an encoder-decoder")):
+                          (["--task", "copy"], "the copy task trains an encoder-decoder"),
+                          (["--fsdp"], "--fsdp shards the model over processes: run it with --nproc N")):
         result = CliRunner().invoke(cli, ["train", str(gpt2), "--data", str(text_file), "--out", str(tmp_path / "o"),
                                           *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
@@ -250,6 +275,8 @@ def test_bad_options_are_one_line_errors(gpt2, text_file, tmp_path):
     result = CliRunner().invoke(cli, ["train", "transformer-base", "--task", "copy", "--data", str(text_file),
                                       "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "drop --data" in result.output
+    result = CliRunner().invoke(cli, ["train", "transformer-base", "--task", "copy", "--fsdp", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "drop --fsdp" in result.output
 
 
 # ----------------------------------------------------------------------------- the pieces

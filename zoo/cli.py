@@ -465,10 +465,13 @@ def _config_pair(ctx, param, values):
               help="Config override of the model to build (repeatable), e.g. --config N=2 for transformer-base.")
 @click.option("--nproc", type=COUNT, default=None,
               help="Train with N processes on this machine (torch.distributed's own launcher, torchrun).")
+@click.option("--fsdp", is_flag=True,
+              help="Shard the model, its gradients and optimizer state over the processes (FSDP) instead of "
+                   "copying it to each.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train_cmd(name_or_path, data, out, task, epochs, steps, batch_size, grad_accum, lr, warmup, schedule,
               label_smoothing, weight_decay, max_length, eval_data, seed, device, dtype, clip, save_every, resume,
-              force, config, nproc, as_json):
+              force, config, nproc, fsdp, as_json):
     """Train or fine-tune a model; the checkpoint in --out loads in zoo and transformers.
 
     On several processes: --nproc N here, or `torchrun --nproc-per-node N -m zoo train ...`
@@ -500,7 +503,8 @@ def train_cmd(name_or_path, data, out, task, epochs, steps, batch_size, grad_acc
     summary = train(name_or_path, data=data, out=out, task=task, epochs=epochs, steps=steps, batch_size=batch_size,
                     grad_accum=grad_accum, lr=lr, warmup=warmup, schedule=schedule, label_smoothing=label_smoothing,
                     weight_decay=weight_decay, max_length=max_length, eval=eval_data, seed=seed, device=device,
-                    dtype=dtype, clip=clip, save_every=save_every, resume=resume, force=force, config=config)
+                    dtype=dtype, clip=clip, save_every=save_every, resume=resume, force=force, config=config,
+                    fsdp=fsdp)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if as_json:

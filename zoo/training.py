@@ -3,12 +3,15 @@
 The loop, top to bottom (:func:`train`):
 
 1. **Processes**: under ``torchrun`` (``WORLD_SIZE`` > 1) torch.distributed starts (gloo on the
-   CPU, nccl on CUDA) and the model is wrapped in ``DistributedDataParallel``; each rank reads its
-   shard of the data (``DistributedSampler``), rank 0 alone writes and shows progress.
+   CPU, nccl on CUDA) and the model is wrapped in ``DistributedDataParallel``, or with ``--fsdp``
+   sharded by FSDP (:func:`shard`: each process holds a slice of every parameter, gradient and
+   optimizer state); each rank reads its shard of the data (``DistributedSampler``), rank 0
+   alone writes and shows progress.
 2. **Model**: ``zoo.load`` of the name or folder for the task (a catalog entry without weights,
-   such as ``transformer-base``, starts from its fresh initialization), then ``train()`` with
-   gradients on. ``--resume DIR`` loads the weights saved there instead, and the optimizer,
-   schedule, random state and position in the data saved beside them.
+   such as ``transformer-base``, starts from its fresh initialization), with the speed layer
+   (its padding skip and class-token block stay on in training; the plain model under FSDP),
+   then ``train()`` with gradients on. ``--resume DIR`` loads the weights saved there instead,
+   and the optimizer, schedule, random state and position in the data saved beside them.
 3. **Data** (:mod:`zoo.trainingdata`): every record read and checked before the first step.
 4. **Optimizer and schedule**: AdamW (no weight decay on biases and norms);
    ``constant`` or ``linear`` after a linear warm-up, or ``noam``, the Annotated Transformer's
@@ -73,6 +76,7 @@ class TrainOptions:
     resume: Optional[str] = None
     force: bool = False
     config: Dict[str, Any] = field(default_factory=dict)  # config overrides (e.g. layers=2)
+    fsdp: bool = False  # shard the model over the processes instead of replicating it
 
     def check(self) -> None:
         if self.epochs is not None and self.steps is not None:
@@ -152,6 +156,22 @@ class Processes:
         return self.rank == 0
 
 
+def shard(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` sharded in place by FSDP (``torch.distributed.fsdp.fully_shard``): each block
+    (every item of an ``nn.ModuleList`` that is in no other block, :func:`zoo.placement.blocks`)
+    is one unit, gathered for its forward and backward only, and the rest (embeddings, norms,
+    heads, and so a tied head with its embedding) one unit at the top. The parameters become
+    sharded ``DTensor``\ s: build the optimizer after this."""
+    from torch.distributed.fsdp import fully_shard
+
+    from .placement import blocks
+
+    for _, block in blocks(model):
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
 def _start_processes(device: str) -> Processes:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -192,10 +212,16 @@ def train(name_or_path: str, **options: Any) -> Dict[str, Any]:
     procs = _start_processes(str(device or "cpu"))
     if procs.world > 1 and (device in (None, "auto")):
         device = f"cuda:{procs.local_rank}" if torch.cuda.is_available() else "cpu"
+    if opts.fsdp and opts.task == "copy":
+        raise InputError("the copy task's held-out check decodes step by step, outside the forward that FSDP "
+                         "gathers the weights for: drop --fsdp")
+    if opts.fsdp and procs.world < 2:
+        raise InputError("--fsdp shards the model over processes: run it with --nproc N (N >= 2) or under torchrun")
     torch.manual_seed(opts.seed)
 
     source = opts.resume or name_or_path
-    loaded = load_full(source, device=device, task=built_task, fast=False, config_overrides=opts.config or None)
+    loaded = load_full(source, device=device, task=built_task, fast=not opts.fsdp,
+                       config_overrides=opts.config or None)
     task = opts.task or loaded.task
     model = loaded.model
     model.train().requires_grad_(True)
@@ -209,7 +235,9 @@ def train(name_or_path: str, **options: Any) -> Dict[str, Any]:
     total = opts.steps or per_epoch * (opts.epochs or 1)
 
     net = model
-    if procs.world > 1:
+    if opts.fsdp:
+        net = model = shard(model)
+    elif procs.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model)
@@ -221,7 +249,7 @@ def train(name_or_path: str, **options: Any) -> Dict[str, Any]:
 
     state = {"step": 0, "epoch": 0, "batch": 0, "losses": [], "lrs": []}
     if opts.resume:
-        state = _restore(Path(opts.resume), optimizer, scheduler, data)
+        state = _restore(Path(opts.resume), model, optimizer, scheduler, data, opts.fsdp)
     pad_id = int(loaded.arch_config.get("pad_token_id") or 0)
     autocast = (torch.autocast(loaded.device.type, dtype=torch.bfloat16) if opts.dtype in ("bfloat16", "bf16")
                 else nullcontext())
@@ -330,16 +358,15 @@ class _Saver:
             check_target(opts.out, force=self.force, inputs=self.inputs)
 
     def __call__(self, model, optimizer, scheduler, state, summary=None) -> None:
+        model_state, optimizer_state = _whole_state(model, optimizer, self.opts.fsdp)
         if not self.procs.main:
             return
-        from .accel import plain
         from .export import Source, hf_writer, zoo_writer
         from .publish import publish
 
         opts, loaded, data = self.opts, self.loaded, self.data
-        plain(model)
         weights = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
-                   for k, v in model.state_dict().items()}
+                   for k, v in model_state.items()}
         provenance = {"trained_from": str(opts.resume or loaded.entry.name), "step": state["step"]}
         source = Source(weights, loaded.converter, loaded.architecture.name, loaded.task, dict(loaded.config),
                         provenance, [], loaded.folder)
@@ -350,7 +377,7 @@ class _Saver:
             "data": {str(p): ckpt.sha256(p) for p in data.files[:1000]},
             "summary": summary,
         }
-        resume = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        resume = {"optimizer": optimizer_state, "fsdp": opts.fsdp, "scheduler": scheduler.state_dict(),
                   "rng": torch.get_rng_state(), "data_rng": data.rng.get_state() if data.rng is not None else None}
         if torch.cuda.is_available():
             resume["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -364,13 +391,36 @@ class _Saver:
         self.force = True  # the run's own output from now on
 
 
-def _restore(folder: Path, optimizer, scheduler, data: Dataset) -> Dict[str, Any]:
-    """The loop's position and the optimizer, schedule and random states saved in ``folder``."""
+def _whole_state(model, optimizer, sharded: bool):
+    """The model's state dict and the optimizer's, whole. Under FSDP they are gathered from
+    every process onto the CPU of rank 0 (a collective: every rank calls this; the others get
+    empty dicts), the optimizer's keyed by parameter name."""
+    if not sharded:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def _restore(folder: Path, model, optimizer, scheduler, data: Dataset, sharded: bool = False) -> Dict[str, Any]:
+    """The loop's position and the optimizer, schedule and random states saved in ``folder``
+    (the weights were loaded from there already); ``sharded``: into an FSDP model's optimizer."""
     path, meta = folder / "train_state.pt", folder / "trainer_state.json"
     if not path.is_file() or not meta.is_file():
         raise InputError(f"{folder}: not a zoo train checkpoint (no train_state.pt / trainer_state.json)")
     saved = torch.load(path, weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
+    if bool(saved.get("fsdp", False)) != sharded:
+        raise InputError(f"{folder} was saved by a run {'with' if saved.get('fsdp') else 'without'} --fsdp: "
+                         f"resume it {'with' if saved.get('fsdp') else 'without'} --fsdp")
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=saved["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
     if saved.get("data_rng") is not None and data.rng is not None:
