@@ -53,6 +53,7 @@ from zoo import losses
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
+from zoo.tracing import tracing
 
 
 TASKS = ("fill-mask", "feature-extraction", "text-classification", "token-classification", "question-answering",
@@ -398,12 +399,14 @@ class Bert(nn.Module):
             raise InputError("bert: empty input (no tokens)")
         if T > cfg.max_position_embeddings:
             raise InputError(f"bert: {T} tokens exceed the {cfg.max_position_embeddings} positions of this model")
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= cfg.vocab_size:
-            raise InputError(f"bert: token ids must be in [0, {cfg.vocab_size}), got {lo}..{hi}")
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if t is not None and tuple(t.shape) != (B, T):
                 raise InputError(f"bert: {name} has shape {list(t.shape)}, input_ids {[B, T]}")
+        if tracing():
+            return  # a graph records no check of values (zoo.tracing)
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise InputError(f"bert: token ids must be in [0, {cfg.vocab_size}), got {lo}..{hi}")
         if token_type_ids is not None:
             lo, hi = int(token_type_ids.min()), int(token_type_ids.max())
             if lo < 0 or hi >= cfg.type_vocab_size:
@@ -489,8 +492,8 @@ class Bert(nn.Module):
         positions = torch.arange(input_ids.size(1), device=input_ids.device)
         x = self.embeddings(input_ids, token_type_ids, positions)  # (B, T, H)
         hidden = [x] if output_hidden_states else None  # transformers: embeddings, then each layer
-        mask = None  # no padding: no mask at all, as transformers
-        if attention_mask is not None and not bool(attention_mask.all()):
+        mask = None  # no padding: no mask at all, as transformers (traced: the mask, whatever it holds)
+        if attention_mask is not None and (tracing() or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys each row may see
         for layer in self.encoder.layer:
             x = layer(x, mask)

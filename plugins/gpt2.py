@@ -39,6 +39,7 @@ from zoo import generation, kvcache, losses
 from zoo.activations import ACTIVATIONS
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
+from zoo.tracing import tracing
 
 TASKS = ("text-generation", "text-classification")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -216,6 +217,8 @@ class GPT2(nn.Module):
                 f"gpt2: {past + input_ids.size(1) + room} tokens exceed the context of "
                 f"{self.config.n_ctx} positions"
             )
+        if tracing():
+            return  # a graph records no check of values (zoo.tracing)
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= self.config.n_vocab:
             raise InputError(f"gpt2: token ids must be in [0, {self.config.n_vocab}), got {lo}..{hi}")
@@ -258,7 +261,9 @@ class GPT2(nn.Module):
         if tuple(attention_mask.shape) != tuple(input_ids.shape):
             raise InputError(f"gpt2: attention_mask has shape {list(attention_mask.shape)}, the input ids "
                              f"{list(input_ids.shape)}")
-        return None if bool(attention_mask.all()) else padding_mask(attention_mask)
+        if not tracing() and bool(attention_mask.all()):
+            return None  # traced: the mask, whatever it holds (zoo.tracing)
+        return padding_mask(attention_mask)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, vocab): the head is the token embedding (tied)."""

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from zoo.errors import ConfigError, InputError
 from zoo.outputs import ModelOutput
+from zoo.tracing import tracing
 
 TASKS = ("fill-mask", "feature-extraction")
 EPS = 1e-12  # hard-coded in the reference for every LayerNorm
@@ -199,12 +200,14 @@ class DistilBert(nn.Module):
             raise InputError("distilbert: empty input (no tokens)")
         if T > cfg.max_position_embeddings:
             raise InputError(f"distilbert: {T} tokens exceed the {cfg.max_position_embeddings} positions of this model")
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
+            raise InputError(f"distilbert: attention_mask has shape {list(attention_mask.shape)}, input_ids {[B, T]}")
+        if tracing():
+            return  # a traced graph (zoo convert --to onnx) records no check of values
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= cfg.vocab_size:
             raise InputError(f"distilbert: token ids must be in [0, {cfg.vocab_size}), got {lo}..{hi}")
         if attention_mask is not None:
-            if tuple(attention_mask.shape) != (B, T):
-                raise InputError(f"distilbert: attention_mask has shape {list(attention_mask.shape)}, input_ids {[B, T]}")
             if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
                 raise InputError("distilbert: attention_mask must hold 0 (padding) and 1 (token) only")
 
@@ -215,8 +218,8 @@ class DistilBert(nn.Module):
         output_hidden_states: bool = False,
     ) -> ModelOutput:
         self._check(input_ids, attention_mask)
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        mask = None  # no padding, no mask (traced: the mask, whatever it holds)
+        if attention_mask is not None and (tracing() or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         x = self.embeddings(input_ids)  # (B, T, dim)
         hidden = [x] if output_hidden_states else None  # transformers: embeddings, then each block
