@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml examples/zoo-distilbert/pyproject.toml
 	else \
 	    $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet "torch==2.13.0"; \
 	fi
-	$(BIN)/python -m pip install --quiet -e ".[test,big]"
+	$(BIN)/python -m pip install --quiet -e ".[test,big,onnx]"
 	$(BIN)/python -m pip install --quiet -e examples/zoo-distilbert
 	touch $(STAMP)
 

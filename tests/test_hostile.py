@@ -356,7 +356,7 @@ USAGE = {
     "unknown option of a command": ["list", "--bogus"],
     "missing argument": ["convert"],
     "not an integer": ["bench", "gpt2", "--batch", "x"],
-    "not a choice": ["convert", "gpt2", "--to", "onnx", "--out", "x"],
+    "not a choice": ["convert", "gpt2", "--to", "gguf", "--out", "x"],
 }
 
 

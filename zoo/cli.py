@@ -387,8 +387,9 @@ def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, promp
 
 @cli.command("convert")
 @click.argument("name_or_path")
-@click.option("--to", "to", type=click.Choice(["hf", "zoo"]), required=True,
-              help="hf: config.json + model.safetensors in the Hub layout; zoo: zoo-native safetensors + zoo.json.")
+@click.option("--to", "to", type=click.Choice(["hf", "zoo", "onnx"]), required=True,
+              help="hf: config.json + model.safetensors in the Hub layout; zoo: zoo-native safetensors + zoo.json; "
+                   "onnx: the forward as an ONNX graph, checked in ONNX Runtime (pip install 'zoo[onnx]').")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--force", is_flag=True, help="Replace an existing, non-empty output folder.")
 @click.option("--checkpoint", type=click.Path(exists=True), help="Local checkpoint folder or file to read.")
@@ -399,18 +400,25 @@ def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, promp
               help="The model built for task T (its head, or the body alone) instead of the checkpoint's own.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def convert_cmd(name_or_path, to, out, force, checkpoint, allow_pickle, random_weights, task_name, as_json):
-    """Write a checkpoint as a Hugging Face folder (--to hf) or zoo-native files (--to zoo).
+    """Write a checkpoint as a Hugging Face folder (--to hf), zoo-native files (--to zoo) or an
+    ONNX graph (--to onnx).
 
     Export reads the converter's key map backwards: HF -> zoo -> HF gives the same keys and
     bit-identical tensors. Files are written to a temporary folder and renamed into place.
     """
     from . import progress
-    from .export import convert_checkpoint
 
     progress.enable(not as_json)
+    read = dict(force=force, checkpoint=checkpoint, allow_pickle=allow_pickle, random_weights=random_weights,
+                task=task_name)
+    if to == "onnx":
+        from .onnxexport import export_onnx
 
-    result = convert_checkpoint(name_or_path, to, out, force=force, checkpoint=checkpoint,
-                                allow_pickle=allow_pickle, random_weights=random_weights, task=task_name)
+        result = export_onnx(name_or_path, out, **read)
+    else:
+        from .export import convert_checkpoint
+
+        result = convert_checkpoint(name_or_path, to, out, **read)
     if random_weights:
         click.echo("zoo: random weights (seed 0), not the checkpoint's", err=True)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.render())

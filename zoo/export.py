@@ -253,12 +253,12 @@ def _contiguous(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def copy_processor_files(source: Source, folder: Path) -> None:
+def copy_processor_files(source_folder: Optional[Path], folder: Path) -> None:
     """The source folder's tokenizer and image-processor files, copied as they are (read only)."""
-    if source.folder is None:
+    if source_folder is None:
         return
     for name in PROCESSOR_FILES:
-        path = source.folder / name
+        path = Path(source_folder) / name
         if path.is_file():
             shutil.copyfile(path, folder / name)
 
@@ -289,7 +289,7 @@ def hf_writer(source: Source):
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if generation:
             (folder / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
-        copy_processor_files(source, folder)
+        copy_processor_files(source.folder, folder)
 
     return write, len(tensors), skipped, filled
 
@@ -315,16 +315,17 @@ def zoo_writer(source: Source):
     def write(folder: Path) -> None:
         ckpt.save_safetensors(_contiguous(source.state), folder / "model.safetensors", metadata={"format": "pt"})
         (folder / ZOO_META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        copy_processor_files(source, folder)
+        copy_processor_files(source.folder, folder)
 
     return write
 
 
 def convert_checkpoint(name_or_path: str, to: str, out, *, force: bool = False, **read_kwargs) -> Exported:
-    """``zoo convert NAME_OR_PATH --to hf|zoo --out DIR``."""
+    """``zoo convert NAME_OR_PATH --to hf|zoo --out DIR`` (``--to onnx``:
+    :func:`zoo.onnxexport.export_onnx`)."""
     writers = {"hf": export_hf, "zoo": export_zoo}
     if to not in writers:
-        raise ExportError(f"unknown output format {to!r} (hf or zoo)")
+        raise ExportError(f"unknown output format {to!r} (hf or zoo; an ONNX graph: zoo.onnxexport.export_onnx)")
     given = None if get_catalog().find(str(name_or_path)) else Path(str(name_or_path)).expanduser()
     inputs = [p for p in (given, read_kwargs.get("checkpoint")) if p is not None and os.path.lexists(p)]
     check_target(out, force=force, inputs=inputs)  # fail before reading gigabytes
