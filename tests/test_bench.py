@@ -67,3 +67,17 @@ def test_bench_train_cold_measures_the_peak_memory_of_training_on_both_sides(tmp
                    cold=True)
     rss = next(s for s in report.stats if s.name == "training steps: peak RSS")
     assert rss.zoo > 100 and rss.reference > 100  # MB: a process with torch imported
+
+
+def test_bench_against_onnx_runtime(tmp_path):
+    """--onnx: the forward against ONNX Runtime running zoo's export of the same weights; a
+    device or dtype the graph is not exported for is a one-line error."""
+    pytest.importorskip("onnxruntime")
+    write_checkpoint(get_catalog().converter("hf_bert"), tmp_path)
+    report = bench(str(tmp_path), device="cpu", batch=2, seq=8, repeats=2, onnx=True)
+    stat = next(s for s in report.stats if s.name == "forward [2x8], ONNX Runtime")
+    assert stat.reference > 0 and stat.ratio_min <= stat.ratio_median <= stat.ratio_max
+    assert "ONNX Runtime" in stat.note and "ONNX Runtime" in report.render()
+    result = CliRunner().invoke(cli, ["bench", str(tmp_path), "--device", "cpu", "--dtype", "bfloat16", "--onnx",
+                                      "--repeats", "1"])
+    assert result.exit_code == 2 and "--onnx compares on the CPU in float32" in result.output

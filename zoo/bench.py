@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -59,7 +60,7 @@ class BenchReport:
     def render(self) -> str:
         lines = [f"model {self.model} ({self.task}) on {self.device} {self.dtype}, {self.threads} threads; "
                  f"weights {self.weights}"]
-        head = f"{'metric':34} {'zoo':>12} {'transformers':>13}  {'ratio (min / median / max)':28}"
+        head = f"{'metric':34} {'zoo':>12} {'reference':>13}  {'ratio (min / median / max)':28}"
         lines += [head, "-" * len(head)]
         for s in self.stats:
             ref = f"{s.reference:.4g}" if s.reference is not None else "-"
@@ -134,14 +135,19 @@ def bench(
     seed: int = 0,
     task: Optional[str] = None,
     train: bool = False,
+    onnx: bool = False,
 ) -> BenchReport:
     """Measure load, forward and (for generative models) decode; see the module docstring.
 
     ``num_beams`` > 1 decodes with beam search on both sides (the same beams, identical ids).
     ``task`` measures the model built for another task than the checkpoint's own. ``train``
-    also times a training step (forward with labels, backward, AdamW step) on the same batch."""
+    also times a training step (forward with labels, backward, AdamW step) on the same batch.
+    ``onnx`` also times the forward against ONNX Runtime running the graph ``zoo convert --to
+    onnx`` writes (CPU, float32)."""
     if num_beams < 1:
         raise InputError(f"--beams must be >= 1, got {num_beams}")
+    if onnx and (str(device) not in ("None", "auto", "cpu") or str(dtype).replace("torch.", "") not in ("None", "float32")):
+        raise InputError(f"--onnx compares on the CPU in float32 (the graph zoo exports), not {device} {dtype}")
     catalog = get_catalog()
     entry = resolve(str(name_or_path), catalog)
     task = task or entry.task
@@ -184,6 +190,8 @@ def bench(
             _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, prompt, num_beams)
         if scaling:
             _bench_scaling(report, model, loaded, make_inputs)
+    if onnx:
+        _bench_onnx(report, model, source, loaded, inputs, repeats, shape)
     if train:
         _bench_train(report, model, ref, inputs, loaded, repeats, seed, shape)
     if cold:
@@ -237,6 +245,32 @@ def _bench_decode(report, model, ref, inputs, loaded, new_tokens, repeats, promp
             f"{limit:.1f} tokens/s; decode step {step * 1e3:.1f} ms = {1 / step:.1f} tokens/s, "
             f"{100 / step / limit:.0f}% of limit")
         report.extra["percent_of_bandwidth_limit"] = round(100 / step / limit, 1)
+
+
+def _bench_onnx(report, model, source, loaded, inputs, repeats, shape):
+    """The forward against ONNX Runtime on the same weights and inputs: the plain model recorded
+    as ``zoo convert --to onnx`` records it (into a temporary folder, checked the same way), run
+    by a CPU session with torch's thread count; interleaved with zoo's forward."""
+    import tempfile
+
+    from . import onnxexport
+
+    ort = onnxexport._require()
+    if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
+        raise InputError(f"--onnx compares on the CPU in float32 (the graph zoo exports), not {loaded.device} "
+                         f"{str(loaded.dtype).replace('torch.', '')}")
+    plain = onnxexport.load_plain(source.load_name, checkpoint=source.folder, task=loaded.task)
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-onnx-") as tmp:
+        onnxexport.record_graph(plain, Path(tmp))
+        del plain
+        graph = onnxexport.session(Path(tmp) / "model.onnx", threads=torch.get_num_threads())
+        names = [i.name for i in graph.get_inputs()]
+        feed = {n: (inputs[n] if n in inputs else torch.ones_like(inputs["input_ids"])).numpy() for n in names}
+        with torch.inference_mode():
+            z, r, ratios = _ab(lambda: model(**inputs), lambda: graph.run(None, feed), repeats,
+                               what=f"forward [{shape}] against ONNX Runtime")
+    report.stats.append(_stat(f"forward [{shape}], ONNX Runtime", "ms", z * 1e3, r * 1e3, ratios,
+                              note=f"reference: ONNX Runtime {ort.__version__} (CPU), the graph of zoo convert --to onnx"))
 
 
 def _bench_train(report, model, ref, inputs, loaded, repeats, seed, shape):

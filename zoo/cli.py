@@ -369,11 +369,13 @@ def run(ctx, name_or_path, inputs, checkpoint, device, dtype, device_map, max_ne
 @click.option("--cold", is_flag=True, help="Also time a fresh process: import, load, first output; peak RSS.")
 @click.option("--scaling", is_flag=True, help="Also show how time grows with sequence, batch and context.")
 @click.option("--train", is_flag=True, help="Also time a training step (forward + backward + AdamW); with --cold, its peak memory.")
+@click.option("--onnx", is_flag=True,
+              help="Also time the forward against ONNX Runtime running zoo's ONNX export (CPU, float32; zoo[onnx]).")
 @click.option("--task", "task_name", default=None, metavar="T",
               help="The model built for task T (its head, or the body alone) instead of the checkpoint's own.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, prompt, beams, repeats, compare, cold,
-          scaling, task_name, train, as_json):
+          scaling, task_name, train, onnx, as_json):
     """Measure load, forward and decode speed (and with --compare, ratios to transformers)."""
     from . import progress
     from .bench import bench as run_bench
@@ -381,7 +383,7 @@ def bench(name_or_path, checkpoint, device, dtype, batch, seq, new_tokens, promp
     progress.enable(not as_json)
     report = run_bench(name_or_path, checkpoint=checkpoint, device=device, dtype=dtype, batch=batch, seq=seq,
                        new_tokens=new_tokens, prompt=prompt, num_beams=beams, repeats=repeats, compare=compare,
-                       cold=cold, scaling=scaling, task=task_name, train=train)
+                       cold=cold, scaling=scaling, task=task_name, train=train, onnx=onnx)
     click.echo(report.to_json() if as_json else report.render())
 
 

@@ -132,14 +132,13 @@ def check_graph(path: Path, model: torch.nn.Module, inputs: Dict[str, torch.Tens
     ``model``'s; returns the largest absolute difference per output. Raises
     :class:`OnnxExportError` naming the first output beyond ATOL + RTOL × |value|, or the
     input shape the graph refuses."""
-    ort = _require()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    graph = session(path)
     with torch.no_grad():
         eager = model(**inputs)
     feed = {name: t.numpy() for name, t in inputs.items()}
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in inputs.items())
     try:
-        got = session.run(list(outputs), feed)
+        got = graph.run(list(outputs), feed)
     except Exception as e:
         raise OnnxExportError(f"the exported graph refuses inputs of another shape ({shapes}): "
                               f"{str(e).splitlines()[0][:300]}") from e
@@ -158,13 +157,64 @@ def check_graph(path: Path, model: torch.nn.Module, inputs: Dict[str, torch.Tens
     return diffs
 
 
+def record_graph(loaded, folder: Path) -> Dict[str, Any]:
+    """Record the plain model of ``loaded`` (float32, CPU) as ``folder/model.onnx`` and check it
+    in ONNX Runtime on inputs of another shape (:func:`check_graph`); returns what ``onnx.json``
+    says of the graph: inputs and their axes, outputs, opset, the check's figures."""
+    from . import progress
+
+    _require()
+    import onnx
+
+    model = loaded.model.eval()
+    recorded = example_inputs(loaded, *RECORDED, seed=0)
+    with torch.no_grad():
+        first = model(**recorded)
+    outputs = [name for name in OUTPUTS if isinstance(first[name], torch.Tensor)]
+    progress.step("recording the forward (torch.onnx.export)")
+    _record(_Graph(model, list(recorded), outputs), recorded, folder / "model.onnx")
+    progress.step("checking the graph in ONNX Runtime on inputs of another shape")
+    checked = example_inputs(loaded, *CHECKED, seed=1)
+    diffs = check_graph(folder / "model.onnx", model, checked, outputs)
+    opset = next((o.version for o in onnx.load(str(folder / "model.onnx"), load_external_data=False).opset_import
+                  if o.domain in ("", "ai.onnx")), None)
+    return {
+        "inputs": {name: {"dtype": str(t.dtype).replace("torch.", ""), "axes": {str(d): n for d, n in dims.items()},
+                          "shape_recorded": list(t.shape)}
+                   for (name, t), dims in zip(recorded.items(), axes(recorded).values())},
+        "outputs": outputs,
+        "opset": opset,
+        "parity": {"inputs": {k: list(v.shape) for k, v in checked.items()}, "max_abs_diff": diffs,
+                   "allowed": f"{ATOL:g} + {RTOL:g} x |value|"},
+    }
+
+
+def session(path: Path, threads: Optional[int] = None):
+    """An ONNX Runtime CPU session of the graph at ``path`` (``threads``: its intra-op threads)."""
+    ort = _require()
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def load_plain(name_or_path: str, **read) -> Any:
+    """``loaded`` for export: the plain model in float32 on the CPU (``read``: where from)."""
+    from .loading import load_full
+
+    loaded = load_full(str(name_or_path), device="cpu", dtype=torch.float32, fast=False, **read)
+    if not loaded.files:
+        raise OnnxExportError(f"{loaded.entry.name}: the catalog entry names no weights to export (train it first: "
+                              f"zoo train {loaded.entry.name} ... --out DIR, then export DIR)")
+    return loaded
+
+
 def export_onnx(name_or_path: str, out, *, force: bool = False, checkpoint=None, revision: Optional[str] = None,
                 allow_pickle: bool = False, task: Optional[str] = None, random_weights: bool = False):
     """``zoo convert NAME_OR_PATH --to onnx --out DIR`` (see the module docstring); returns
     :class:`zoo.export.Exported`."""
     from . import progress
     from .export import Exported, copy_processor_files, hf_config
-    from .loading import load_full
     from .publish import check_target, publish
 
     ort = _require()
@@ -174,42 +224,21 @@ def export_onnx(name_or_path: str, out, *, force: bool = False, checkpoint=None,
     inputs_read = [p for p in (given, checkpoint) if p is not None and os.path.lexists(p)]
     check_target(out, force=force, inputs=inputs_read)  # fail before reading gigabytes
     progress.step("loading the model (plain, float32, CPU)")
-    loaded = load_full(str(name_or_path), checkpoint=checkpoint, revision=revision, allow_pickle=allow_pickle,
-                       task=task, random_weights=random_weights, device="cpu", dtype=torch.float32, fast=False)
-    if not loaded.files:
-        raise OnnxExportError(f"{loaded.entry.name}: the catalog entry names no weights to export (train it first: "
-                              f"zoo train {loaded.entry.name} ... --out DIR, then export DIR)")
-    model = loaded.model.eval()
+    loaded = load_plain(name_or_path, checkpoint=checkpoint, revision=revision, allow_pickle=allow_pickle,
+                        task=task, random_weights=random_weights)
     if loaded.folder is not None:
         inputs_read.append(Path(loaded.folder))
-    recorded = example_inputs(loaded, *RECORDED, seed=0)
-    with torch.no_grad():
-        first = model(**recorded)
-    outputs = [name for name in OUTPUTS if isinstance(first[name], torch.Tensor)]
-    graph = _Graph(model, list(recorded), outputs)
-    checked = example_inputs(loaded, *CHECKED, seed=1)
     converter = loaded.converter
     config = hf_config(converter, loaded.config, loaded.task) if converter.reference is not None else None
 
     def write(folder: Path) -> None:
-        progress.step("recording the forward (torch.onnx.export)")
-        program = _record(graph, recorded, folder / "model.onnx")
-        progress.step("checking the graph in ONNX Runtime on inputs of another shape")
-        diffs = check_graph(folder / "model.onnx", model, checked, outputs)
-        opset = next((o.version for o in onnx.load(str(folder / "model.onnx"), load_external_data=False).opset_import
-                      if o.domain in ("", "ai.onnx")), None)
+        graph = record_graph(loaded, folder)
         meta = {
             "format": "zoo-onnx",
             "model": loaded.entry.name, "architecture": loaded.architecture.name, "task": loaded.task,
             "converter": converter.name,
-            "inputs": {name: {"dtype": str(t.dtype).replace("torch.", ""), "axes": {str(d): n for d, n in dims.items()},
-                              "shape_recorded": list(t.shape)}
-                       for (name, t), dims in zip(recorded.items(), axes(recorded).values())},
-            "outputs": outputs,
-            "opset": opset,
-            "parity": {"inputs": {k: list(v.shape) for k, v in checked.items()}, "max_abs_diff": diffs,
-                       "allowed": f"{ATOL:g} + {RTOL:g} x |value|"},
-            "cache": "none: decoding recomputes the prefix" if hasattr(model, "generate") else None,
+            **graph,
+            "cache": "none: decoding recomputes the prefix" if hasattr(loaded.model, "generate") else None,
             "config": None if config is not None else loaded.config,
             "versions": {"zoo": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxruntime": ort.__version__},
@@ -218,8 +247,6 @@ def export_onnx(name_or_path: str, out, *, force: bool = False, checkpoint=None,
         if config is not None:
             (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         copy_processor_files(loaded.folder, folder)
-        del program
 
     files = publish(out, write, force=force, inputs=inputs_read)
-    return Exported(Path(out), "onnx", files, sum(1 for _ in model.state_dict()))
-
+    return Exported(Path(out), "onnx", files, sum(1 for _ in loaded.model.state_dict()))
