@@ -2,7 +2,7 @@
 
 List the catalog; verify GPT-2 against transformers; run one model of each family (text
 generation, fill-mask, image classification, translation); convert GPT-2 to the Hub layout and
-load the result with transformers. Each model runs on its real weights when the Hub (or the
+load the result with transformers; export BERT to ONNX and check it in ONNX Runtime. Each model runs on its real weights when the Hub (or the
 Hugging Face cache) has them; otherwise on seeded random weights, and the demo says so on the
 line before: every step is then the real one, only the outputs mean nothing. Random weights
 come with a tokenizer trained in code on a few sentences, so the same text goes in.
@@ -65,6 +65,14 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(str(out))
         print(f"transformers loads zoo's export: {type(model).__name__}, "
               f"{sum(p.numel() for p in model.parameters()):,} parameters")
+        graph = Path(tmp) / "bert-onnx"
+        run("convert", "bert-base-uncased", "--to", "onnx", "--out", str(graph), text=False)
+        import json
+
+        parity = json.loads((graph / "onnx.json").read_text())["parity"]
+        worst = max(parity["max_abs_diff"].values())
+        print(f"ONNX Runtime runs zoo's graph on inputs of another shape ({parity['inputs']['input_ids']}): "
+              f"largest difference from the model {worst:.1e}")
 
 
 if __name__ == "__main__":

@@ -103,8 +103,12 @@ def _dynamic_shapes(inputs: Dict[str, torch.Tensor]):
 
 
 def _record(graph: _Graph, inputs: Dict[str, torch.Tensor], path: Path) -> Any:
+    import logging
     import warnings
 
+    exporter_log = logging.getLogger("torch.onnx")  # says, among others, that torchvision's ops are skipped
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -113,6 +117,8 @@ def _record(graph: _Graph, inputs: Dict[str, torch.Tensor], path: Path) -> Any:
                                      dynamic_shapes=_dynamic_shapes(inputs), report=False)
     except Exception as e:  # torch.export's and onnxscript's errors are many pages: their gist
         raise OnnxExportError(f"torch.onnx.export could not record {type(graph.model).__name__}: {_gist(e)}") from e
+    finally:
+        exporter_log.setLevel(level)
 
 
 def _gist(e: Exception) -> str:
