@@ -255,7 +255,7 @@ def _bench_onnx(report, model, source, loaded, inputs, repeats, shape):
 
     from . import onnxexport
 
-    ort = onnxexport._require()
+    ort = onnxexport.require()
     if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
         raise InputError(f"--onnx compares on the CPU in float32 (the graph zoo exports), not {loaded.device} "
                          f"{str(loaded.dtype).replace('torch.', '')}")

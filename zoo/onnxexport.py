@@ -47,7 +47,7 @@ class OnnxExportError(ZooError, ValueError):
     """The model cannot be exported, or the graph does not compute what the model computes."""
 
 
-def _require():
+def require():
     """ONNX Runtime's module, once onnx, onnxscript (torch's exporter) and it import."""
     import importlib
 
@@ -169,7 +169,7 @@ def record_graph(loaded, folder: Path) -> Dict[str, Any]:
     says of the graph: inputs and their axes, outputs, opset, the check's figures."""
     from . import progress
 
-    _require()
+    require()
     import onnx
 
     model = loaded.model.eval()
@@ -197,7 +197,7 @@ def record_graph(loaded, folder: Path) -> Dict[str, Any]:
 
 def session(path: Path, threads: Optional[int] = None):
     """An ONNX Runtime CPU session of the graph at ``path`` (``threads``: its intra-op threads)."""
-    ort = _require()
+    ort = require()
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -223,7 +223,7 @@ def export_onnx(name_or_path: str, out, *, force: bool = False, checkpoint=None,
     from .export import Exported, copy_processor_files, hf_config
     from .publish import check_target, publish
 
-    ort = _require()
+    ort = require()
     import onnx
 
     given = Path(str(name_or_path)).expanduser()
