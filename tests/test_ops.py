@@ -7,7 +7,20 @@ import torch
 import torch.nn.functional as F
 
 from zoo.activations import ACTIVATIONS, activate_
+from zoo.accel import ops
 from zoo.accel.ops import Linear, Packed, linear
+
+
+@pytest.fixture(autouse=True, params=["onednn", "mkl"])
+def gemm(request, monkeypatch):
+    """Every test once with oneDNN's products (zoo's choice where torch has them) and once with
+    MKL's (ZOO_GEMM=mkl, and torches without oneDNN)."""
+    monkeypatch.setenv("ZOO_GEMM", request.param)
+    monkeypatch.setattr(ops, "_ONEDNN", None)
+    if request.param == "onednn" and not ops.onednn():
+        pytest.skip("this torch has no oneDNN linear")
+    assert ops.onednn() == (request.param == "onednn")
+    return request.param
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 48), (2, 48), (3, 2, 48), (4, 48), (2, 8, 48), (128, 48), (129, 48), (2, 300, 48)])
@@ -27,10 +40,10 @@ def test_linear_module_keeps_nn_linear_keys():
     assert set(m.state_dict()) == {"weight", "bias"} and isinstance(m, torch.nn.Linear)
 
 
-# --------------------------------------------------------------------------- MKL-packed weights
+# --------------------------------------------------------------------------- packed weights (oneDNN's or MKL's layout)
 
 needs_packing = pytest.mark.skipif(not __import__("zoo.accel.ops", fromlist=["x"]).packing_available(),
-                                   reason="this torch cannot pack weights for MKL")
+                                   reason="this torch cannot pack weights for oneDNN or MKL")
 
 
 def _packed_linear(n_in=48, n_out=96, bias=True):
@@ -106,6 +119,12 @@ def test_packed_copy_is_a_cache_not_state(tmp_path):
     assert len(pack_all(seq)) == 2 and all(m._packed is not None for m in seq if isinstance(m, Linear))
     unpack_all(seq)
     assert all(m._packed is None for m in seq if isinstance(m, Linear))
+
+
+@needs_packing
+def test_the_copy_is_in_the_layout_of_the_library_that_computes(gemm):
+    m = _packed_linear()
+    assert m._packed.onednn == (gemm == "onednn")
 
 
 def test_zoo_pack_0_switches_packing_off(monkeypatch):

@@ -11,8 +11,9 @@ and one shows that a broken path is caught):
 
 - ``packed-linear`` (:mod:`zoo.accel.ops`), any model on CPU float32: every plain
   ``nn.Linear`` becomes :class:`zoo.accel.ops.Linear` (same parameters, same state-dict keys)
-  holding its weight in MKL's packed GEMM layout, and a few rows times a wide weight is
-  computed as ``(W @ xᵀ)ᵀ``;
+  computing on oneDNN and holding a copy of its weight in oneDNN's layout (MKL's packed GEMM
+  layout with ``ZOO_GEMM=mkl`` or without oneDNN, where a few rows times a wide weight is
+  computed as ``(W @ xᵀ)ᵀ``);
 - per architecture, what its :attr:`zoo.types.Architecture.fast_paths` names: GPT-2's decoding
   step and few-row head (:mod:`zoo.accel.gpt2`), BERT's unpadding (:mod:`zoo.accel.bert`),
   BERT's and ViT's fused q|k|v product (:mod:`zoo.accel.fused_qkv`), a ViT classifier's
@@ -84,7 +85,7 @@ def _undo_packing(model: nn.Module) -> None:
 
 PACKED_LINEAR = FastPath(
     "packed-linear", _apply_packing, _undo_packing,
-    "CPU float32: nn.Linear weights in MKL's packed layout; few-row products as (W @ xᵀ)ᵀ",
+    "CPU float32: nn.Linear products on oneDNN (or MKL), the weights in its layout",
 )
 
 
