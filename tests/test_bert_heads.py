@@ -31,7 +31,7 @@ from zoo.verification import verify
 
 ATOL = 1e-5
 
-from test_bert import BASE  # noqa: E402  (the tiny BERT config every BERT test starts from)
+from test_bert import BASE, perturb  # noqa: E402  (the tiny BERT config every BERT test starts from)
 
 # head -> (transformers class, zoo task, what its config.json adds)
 HEADS = {
@@ -65,15 +65,6 @@ CHOICE_PADDINGS = {
     "right and left": ["111111111", "111110000", "100000000", "000011111", "111111111", "001111100"],
     "a choice of padding only": ["111111111", "000000000", "111000000", "110000000", "111111110", "111111111"],
 }
-
-
-def perturb(model, seed=0):
-    """transformers initialises biases to 0 and LayerNorms to 1: noise on every parameter."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model.eval()
 
 
 def reference(head, seed=0):

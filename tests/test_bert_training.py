@@ -43,7 +43,7 @@ GRAD_FLOOR = 1e-7
 ATOL = 1e-5
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
-from test_bert import BASE  # noqa: E402  (the tiny BERT config every BERT test starts from)
+from test_bert import BASE, perturb  # noqa: E402  (the tiny BERT config every BERT test starts from)
 
 # head -> (transformers class, zoo task, what its config.json adds)
 HEADS = {
@@ -77,11 +77,7 @@ def reference(head, seed=0, **config):
     torch.manual_seed(seed)
     ref = getattr(transformers, cls_name)(transformers.BertConfig(**{**BASE, **NO_DROPOUT, **extra, **config}))
     ref.config.architectures = [cls_name]
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    return ref.train()
+    return perturb(ref, seed).train()
 
 
 def write(ref, folder):

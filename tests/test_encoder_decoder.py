@@ -116,6 +116,17 @@ def padded_batch(vocab=58, seed=1):
     return x, mask
 
 
+def assert_same_forward(model, ref, x, mask, dec):
+    """zoo's logits and every hidden state (the encoder's, then the decoder's) equal the
+    reference's on source ``x`` (``mask``) and decoder input ``dec``."""
+    with torch.no_grad():
+        want = ref(input_ids=x, attention_mask=mask, decoder_input_ids=dec, output_hidden_states=True)
+        got = model(x, dec, attention_mask=mask, output_hidden_states=True)
+    torch.testing.assert_close(got.logits, want.logits, atol=ATOL, rtol=0)
+    for a, b in zip(got.hidden_states, want.encoder_hidden_states + want.decoder_hidden_states, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
 def saved_and_loaded(names, reference, tmp_path_factory):
     """name -> (reference, config, folder in save_pretrained layout, loaded zoo model), the
     reference of each name built by ``reference(name)``."""
@@ -146,14 +157,7 @@ def test_marian_logits_and_hidden_states_match(name, layout, tmp_path):
     x, mask = padded_batch()
     dec = torch.randint(1, 58, (4, 6), generator=torch.Generator().manual_seed(2))
     dec[:, 0] = PAD
-    with torch.no_grad():
-        want = ref(input_ids=x, attention_mask=mask, decoder_input_ids=dec, output_hidden_states=True)
-        got = loaded.model(x, dec, attention_mask=mask, output_hidden_states=True)
-    torch.testing.assert_close(got.logits, want.logits, atol=ATOL, rtol=0)
-    ref_hidden = want.encoder_hidden_states + want.decoder_hidden_states
-    assert len(got.hidden_states) == len(ref_hidden)
-    for a, b in zip(got.hidden_states, ref_hidden):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    assert_same_forward(loaded.model, ref, x, mask, dec)
     assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == digest  # input untouched
     if layout == "hub":
         dropped = set(loaded.report.dropped)
@@ -420,13 +424,7 @@ def layout_batch(config, seed=1):
 
 
 def assert_same_outputs(model, ref, config):
-    x, mask, dec = layout_batch(config)
-    with torch.no_grad():
-        want = ref(input_ids=x, attention_mask=mask, decoder_input_ids=dec, output_hidden_states=True)
-        got = model(x, dec, attention_mask=mask, output_hidden_states=True)
-    torch.testing.assert_close(got.logits, want.logits, atol=ATOL, rtol=0)
-    for a, b in zip(got.hidden_states, want.encoder_hidden_states + want.decoder_hidden_states, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    assert_same_forward(model, ref, *layout_batch(config))
 
 
 @pytest.fixture(scope="module")
