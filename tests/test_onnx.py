@@ -11,13 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from zoo import testing  # noqa: E402
 from zoo.cli import cli  # noqa: E402
 from zoo.loading import load_full  # noqa: E402
-from zoo.onnxexport import OnnxExportError, example_inputs, export_onnx  # noqa: E402
+from zoo.onnxexport import OnnxExportError, example_inputs, export_onnx, session  # noqa: E402
 from zoo.outputs import ModelOutput  # noqa: E402
 from zoo.randomweights import write as write_random  # noqa: E402
 
@@ -34,9 +34,9 @@ def write_hf(conv, task, folder):
 
 def run_graph(folder, inputs):
     """The exported graph in ONNX Runtime: its outputs by name, as a ModelOutput."""
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {k: v.numpy() for k, v in inputs.items()})
+    graph = session(folder / "model.onnx")
+    names = [o.name for o in graph.get_outputs()]
+    values = graph.run(names, {k: v.numpy() for k, v in inputs.items()})
     return ModelOutput(**{n: torch.from_numpy(v) for n, v in zip(names, values)})
 
 

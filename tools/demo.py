@@ -9,6 +9,7 @@ come with a tokenizer trained in code on a few sentences, so the same text goes 
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -67,8 +68,6 @@ def main() -> None:
               f"{sum(p.numel() for p in model.parameters()):,} parameters")
         graph = Path(tmp) / "bert-onnx"
         run("convert", "bert-base-uncased", "--to", "onnx", "--out", str(graph), text=False)
-        import json
-
         parity = json.loads((graph / "onnx.json").read_text())["parity"]
         worst = max(parity["max_abs_diff"].values())
         print(f"ONNX Runtime runs zoo's graph on inputs of another shape ({parity['inputs']['input_ids']}): "

@@ -320,13 +320,18 @@ def zoo_writer(source: Source):
     return write
 
 
+def named_inputs(name_or_path: str, checkpoint=None) -> List[Path]:
+    """The paths an export is told to read (a folder given instead of a catalog name, the
+    ``checkpoint``) that exist: what its output may not overlap, known before anything is read."""
+    given = None if get_catalog().find(str(name_or_path)) else Path(str(name_or_path)).expanduser()
+    return [Path(p) for p in (given, checkpoint) if p is not None and os.path.lexists(p)]
+
+
 def convert_checkpoint(name_or_path: str, to: str, out, *, force: bool = False, **read_kwargs) -> Exported:
     """``zoo convert NAME_OR_PATH --to hf|zoo --out DIR`` (``--to onnx``:
     :func:`zoo.onnxexport.export_onnx`)."""
     writers = {"hf": export_hf, "zoo": export_zoo}
     if to not in writers:
         raise ExportError(f"unknown output format {to!r} (hf or zoo; an ONNX graph: zoo.onnxexport.export_onnx)")
-    given = None if get_catalog().find(str(name_or_path)) else Path(str(name_or_path)).expanduser()
-    inputs = [p for p in (given, read_kwargs.get("checkpoint")) if p is not None and os.path.lexists(p)]
-    check_target(out, force=force, inputs=inputs)  # fail before reading gigabytes
+    check_target(out, force=force, inputs=named_inputs(name_or_path, read_kwargs.get("checkpoint")))  # before reading GBs
     return writers[to](read_source(name_or_path, **read_kwargs), out, force=force)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -102,7 +101,7 @@ def _dynamic_shapes(inputs: Dict[str, torch.Tensor]):
     return (tuple({d: Dim.DYNAMIC for d in dims} for dims in axes(inputs).values()),)
 
 
-def _record(graph: _Graph, inputs: Dict[str, torch.Tensor], path: Path) -> Any:
+def _record(graph: _Graph, inputs: Dict[str, torch.Tensor], path: Path) -> None:
     import logging
     import warnings
 
@@ -112,7 +111,7 @@ def _record(graph: _Graph, inputs: Dict[str, torch.Tensor], path: Path) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.onnx.export(graph, tuple(inputs.values()), str(path), dynamo=True, verbose=False,
+            torch.onnx.export(graph, tuple(inputs.values()), str(path), dynamo=True, verbose=False,
                                      input_names=list(inputs), output_names=list(graph.outputs),
                                      dynamic_shapes=_dynamic_shapes(inputs), report=False)
     except Exception as e:  # torch.export's and onnxscript's errors are many pages: their gist
@@ -220,14 +219,13 @@ def export_onnx(name_or_path: str, out, *, force: bool = False, checkpoint=None,
     """``zoo convert NAME_OR_PATH --to onnx --out DIR`` (see the module docstring); returns
     :class:`zoo.export.Exported`."""
     from . import progress
-    from .export import Exported, copy_processor_files, hf_config
+    from .export import Exported, copy_processor_files, hf_config, named_inputs
     from .publish import check_target, publish
 
     ort = require()
     import onnx
 
-    given = Path(str(name_or_path)).expanduser()
-    inputs_read = [p for p in (given, checkpoint) if p is not None and os.path.lexists(p)]
+    inputs_read = named_inputs(name_or_path, checkpoint)
     check_target(out, force=force, inputs=inputs_read)  # fail before reading gigabytes
     progress.step("loading the model (plain, float32, CPU)")
     loaded = load_plain(name_or_path, checkpoint=checkpoint, revision=revision, allow_pickle=allow_pickle,
@@ -255,4 +253,4 @@ def export_onnx(name_or_path: str, out, *, force: bool = False, checkpoint=None,
         copy_processor_files(loaded.folder, folder)
 
     files = publish(out, write, force=force, inputs=inputs_read)
-    return Exported(Path(out), "onnx", files, sum(1 for _ in loaded.model.state_dict()))
+    return Exported(Path(out), "onnx", files, len(loaded.model.state_dict()))
