@@ -105,7 +105,11 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
     (tmp_path / "taken" / "mine.txt").write_text("keep me")
     result = CliRunner().invoke(cli, ["convert", str(folder), "--to", "onnx", "--out", str(tmp_path / "taken")])
     assert result.exit_code == 2 and "exists and is not empty" in result.output
+    result = CliRunner().invoke(cli, ["convert", str(folder), "--to", "onnx", "--out", str(tmp_path / "taken"),
+                                      "--force"])  # --force replaces only what zoo wrote
+    assert result.exit_code == 2 and "Traceback" not in result.output
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep me"
+    assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == ["mine.txt"]
     result = CliRunner().invoke(cli, ["convert", "transformer-base", "--to", "onnx", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "names no weights to export" in result.output
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
